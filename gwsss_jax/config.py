@@ -1,0 +1,223 @@
+"""The one definition of every configuration key, with the paper's defaults.
+
+`configs/*.py` start from `base_config()` and override what differs. Derived values are
+`FieldReference`s (`config.get_ref`) so that an override on the command line propagates:
+`--config.data.num_classes=80` changes the segmentation head too.
+
+`validate(config)` checks values that the type system of ml-collections cannot (ranges,
+enumerations) and raises `UserError` naming the key.
+"""
+
+import ml_collections
+
+from gwsss_jax.common.errors import UserError
+
+STAGES = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
+          'eval_seg')
+DATASETS = ('voc', 'coco', 'synthetic', 'tfds_voc', 'tfds_coco')
+BACKBONES = ('vgg16', 'resnet101')
+VARIANTS = ('paper', 'release')
+SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Paper defaults for PASCAL VOC 2012 (VGG16, K=4, T=3)."""
+  c = ml_collections.ConfigDict()
+  c.stages = ','.join(STAGES)
+  c.seed = 0
+
+  # --- data -------------------------------------------------------------------------
+  c.data = d = ml_collections.ConfigDict()
+  d.name = 'voc'               # one of DATASETS
+  d.root = ''                  # VOCdevkit/VOC2012, COCO root, or the built-in dataset dir
+  d.train_split = 'train_aug'  # image list of the classifier and of pseudo labels
+  d.val_split = 'val'          # segmentation evaluation
+  d.label_list = ''            # `name c1 c2 ...` of the train split; '' = <root>/ImageSets/Segmentation/<split>_cls.txt, else from masks
+  d.saliency_dir = ''          # saliency maps (DSS) <name>.png, absolute or under root; '' = CAM background cue
+  d.tfds_data_dir = ''         # for tfds_* sources
+  d.num_classes = 20           # without background
+  d.crop_size = 224
+  d.resize = 256               # shorter side before the crop (release)
+  d.color_jitter = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
+  d.flip = True
+  d.normalization = 'auto'     # 'auto' (from the weights), 'imagenet_rgb', 'caffe_bgr'
+  d.skip_bad = False
+  d.deterministic = True
+  d.prefetch = 2
+  d.cache_dir = ''             # COCO masks cache; '' = <workdir>/cache
+  # The built-in dataset (data.name='synthetic'), generated into <workdir>/data when root is ''.
+  d.synthetic = s = ml_collections.ConfigDict()
+  s.num_train = 600
+  s.num_val = 200
+  s.size = 128
+
+  # --- the group-wise classification network ----------------------------------------
+  c.model = m = ml_collections.ConfigDict()
+  m.variant = 'paper'          # 'paper' (equations) or 'release' (the authors' code)
+  m.backbone = 'vgg16'
+  m.width = 1.0                # channel multiplier (tests, CPU demo)
+  m.output_stride = 8          # ResNet-101: 8 or 16
+  m.freeze_bn = True           # ResNet-101: BatchNorm statistics frozen
+  m.num_nodes = 4              # K: images per group
+  m.num_steps = 3              # T: message-passing steps
+  m.reduction = 4              # d: low-rank ratio of Eq. (5)
+  m.node_dim = 512             # C of the paper variant (embedding after the extra convs)
+  m.gru_kernel = 3             # ConvGRU kernel (release: 1)
+  m.graph_dropout = True
+  m.drop_rate = 0.8            # delta_r of Eq. (10)
+  m.drop_threshold = 0.7       # delta_d of Eq. (10)
+  m.loss_lambda = 0.4          # lambda of Eq. (12)
+  m.dtype = 'float32'          # activations: float32 or bfloat16
+  m.pretrained = ''            # converted backbone weights (see gwsss_jax.models.convert)
+
+  # --- classifier training (train_cls) ----------------------------------------------
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 1             # groups per step, global (split over devices)
+  t.num_epochs = 15
+  t.max_steps = -1             # > 0 stops early (tests, benchmarks)
+  t.base_lr = 1e-3             # backbone weights
+  t.backbone_bias_mult = 2.0   # backbone biases: 2e-3
+  t.new_mult = 10.0            # new layers' weights: 1e-2
+  t.new_bias_mult = 20.0       # new layers' biases: 2e-2
+  t.momentum = 0.9
+  t.nesterov = True
+  t.weight_decay = 5e-4
+  t.decay_every_epochs = 5
+  t.decay_factor = 0.1
+  t.log_every_steps = 50
+  t.checkpoint_every_steps = 500
+  t.max_to_keep = 3
+  t.eval_every_epochs = 1      # held-out mAP/F1
+  t.profile_steps = 0          # > 0 traces that many steps with jax.profiler
+  t.group_rule = 'greedy'      # 'greedy' (paper) or 'release'
+
+  c.parallel = p = ml_collections.ConfigDict()
+  p.impl = 'shard_map'         # 'shard_map' or 'pmap'
+
+  # --- CAMs and pseudo labels -------------------------------------------------------
+  c.cams = k = ml_collections.ConfigDict()
+  k.method = 'oaa'             # 'oaa' (accumulated in train_cls) or 'group_inference'
+  k.source = 'ensemble'        # 'ensemble', 'graph' or 'intermediate'
+  k.prob_threshold = 0.1       # OAA: skip a class while its probability is below
+  k.scales = (1.0, 0.5, 1.5, 2.0)
+  k.flip = True
+  k.batch_size = 1             # groups per step in group inference
+  k.bg_threshold = 0.2         # background score without saliency (IRNet style)
+  k.bg_sweep = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+  k.save_png = False
+  k.crf = False
+  k.num_vis = 8                # picture grids written to <workdir>/vis
+
+  c.pseudo = q = ml_collections.ConfigDict()
+  q.conflict_threshold = 0.9   # more than one score above -> ignore
+  q.saliency_bg_threshold = 32  # background but saliency >= this -> ignore
+  q.fg_ignore_threshold = 0.8  # background but some class map above -> ignore
+  q.min_fg_fraction = 0.01     # less valid foreground -> whole image ignored
+  q.num_workers = 0            # 0 = all CPU cores
+
+  # --- segmentation (train_seg, eval_seg) -------------------------------------------
+  c.seg = g = ml_collections.ConfigDict()
+  g.model = 'deeplab_v2_resnet101'
+  g.width = 1.0
+  g.output_stride = 8
+  g.pretrained = ''
+  g.oracle = False             # train on ground-truth masks instead of pseudo labels
+  g.batch_size = 10
+  g.crop_size = 321
+  g.scale_range = (0.5, 1.5)
+  g.num_steps = 20000
+  g.base_lr = 2.5e-4
+  g.head_lr_mult = 10.0
+  g.momentum = 0.9
+  g.weight_decay = 5e-4
+  g.poly_power = 0.9
+  g.msc = False                # DeepLab-v2 multi-scale loss (1.0, 0.75, 0.5, max)
+  g.eval_scales = (1.0,)
+  g.eval_flip = False
+  g.eval_batch_size = 1
+  g.crf = False
+  g.log_every_steps = 50
+  g.checkpoint_every_steps = 1000
+  g.dtype = 'float32'
+  g.num_classes = c.data.get_ref('num_classes') + 1  # with background
+  return c
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config.lock()
+  return config
+
+
+def _check(cond: bool, key: str, value, why: str):
+  if not cond:
+    raise UserError(f'config.{key}={value!r}: {why}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first invalid key."""
+  stages = [s.strip() for s in config.stages.split(',') if s.strip()]
+  for s in stages:
+    _check(s in STAGES, 'stages', config.stages,
+           f'unknown stage {s!r}; choose from {", ".join(STAGES)}')
+  _check(bool(stages), 'stages', config.stages, 'no stage given')
+  _check(config.data.name in DATASETS, 'data.name', config.data.name,
+         f'choose from {", ".join(DATASETS)}')
+  _check(config.data.num_classes >= 1, 'data.num_classes', config.data.num_classes, 'must be >= 1')
+  _check(config.data.crop_size >= 16, 'data.crop_size', config.data.crop_size, 'must be >= 16')
+  _check(config.data.normalization in ('auto', 'imagenet_rgb', 'caffe_bgr'),
+         'data.normalization', config.data.normalization,
+         "choose from 'auto', 'imagenet_rgb', 'caffe_bgr'")
+  m = config.model
+  _check(m.variant in VARIANTS, 'model.variant', m.variant, f'choose from {", ".join(VARIANTS)}')
+  _check(m.backbone in BACKBONES, 'model.backbone', m.backbone,
+         f'unknown backbone; choose from {", ".join(BACKBONES)}')
+  _check(m.num_nodes >= 1, 'model.num_nodes', m.num_nodes, 'must be >= 1')
+  _check(m.num_steps >= 0, 'model.num_steps', m.num_steps, 'must be >= 0')
+  _check(m.reduction >= 1, 'model.reduction', m.reduction, 'must be >= 1')
+  _check(0.0 <= m.drop_rate <= 1.0, 'model.drop_rate', m.drop_rate, 'must lie in [0, 1]')
+  _check(0.0 <= m.drop_threshold <= 1.0, 'model.drop_threshold', m.drop_threshold,
+         'must lie in [0, 1]')
+  _check(m.width > 0, 'model.width', m.width, 'must be > 0')
+  _check(m.output_stride in (8, 16), 'model.output_stride', m.output_stride, 'must be 8 or 16')
+  _check(m.gru_kernel >= 1 and m.gru_kernel % 2 == 1, 'model.gru_kernel', m.gru_kernel,
+         'must be a positive odd number')
+  _check(m.dtype in ('float32', 'bfloat16'), 'model.dtype', m.dtype,
+         "choose from 'float32', 'bfloat16'")
+  _check(m.loss_lambda >= 0, 'model.loss_lambda', m.loss_lambda, 'must be >= 0')
+  if m.variant == 'release':
+    _check(m.num_nodes == 3, 'model.num_nodes', m.num_nodes,
+           "the release variant hard-codes groups of 3 (use model.variant='paper' for other K)")
+  t = config.train
+  _check(t.batch_size >= 1, 'train.batch_size', t.batch_size, 'must be >= 1')
+  _check(t.num_epochs >= 1, 'train.num_epochs', t.num_epochs, 'must be >= 1')
+  _check(t.base_lr > 0, 'train.base_lr', t.base_lr, 'must be > 0')
+  _check(t.group_rule in ('greedy', 'release'), 'train.group_rule', t.group_rule,
+         "choose from 'greedy', 'release'")
+  _check(config.parallel.impl in ('shard_map', 'pmap'), 'parallel.impl', config.parallel.impl,
+         "choose from 'shard_map', 'pmap'")
+  k = config.cams
+  _check(k.method in ('oaa', 'group_inference'), 'cams.method', k.method,
+         "choose from 'oaa', 'group_inference'")
+  _check(k.source in ('ensemble', 'graph', 'intermediate'), 'cams.source', k.source,
+         "choose from 'ensemble', 'graph', 'intermediate'")
+  _check(0.0 <= k.bg_threshold <= 1.0, 'cams.bg_threshold', k.bg_threshold, 'must lie in [0, 1]')
+  _check(len(k.scales) >= 1 and all(s > 0 for s in k.scales), 'cams.scales', k.scales,
+         'needs at least one positive scale')
+  q = config.pseudo
+  _check(0.0 <= q.conflict_threshold <= 1.0, 'pseudo.conflict_threshold', q.conflict_threshold,
+         'must lie in [0, 1]')
+  _check(0.0 <= q.min_fg_fraction <= 1.0, 'pseudo.min_fg_fraction', q.min_fg_fraction,
+         'must lie in [0, 1]')
+  g = config.seg
+  _check(g.model in SEG_MODELS, 'seg.model', g.model, f'choose from {", ".join(SEG_MODELS)}')
+  _check(g.batch_size >= 1, 'seg.batch_size', g.batch_size, 'must be >= 1')
+  _check(g.num_steps >= 1, 'seg.num_steps', g.num_steps, 'must be >= 1')
+  _check(g.output_stride in (8, 16), 'seg.output_stride', g.output_stride, 'must be 8 or 16')
+  _check(len(g.scale_range) == 2 and 0 < g.scale_range[0] <= g.scale_range[1], 'seg.scale_range',
+         g.scale_range, 'must be (low, high) with 0 < low <= high')
+
+
+def stage_list(config) -> list[str]:
+  """The configured stages in pipeline order."""
+  wanted = {s.strip() for s in config.stages.split(',') if s.strip()}
+  return [s for s in STAGES if s in wanted]

@@ -1,0 +1,78 @@
+"""Datasets as lists of examples: the common currency of every stage.
+
+A reader (VOC, COCO, tfds, the built-in dataset through the VOC reader) turns what the user has
+on disk into a `Dataset`; the tf.data pipelines, the sampler and the evaluators only see this.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from gwsss_jax.common.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  name: str                 # image id, e.g. 2007_000032
+  image_path: str
+  mask_path: Optional[str]  # full-resolution ground truth (palette PNG), None if absent
+  labels: tuple             # class indices 0..L-1 (background excluded), sorted
+
+
+@dataclasses.dataclass
+class Dataset:
+  examples: list
+  class_names: tuple        # without background
+  split: str = ''
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def label_matrix(self) -> np.ndarray:
+    """[N, L] bool image-level labels."""
+    out = np.zeros((len(self.examples), self.num_classes), bool)
+    for i, ex in enumerate(self.examples):
+      out[i, list(ex.labels)] = True
+    return out
+
+
+def synthetic_root(workdir: str) -> str:
+  return os.path.join(workdir, 'data', 'synthetic')
+
+
+def prepare(config, workdir: str) -> None:
+  """Resolves `config.data.root`; generates the built-in dataset into the workdir if absent."""
+  d = config.data
+  if d.name == 'synthetic':
+    if not d.root:
+      d.root = synthetic_root(workdir)
+    from gwsss_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    synthetic.ensure(d.root, seed=config.seed, num_train=d.synthetic.num_train,
+                     num_val=d.synthetic.num_val, size=d.synthetic.size)
+    return
+  if d.name.startswith('tfds_'):
+    return
+  if not d.root:
+    raise UserError(f'config.data.root is empty: point it at your {d.name.upper()} data '
+                    '(see README, "Data preparation")')
+  if not os.path.isdir(d.root):
+    raise UserError(f'config.data.root={d.root!r}: directory not found')
+
+
+def load_split(config, split: str) -> Dataset:
+  """The examples of `split` ('train_aug', 'train', 'val', ...) of the configured dataset."""
+  name = config.data.name
+  if name in ('voc', 'synthetic'):
+    from gwsss_jax.data import voc  # pylint: disable=g-import-not-at-top
+    return voc.load(config.data, split)
+  if name == 'coco':
+    from gwsss_jax.data import coco  # pylint: disable=g-import-not-at-top
+    return coco.load(config.data, split)
+  from gwsss_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+  return tfds_source.load(config.data, split)

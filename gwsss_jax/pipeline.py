@@ -1,0 +1,39 @@
+"""The stage contract: each `gwsss_jax.stages.<name>.run(config, workdir) -> dict` reads what
+earlier stages left in `workdir`, skips work already done, and returns metrics that are merged
+into `<workdir>/metrics.json`."""
+
+import importlib
+import json
+import os
+import time
+
+import jax
+from absl import logging
+
+from gwsss_jax import config as config_lib
+from gwsss_jax.common import io as gio
+from gwsss_jax.data import datasets
+from gwsss_jax.train import distributed as jax_distributed
+
+
+def run(config, workdir: str, distributed: bool = False) -> dict:
+  """Validates the config, prepares the data and runs the configured stages in order."""
+  jax_distributed.initialize(distributed)
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  datasets.prepare(config, workdir)
+  if jax.process_index() == 0:
+    gio.atomic_write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(
+        indent=2, sort_keys=True) + '\n')
+  metrics = gio.read_metrics(workdir)
+  for stage in config_lib.stage_list(config):
+    module = importlib.import_module(f'gwsss_jax.stages.{stage}')
+    print(f'[{stage}] starting', flush=True)
+    start = time.time()
+    result = module.run(config, workdir) or {}
+    if jax.process_index() == 0:
+      metrics = gio.update_metrics(workdir, result)
+    print(f'[{stage}] done in {time.time() - start:.1f}s', flush=True)
+    logging.info('%s: %s', stage, json.dumps(result, default=float)[:2000])
+  return metrics
+
