@@ -1,0 +1,143 @@
+"""Runs a sweep of config overrides and tabulates the results.
+
+  python -m gwsss_jax.sweep --config=configs/demo.py --sweep=configs/sweeps/table3.py \
+      --workdir=runs/table3 [--stages=...] [--only=K3,T2] [--print_commands]
+
+A sweep file defines `get_sweep() -> [(name, {key: value}, reuse_or_None), ...]`. Each variant
+runs `gwsss_jax.main` in its own process and workdir (`<workdir>/<name>`), so a crashed variant
+does not take the others down and a rerun resumes where it stopped (every stage skips finished
+work). The table of the metrics each variant left in its metrics.json is written to
+`<workdir>/<sweep name>.md`.
+"""
+
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+from gwsss_jax.common import io as gio
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.evaluation import metrics as metrics_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('config', None, 'Base config file (configs/*.py).')
+flags.DEFINE_string('sweep', None, 'Sweep file with get_sweep().')
+flags.DEFINE_string('workdir', None, 'Parent directory of the variants\' workdirs.')
+flags.DEFINE_string('stages', '', 'Override config.stages for every variant ("" = config\'s).')
+flags.DEFINE_list('only', [], 'Run only these variants.')
+flags.DEFINE_list('set', [], 'Extra overrides for every variant, e.g. train.num_epochs=2.')
+flags.DEFINE_bool('print_commands', False, 'Print one command per variant and exit.')
+flags.mark_flags_as_required(['config', 'sweep', 'workdir'])
+
+# (metrics.json key, column title) of the table.
+COLUMNS = (('train_cls/mAP', 'cls mAP'), ('cam_miou', 'CAM mIoU'),
+           ('pseudo_label_miou', 'pseudo mIoU'), ('pseudo_label_coverage', 'coverage'),
+           ('seg_miou', 'seg mIoU'))
+CLASSIFIER_DIR = 'cls_checkpoints'
+
+
+def load_sweep(path: str):
+  if not os.path.exists(path):
+    raise UserError(f'sweep file not found: {path}')
+  spec = importlib.util.spec_from_file_location('sweep_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise UserError(f'{path}: defines no get_sweep()')
+  return module.get_sweep()
+
+
+def _format_value(value) -> str:
+  if isinstance(value, bool):
+    return str(value)
+  if isinstance(value, (tuple, list)):
+    return '(' + ','.join(str(v) for v in value) + ')'
+  return str(value)
+
+
+def variant_command(name: str, overrides: dict, stages: str) -> list:
+  args = [sys.executable, '-m', 'gwsss_jax.main', f'--config={FLAGS.config}',
+          f'--workdir={os.path.join(FLAGS.workdir, name)}']
+  for key, value in overrides.items():
+    args.append(f'--config.{key}={_format_value(value)}')
+  for item in FLAGS.set:
+    args.append(f'--config.{item}')
+  if stages:
+    args.append(f'--config.stages={stages}')
+  return args
+
+
+def _reuse_classifier(name: str, reuse: str, stages: str) -> str:
+  """Copies the trained classifier of `reuse` into the variant; drops train_cls from stages."""
+  src = os.path.join(FLAGS.workdir, reuse, CLASSIFIER_DIR)
+  dst = os.path.join(FLAGS.workdir, name, CLASSIFIER_DIR)
+  if not os.path.isdir(src):
+    raise UserError(f'variant {name} reuses {reuse}, whose classifier {src} does not exist yet')
+  if not os.path.isdir(dst):
+    shutil.copytree(src, dst + '.tmp', dirs_exist_ok=True)
+    os.replace(dst + '.tmp', dst)
+  base_metrics = gio.read_metrics(os.path.join(FLAGS.workdir, reuse))
+  gio.update_metrics(os.path.join(FLAGS.workdir, name),
+                     {k: v for k, v in base_metrics.items() if k.startswith('train_cls/')})
+  return ','.join(s for s in stages.split(',') if s.strip() != 'train_cls')
+
+
+def table(variants, workdir: str) -> str:
+  rows = []
+  for name, overrides, reuse in variants:
+    metrics = gio.read_metrics(os.path.join(workdir, name))
+    change = ', '.join(f'{k}={_format_value(v)}' for k, v in overrides.items()) or '(paper)'
+    if reuse:
+      change += f' [classifier of {reuse}]'
+    rows.append((name, change) + tuple(
+        float(metrics[k]) if k in metrics else '-' for k, _ in COLUMNS))
+  return metrics_lib.format_table(rows, ('variant', 'overrides') + tuple(t for _, t in COLUMNS))
+
+
+def main(argv):
+  del argv
+  variants = load_sweep(FLAGS.sweep)
+  names = [v[0] for v in variants]
+  unknown = sorted(set(FLAGS.only) - set(names))
+  if unknown:
+    raise UserError(f'--only names unknown variants {unknown}; the sweep has {names}')
+  selected = [v for v in variants if not FLAGS.only or v[0] in FLAGS.only]
+  default_stages = FLAGS.stages
+  if not default_stages:
+    from gwsss_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    default_stages = ','.join(config_lib.STAGES)
+  for name, overrides, reuse in selected:
+    stages = default_stages
+    if FLAGS.print_commands:
+      print(shlex.join(variant_command(name, overrides, stages)))
+      continue
+    if reuse:
+      stages = _reuse_classifier(name, reuse, stages)
+    print(f'[sweep] {name}: {json.dumps(overrides)}', flush=True)
+    result = subprocess.run(variant_command(name, overrides, stages), check=False)
+    if result.returncode:
+      print(f'[sweep] {name} failed with exit status {result.returncode}', flush=True)
+  if FLAGS.print_commands:
+    return
+  sweep_name = os.path.splitext(os.path.basename(FLAGS.sweep))[0]
+  text = table(variants, FLAGS.workdir)
+  gio.atomic_write_text(os.path.join(FLAGS.workdir, f'{sweep_name}.md'), text + '\n')
+  print(text)
+
+
+def _run():
+  try:
+    app.run(main)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  _run()
