@@ -52,9 +52,15 @@ def prepare(config, workdir: str) -> None:
   if d.name == 'synthetic':
     if not d.root:
       d.root = synthetic_root(workdir)
+    import jax  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     from gwsss_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    synthetic.ensure(d.root, seed=config.seed, num_train=d.synthetic.num_train,
-                     num_val=d.synthetic.num_val, size=d.synthetic.size)
+    if jax.process_index() == 0:  # one writer; the others wait for it (shared filesystem)
+      synthetic.ensure(d.root, seed=config.seed, num_train=d.synthetic.num_train,
+                       num_val=d.synthetic.num_val, size=d.synthetic.size,
+                       num_classes=d.num_classes)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('synthetic_dataset')
     return
   if d.name.startswith('tfds_'):
     return

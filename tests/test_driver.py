@@ -1,0 +1,148 @@
+"""The driver: one-line errors with exit status 2, config validation, stage order, the stage
+contract (dispatch in order, metrics merged into metrics.json), and atomic writes."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from gwsss_jax import config as config_lib
+from gwsss_jax import pipeline
+from gwsss_jax.common import io as gio
+from gwsss_jax.common.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(tmp_path, *args):
+  proc = subprocess.run([sys.executable, '-m', 'gwsss_jax.main', f'--workdir={tmp_path / "wd"}',
+                         *args], cwd=REPO, capture_output=True, text=True, check=False)
+  return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize('args, named', [
+    (['--config=configs/demo.py', '--config.model.bogus=1'], '--config.model.bogus'),
+    (['--config=configs/voc.py', '--config.bogus.x=1'], '--config.bogus.x'),
+    (['--config=configs/nope.py'], 'configs/nope.py'),
+    (['--config=configs/nope.py', '--config.model.num_nodes=2'], 'configs/nope.py'),
+    (['--config=configs/voc.py', '--config.model.num_nodes=abc'], 'model.num_nodes'),
+    (['--config=configs/voc.py', '--config.model.num_nodes=0'], 'model.num_nodes'),
+    (['--config=configs/voc.py', '--config.model.drop_rate=1.5'], 'model.drop_rate'),
+    (['--config=configs/voc.py', '--config.model.drop_threshold=-0.1'], 'model.drop_threshold'),
+    (['--config=configs/voc.py', '--config.model.backbone=foo'], 'model.backbone'),
+    (['--config=configs/voc.py', '--config.stages=train_cls,foo'], 'stages'),
+    (['--config=configs/voc.py', '--config.data.root=/nonexistent'], 'data.root'),
+    (['--config=configs/voc.py'], 'data.root'),
+])
+def test_cli_errors_are_one_line(tmp_path, args, named):
+  returncode, stderr = _main(tmp_path, *args)
+  assert returncode == 2, stderr
+  assert stderr.startswith('error: ') and stderr.count('\n') == 1, stderr
+  assert named in stderr
+  assert 'Traceback' not in stderr
+
+
+def test_validate_accepts_every_shipped_config():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  for name in ('voc', 'coco', 'demo'):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config_lib.validate(module.get_config())
+
+
+@pytest.mark.parametrize('key, value', [
+    ('model.num_nodes', 0), ('model.drop_rate', 1.5), ('model.drop_rate', -0.5),
+    ('model.drop_threshold', -0.1), ('model.backbone', 'foo'), ('model.variant', 'x'),
+    ('model.output_stride', 4), ('model.gru_kernel', 2), ('data.name', 'imagenet'),
+    ('data.num_classes', 0), ('stages', 'train_cls,foo'), ('stages', ' , '),
+    ('cams.scales', ()), ('seg.model', 'unet'), ('seg.scale_range', (1.5, 0.5)),
+    ('train.batch_size', 0), ('pseudo.conflict_threshold', 2.0),
+])
+def test_validate_names_the_key(key, value):
+  config = config_lib.base_config()
+  section, _, field = key.rpartition('.')
+  setattr(config[section] if section else config, field, value)
+  with pytest.raises(UserError) as e:
+    config_lib.validate(config)
+  assert str(e.value).startswith(f'config.{key}=')
+
+
+def test_release_variant_needs_groups_of_three():
+  config = config_lib.base_config()
+  config.model.variant = 'release'
+  with pytest.raises(UserError, match='model.num_nodes'):
+    config_lib.validate(config)
+  config.model.num_nodes = 3
+  config_lib.validate(config)
+
+
+def test_stage_list_is_in_pipeline_order():
+  config = config_lib.base_config()
+  assert config_lib.stage_list(config) == list(config_lib.STAGES)
+  config.stages = ' eval_seg, train_cls,export_cams ,train_cls'
+  assert config_lib.stage_list(config) == ['train_cls', 'export_cams', 'eval_seg']
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+  path = tmp_path / 'out.txt'
+  gio.atomic_write_text(str(path), 'old')
+  with pytest.raises(RuntimeError):
+    with gio.atomic_path(str(path)) as tmp:
+      with open(tmp, 'w') as f:
+        f.write('partial')
+      raise RuntimeError('interrupted')
+  assert path.read_text() == 'old'
+  assert os.listdir(tmp_path) == ['out.txt']
+  gio.atomic_write_text(str(path), 'new')
+  assert path.read_text() == 'new' and os.listdir(tmp_path) == ['out.txt']
+
+
+def test_update_metrics_merges(tmp_path):
+  assert gio.read_metrics(str(tmp_path)) == {}
+  gio.update_metrics(str(tmp_path), {'a': 1.0, 'b': 2})
+  merged = gio.update_metrics(str(tmp_path), {'b': 3, 'c': [0.5]})
+  assert merged == {'a': 1.0, 'b': 3, 'c': [0.5]}
+  with open(tmp_path / gio.METRICS_FILE) as f:
+    assert json.load(f) == merged
+
+
+def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_stage(name):
+    def run(config, workdir):
+      # Each stage sees the resolved data root and the metrics of the stages before it.
+      calls.append((name, config.data.root, sorted(gio.read_metrics(workdir))))
+      return {f'{name}/done': 1.0, 'last_stage': name}
+    return types.SimpleNamespace(run=run)
+
+  for name in config_lib.STAGES:
+    monkeypatch.setitem(sys.modules, f'gwsss_jax.stages.{name}', fake_stage(name))
+  config = config_lib.base_config()
+  config.data.name = 'synthetic'
+  config.data.num_classes = 6
+  config.data.synthetic.num_train = 4
+  config.data.synthetic.num_val = 2
+  config.data.synthetic.size = 48
+  config.stages = 'eval_seg,train_cls,pseudo_labels'
+  config_lib.lock(config)
+  workdir = str(tmp_path / 'wd')
+  os.makedirs(workdir)
+  gio.update_metrics(workdir, {'earlier_run': 7})
+
+  metrics = pipeline.run(config, workdir)
+
+  root = os.path.join(workdir, 'data', 'synthetic')
+  assert [c[0] for c in calls] == ['train_cls', 'pseudo_labels', 'eval_seg']
+  assert all(c[1] == root for c in calls)
+  assert calls[1][2] == ['earlier_run', 'last_stage', 'train_cls/done']
+  assert metrics == {'earlier_run': 7, 'train_cls/done': 1.0, 'pseudo_labels/done': 1.0,
+                     'eval_seg/done': 1.0, 'last_stage': 'eval_seg'}
+  assert gio.read_metrics(workdir) == metrics
+  assert os.path.isfile(os.path.join(root, 'ImageSets', 'Segmentation', 'train_cls.txt'))
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['data']['root'] == root
