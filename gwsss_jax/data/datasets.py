@@ -26,6 +26,7 @@ class Dataset:
   examples: list
   class_names: tuple        # without background
   split: str = ''
+  num_skipped: int = 0      # bad items skipped by the reader (data.skip_bad=True)
 
   @property
   def num_classes(self) -> int:

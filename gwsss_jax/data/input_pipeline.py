@@ -1,0 +1,371 @@
+"""tf.data pipelines: groups for the classifier, padded evaluation batches, DeepLab crops.
+
+Every random choice is a stateless op seeded from (config.seed, epoch or position, index), and
+the order of the examples is a numpy function of the same, so an iterator is positioned by
+(epoch, start_batch) (or start_step) alone: resuming yields bitwise the batches that an
+uninterrupted run would have. Skipping happens on the index list, before any decoding.
+
+Processes read disjoint shards: of each global batch of B rows, process i takes rows
+[i*b, (i+1)*b) with b = B / process_count. TensorFlow is kept off the accelerators (JAX owns
+them): this module hides GPUs and TPUs from TensorFlow at import.
+"""
+
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import palette
+from gwsss_jax.data import sampler
+from gwsss_jax.data import voc
+
+for _kind in ('GPU', 'TPU'):
+  try:
+    tf.config.set_visible_devices([], _kind)
+  except (RuntimeError, ValueError):  # Already initialised, or no such device type.
+    pass
+
+# Normalisation conventions of the backbone weights (`data.normalization`): torchvision's
+# ImageNet RGB mean/std on 0..1 pixels, and Caffe's BGR mean on 0..255 pixels (std 1).
+MEANS = {'imagenet_rgb': (0.485, 0.456, 0.406),
+         'caffe_bgr': (104.00698793, 116.66876762, 122.67891434)}
+STDS = {'imagenet_rgb': (0.229, 0.224, 0.225), 'caffe_bgr': (1.0, 1.0, 1.0)}
+
+_AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _check_normalization(normalization: str) -> None:
+  if normalization not in MEANS:
+    raise UserError(f'config.data.normalization={normalization!r}: the pipeline needs '
+                    "'imagenet_rgb' or 'caffe_bgr' (resolve 'auto' from the weights first)")
+
+
+def normalize_np(images_uint8_rgb, normalization: str) -> np.ndarray:
+  """The numpy twin of the pipeline's normalisation: uint8 RGB [..., 3] -> float32."""
+  _check_normalization(normalization)
+  x = np.asarray(images_uint8_rgb, np.float32)
+  if normalization == 'caffe_bgr':
+    return x[..., ::-1] - np.asarray(MEANS[normalization], np.float32)
+  return (x / 255.0 - np.asarray(MEANS[normalization], np.float32)) / np.asarray(
+      STDS[normalization], np.float32)
+
+
+def _normalize_tf(x, normalization):
+  """float32 RGB 0..255 -> normalised."""
+  if normalization == 'caffe_bgr':
+    return x[..., ::-1] - tf.constant(MEANS[normalization], tf.float32)
+  return (x / 255.0 - tf.constant(MEANS[normalization], tf.float32)) / tf.constant(
+      STDS[normalization], tf.float32)
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  """Full batches of groups per epoch (the remainder is dropped)."""
+  return num_examples // global_batch
+
+
+def _process(process_index, process_count):
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  return process_index, process_count
+
+
+def _per_process(global_batch: int, process_count: int, key: str) -> int:
+  if global_batch < 1 or global_batch % process_count:
+    raise UserError(f'config.{key}={global_batch}: must be a positive multiple of the number '
+                    f'of processes ({process_count})')
+  return global_batch // process_count
+
+
+def _options(config) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = bool(config.data.deterministic)
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def _decode(path):
+  """uint8 RGB [H, W, 3] of a JPEG or PNG; JPEGs decoded with the accurate integer DCT, as PIL
+  (and so the PyTorch pipelines) decode them, rather than TensorFlow's faster default."""
+  data = tf.io.read_file(path)
+  image = tf.cond(
+      tf.io.is_jpeg(data),
+      lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
+      lambda: tf.io.decode_png(data, channels=3))
+  return tf.ensure_shape(image, [None, None, 3])
+
+
+def _read_label(path):
+  """Class indices of a palette PNG (TensorFlow would decode its colours), uint8 [H, W]."""
+  label = tf.numpy_function(lambda p: palette.read_label_png(p.decode()), [path], tf.uint8)
+  return tf.ensure_shape(label, [None, None])
+
+
+def _seeds(seed, n):
+  return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+
+
+def _uniform(seed, lo, hi):
+  return tf.random.stateless_uniform([], seed, lo, hi, dtype=tf.float32)
+
+
+def _color_jitter(x, jitter, seed):
+  """torchvision-style ColorJitter on 0..1 RGB, in a fixed order: brightness, contrast,
+  saturation (factors drawn from [1 - j, 1 + j]), hue (shift drawn from [-j, j])."""
+  b, c, s, h = (float(v) for v in jitter)
+  sb, sc, ss, sh = _seeds(seed, 4)
+  if b > 0:
+    x = tf.clip_by_value(x * _uniform(sb, max(0.0, 1 - b), 1 + b), 0.0, 1.0)
+  if c > 0:
+    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(x))
+    x = tf.clip_by_value((x - mean) * _uniform(sc, max(0.0, 1 - c), 1 + c) + mean, 0.0, 1.0)
+  if s > 0:
+    gray = tf.image.rgb_to_grayscale(x)
+    x = tf.clip_by_value((x - gray) * _uniform(ss, max(0.0, 1 - s), 1 + s) + gray, 0.0, 1.0)
+  if h > 0:
+    x = tf.clip_by_value(tf.image.adjust_hue(x, _uniform(sh, -h, h)), 0.0, 1.0)
+  return x
+
+
+def _random_crop_offsets(height, width, size, seed):
+  s1, s2 = _seeds(seed, 2)
+  top = tf.random.stateless_uniform([], s1, 0, height - size + 1, dtype=tf.int32)
+  left = tf.random.stateless_uniform([], s2, 0, width - size + 1, dtype=tf.int32)
+  return top, left
+
+
+def _train_image(path, seed, config, normalization):
+  """Resize (shorter side), colour jitter, random crop, flip, normalise: [C, C, 3] float32."""
+  d = config.data
+  crop = d.crop_size
+  resize = max(d.resize, crop)
+  s_jit, s_crop, s_flip = _seeds(seed, 3)
+  image = _decode(path)
+  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  new_hw = tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32)
+  new_hw = tf.maximum(new_hw, crop)
+  x = tf.image.resize(tf.cast(image, tf.float32) / 255.0, new_hw, 'bilinear', antialias=True)
+  x = _color_jitter(tf.clip_by_value(x, 0.0, 1.0), d.color_jitter, s_jit)
+  top, left = _random_crop_offsets(new_hw[0], new_hw[1], crop, s_crop)
+  x = x[top:top + crop, left:left + crop]
+  if d.flip:
+    x = tf.where(_uniform(s_flip, 0.0, 1.0) < 0.5, x[:, ::-1], x)
+  x = tf.ensure_shape(x, [crop, crop, 3])
+  return _normalize_tf(x * 255.0, normalization)
+
+
+def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
+  """(groups [N, K], adjacency [N, K, K], order [N]): the groups of an epoch and their order."""
+  groups, adjacency = sampler.make_groups(dataset.label_matrix(), num_nodes, seed=config.seed,
+                                          epoch=epoch, rule=config.train.group_rule)
+  order = np.random.default_rng([config.seed, epoch, 1]).permutation(len(groups))
+  return groups, adjacency, order
+
+
+def train_iterator(dataset, config, *, num_nodes: int, global_batch: int, epoch: int,
+                   start_batch: int = 0, normalization: str = 'imagenet_rgb',
+                   process_index=None, process_count=None):
+  """This process's batches of groups for one epoch, from batch `start_batch` on.
+
+  Yields dicts of numpy arrays: 'images' float32 [b, K, C, C, 3], 'labels' float32 [b, K, L],
+  'adjacency' float32 [b, K, K], 'index' int32 [b, K] (dataset indices; column 0 the anchor).
+  """
+  _check_normalization(normalization)
+  pi, pc = _process(process_index, process_count)
+  b = _per_process(global_batch, pc, 'train.batch_size')
+  groups, adjacency, order = epoch_groups(dataset, config, num_nodes=num_nodes, epoch=epoch)
+  steps = steps_per_epoch(len(groups), global_batch)
+  rows = order[:steps * global_batch].reshape(steps, pc, b)[start_batch:, pi].reshape(-1)
+  labels = dataset.label_matrix().astype(np.float32)
+  paths = tf.constant([ex.image_path for ex in dataset.examples])
+  base_seed = tf.constant([config.seed, epoch], tf.int64)
+
+  # One traced function for the K images of a group (tracing is the slow part of set-up).
+  one_image = tf.function(lambda path, seed: _train_image(path, seed, config, normalization))
+
+  def load(item):
+    seed = tf.random.experimental.stateless_fold_in(base_seed, item['group'])
+    images = [one_image(paths[item['index'][k]], tf.random.experimental.stateless_fold_in(seed, k))
+              for k in range(num_nodes)]
+    return {'images': tf.stack(images), 'labels': item['labels'],
+            'adjacency': item['adjacency'], 'index': item['index']}
+
+  ds = tf.data.Dataset.from_tensor_slices({
+      'group': rows.astype(np.int64),
+      'index': groups[rows].astype(np.int32),
+      'labels': labels[groups[rows]],
+      'adjacency': adjacency[rows],
+  })
+  ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=config.data.deterministic)
+  ds = ds.batch(b, drop_remainder=True).prefetch(config.data.prefetch)
+  return ds.with_options(_options(config)).as_numpy_iterator()
+
+
+def image_sizes(dataset) -> np.ndarray:
+  """[N, 2] (height, width) of every image, from the file headers."""
+  sizes = []
+  for ex in dataset.examples:
+    wh = voc.header_size(ex.image_path)
+    if wh is None:
+      raise UserError(f'unreadable image {ex.image_path}')
+    sizes.append((wh[1], wh[0]))
+  return np.asarray(sizes, np.int32).reshape(-1, 2)
+
+
+def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
+                  normalization: str = 'imagenet_rgb', process_index=None, process_count=None,
+                  with_masks: bool = True):
+  """This process's evaluation batches: full-resolution images padded bottom/right.
+
+  `pad_to` (H, W) fixes the padded shape (one compilation); None pads to the largest image of
+  the dataset (read from the file headers). The last batch is filled with padding examples
+  ('valid' False, 'index' -1), never dropped.
+
+  Yields 'images' float32 [b, Hp, Wp, 3] (padding 0, the mean after normalisation), 'masks'
+  uint8 [b, Hp, Wp] (255 in the padding, and everywhere when there is no ground truth or
+  with_masks is False), 'hw' int32 [b, 2] original sizes, 'index' int32 [b], 'valid' bool [b].
+  """
+  _check_normalization(normalization)
+  pi, pc = _process(process_index, process_count)
+  sizes = image_sizes(dataset)
+  largest = tuple(int(v) for v in sizes.max(0)) if len(sizes) else (1, 1)
+  if pad_to is None:
+    pad_to = largest
+  pad_to = tuple(int(v) for v in pad_to)
+  if largest[0] > pad_to[0] or largest[1] > pad_to[1]:
+    raise UserError(f'an image of {dataset.split!r} is {largest[0]}x{largest[1]}, larger than '
+                    f'the evaluation padding {pad_to[0]}x{pad_to[1]}')
+  n = len(dataset)
+  per_round = batch_size * pc
+  total = -(-n // per_round) * per_round
+  index = np.arange(total)
+  index = index.reshape(-1, pc, batch_size)[:, pi].reshape(-1)
+  index = np.where(index < n, index, -1).astype(np.int32)
+  paths = tf.constant([ex.image_path for ex in dataset.examples] or [''])
+  mask_paths = tf.constant([ex.mask_path or '' for ex in dataset.examples] or [''])
+  hp, wp = pad_to
+
+  def load(i):
+    valid = i >= 0
+    j = tf.maximum(i, 0)
+    image = _decode(paths[j])
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    x = _normalize_tf(tf.cast(image, tf.float32), normalization)
+    x = tf.image.pad_to_bounding_box(x, 0, 0, hp, wp) * tf.cast(valid, tf.float32)
+    if with_masks:
+      mask = tf.cond(tf.strings.length(mask_paths[j]) > 0,
+                     lambda: _read_label(mask_paths[j]),
+                     lambda: tf.fill([h, w], tf.constant(palette.IGNORE, tf.uint8)))
+      mask = tf.where(valid, mask, tf.constant(palette.IGNORE, tf.uint8))
+    else:
+      mask = tf.fill([h, w], tf.constant(palette.IGNORE, tf.uint8))
+    mask = tf.pad(mask, [[0, hp - h], [0, wp - w]], constant_values=palette.IGNORE)
+    return {'images': tf.ensure_shape(x, [hp, wp, 3]), 'masks': tf.ensure_shape(mask, [hp, wp]),
+            'hw': tf.stack([h, w]), 'index': i, 'valid': valid}
+
+  ds = tf.data.Dataset.from_tensor_slices(index)
+  ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size).prefetch(config.data.prefetch)
+  return ds.with_options(_options(config)).as_numpy_iterator()
+
+
+def _seg_positions(num_examples, seed, global_batch, b, pi, start_step):
+  """(example index, stream position) forever: the examples in a fresh permutation per pass."""
+  perms = {}
+  step = start_step
+  while True:
+    for p in range(step * global_batch + pi * b, step * global_batch + (pi + 1) * b):
+      epoch = p // num_examples
+      if epoch not in perms:
+        perms = {epoch: np.random.default_rng([seed, epoch, 2]).permutation(num_examples)}
+      yield perms[epoch][p % num_examples], p
+    step += 1
+
+
+def seg_train_iterator(dataset, config, *, label_dir=None, global_batch: int, start_step: int = 0,
+                       normalization: str = 'imagenet_rgb', process_index=None,
+                       process_count=None):
+  """Endless DeepLab training batches from step `start_step` on.
+
+  Labels are `<label_dir>/<name>.png` (pseudo labels) or, when label_dir is None, the ground
+  truth masks. Augmentation: random scale in config.seg.scale_range, padding to the crop size
+  (image with the mean, label with 255), random crop config.seg.crop_size, horizontal flip.
+  Yields 'images' float32 [b, C, C, 3] and 'labels' int32 [b, C, C].
+  """
+  _check_normalization(normalization)
+  pi, pc = _process(process_index, process_count)
+  b = _per_process(global_batch, pc, 'seg.batch_size')
+  if label_dir is None:
+    label_paths = [ex.mask_path for ex in dataset.examples]
+    missing = [ex.name for ex in dataset.examples if ex.mask_path is None]
+    if missing:
+      raise UserError(f'split {dataset.split!r} has no ground-truth mask for {missing[0]!r} '
+                      f'(and {len(missing) - 1} more): cannot train on ground truth')
+  else:
+    label_paths = [os.path.join(label_dir, ex.name + '.png') for ex in dataset.examples]
+    missing = [p for p in label_paths if not os.path.isfile(p)]
+    if missing:
+      raise UserError(f'pseudo label not found: {missing[0]} (and {len(missing) - 1} more); '
+                      'run the pseudo_labels stage first')
+  crop = config.seg.crop_size
+  lo, hi = (float(v) for v in config.seg.scale_range)
+  paths = tf.constant([ex.image_path for ex in dataset.examples])
+  labels = tf.constant(label_paths)
+  base_seed = tf.constant([config.seed, 0x5e9], tf.int64)
+
+  def load(i, p):
+    s_scale, s_crop, s_flip = _seeds(tf.random.experimental.stateless_fold_in(base_seed, p), 3)
+    image = tf.cast(_decode(paths[i]), tf.float32)
+    label = _read_label(labels[i])[..., None]
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.maximum(tf.cast(tf.round(hw * _uniform(s_scale, lo, hi)), tf.int32), 1)
+    x = _normalize_tf(tf.image.resize(image, new_hw, 'bilinear'), normalization)
+    y = tf.image.resize(label, new_hw, 'nearest')
+    ph = tf.maximum(crop - new_hw[0], 0)
+    pw = tf.maximum(crop - new_hw[1], 0)
+    x = tf.pad(x, [[0, ph], [0, pw], [0, 0]])
+    y = tf.pad(y, [[0, ph], [0, pw], [0, 0]], constant_values=palette.IGNORE)
+    top, left = _random_crop_offsets(new_hw[0] + ph, new_hw[1] + pw, crop, s_crop)
+    x = x[top:top + crop, left:left + crop]
+    y = y[top:top + crop, left:left + crop, 0]
+    flip = _uniform(s_flip, 0.0, 1.0) < 0.5
+    x = tf.where(flip, x[:, ::-1], x)
+    y = tf.where(flip, y[:, ::-1], y)
+    return {'images': tf.ensure_shape(x, [crop, crop, 3]),
+            'labels': tf.ensure_shape(tf.cast(y, tf.int32), [crop, crop])}
+
+  ds = tf.data.Dataset.from_generator(
+      lambda: _seg_positions(len(dataset), config.seed, global_batch, b, pi, start_step),
+      output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)))
+  ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=config.data.deterministic)
+  ds = ds.batch(b, drop_remainder=True).prefetch(config.data.prefetch)
+  return ds.with_options(_options(config)).as_numpy_iterator()
+
+
+def benchmark(config, num_batches: int) -> float:
+  """Groups per second delivered by `train_iterator` on the configured training split.
+
+  Prints the figure; the first batch (graph construction, group sampling) is not timed.
+  """
+  from gwsss_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  dataset = datasets.load_split(config, config.data.train_split)
+  normalization = config.data.normalization
+  if normalization == 'auto':
+    normalization = 'imagenet_rgb'
+  it = train_iterator(dataset, config, num_nodes=config.model.num_nodes,
+                      global_batch=config.train.batch_size, epoch=0, normalization=normalization,
+                      process_index=0, process_count=1)
+  next(it)
+  t0 = time.perf_counter()
+  done = 0
+  for batch in it:
+    done += batch['images'].shape[0]
+    if done >= num_batches * config.train.batch_size:
+      break
+  rate = done / max(time.perf_counter() - t0, 1e-9)
+  print(f'input pipeline: {rate:.1f} groups/s ({config.model.num_nodes} images of '
+        f'{config.data.crop_size}px each, batch {config.train.batch_size})')
+  return rate

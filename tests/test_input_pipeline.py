@@ -1,0 +1,190 @@
+"""tf.data pipelines on a tiny VOC-layout tree: shapes, ranges, determinism, resume, shards."""
+
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from gwsss_jax import config as config_lib
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import input_pipeline as ip
+from gwsss_jax.data import palette
+from gwsss_jax.data import sampler
+from gwsss_jax.data import voc
+import test_voc
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('voc'))
+  test_voc.write_voc(root, num_images=18, size=(36, 44))
+  config = config_lib.base_config()
+  config.data.root = root
+  config.data.num_classes = 4
+  config.data.train_split = 'train'
+  config.data.crop_size = 24
+  config.data.resize = 28
+  config.seg.crop_size = 40
+  config.seed = 3
+  return config, voc.load(config.data, 'train'), voc.load(config.data, 'val')
+
+
+def _collect(it):
+  return list(it)
+
+
+def test_normalize_np_matches_definitions():
+  x = np.array([[[0, 128, 255]]], np.uint8)
+  rgb = ip.normalize_np(x, 'imagenet_rgb')
+  np.testing.assert_allclose(rgb[0, 0], (np.array([0, 128, 255]) / 255.0 - [0.485, 0.456, 0.406])
+                             / [0.229, 0.224, 0.225], rtol=1e-6)
+  bgr = ip.normalize_np(x, 'caffe_bgr')
+  np.testing.assert_allclose(bgr[0, 0], [255 - 104.00698793, 128 - 116.66876762,
+                                         0 - 122.67891434], rtol=1e-6)
+  with pytest.raises(UserError):
+    ip.normalize_np(x, 'auto')
+
+
+def test_train_batches_shapes_values_and_resume(setup):
+  config, train, _ = setup
+  kw = dict(num_nodes=3, global_batch=4, epoch=1, normalization='imagenet_rgb',
+            process_index=0, process_count=1)
+  batches = _collect(ip.train_iterator(train, config, **kw))
+  assert len(batches) == ip.steps_per_epoch(len(train), 4) == 3
+  b = batches[0]
+  assert b['images'].shape == (4, 3, 24, 24, 3) and b['images'].dtype == np.float32
+  assert b['labels'].shape == (4, 3, 4) and b['labels'].dtype == np.float32
+  assert b['adjacency'].shape == (4, 3, 3) and b['index'].dtype == np.int32
+  lo = (0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  hi = (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  assert (b['images'] >= lo - 1e-4).all() and (b['images'] <= hi + 1e-4).all()
+  assert b['images'].std() > 0.1
+  # Labels and adjacency follow the dataset and the sampler.
+  groups, adjacency, order = ip.epoch_groups(train, config, num_nodes=3, epoch=1)
+  matrix = train.label_matrix()
+  for n, batch in enumerate(batches):
+    rows = order[n * 4:(n + 1) * 4]
+    np.testing.assert_array_equal(batch['index'], groups[rows])
+    np.testing.assert_array_equal(batch['labels'], matrix[groups[rows]])
+    np.testing.assert_array_equal(batch['adjacency'], adjacency[rows])
+  # Determinism and resume: bitwise the same batches.
+  again = _collect(ip.train_iterator(train, config, **kw))
+  resumed = _collect(ip.train_iterator(train, config, start_batch=2, **kw))
+  assert len(resumed) == 1
+  for key in batches[0]:
+    np.testing.assert_array_equal(batches[1][key], again[1][key])
+    np.testing.assert_array_equal(batches[2][key], resumed[0][key])
+  other_epoch = next(ip.train_iterator(train, config, **{**kw, 'epoch': 2}))
+  assert not np.array_equal(other_epoch['images'], b['images'])
+
+
+def test_train_images_are_the_decoded_pixels_without_augmentation(setup):
+  config, train, _ = setup
+  config = config.copy_and_resolve_references()
+  config.data.color_jitter = (0.0, 0.0, 0.0, 0.0)
+  config.data.flip = False
+  config.data.resize = 36  # the images' shorter side: no resize
+  b = next(ip.train_iterator(train, config, num_nodes=1, global_batch=2, epoch=0,
+                             normalization='caffe_bgr', process_index=0, process_count=1))
+  for img, i in zip(b['images'][:, 0], b['index'][:, 0]):
+    pixels = np.asarray(Image.open(train.examples[i].image_path).convert('RGB'), np.float32)
+    ref = ip.normalize_np(pixels, 'caffe_bgr')
+    # The crop is a window of the image: find it by exhaustive search.
+    errs = [np.abs(ref[t:t + 24, l:l + 24] - img).mean() for t in range(13) for l in range(21)]
+    assert min(errs) < 1e-3, min(errs)
+
+
+def test_train_shards_are_disjoint_and_complete(setup):
+  config, train, _ = setup
+  full = _collect(ip.train_iterator(train, config, num_nodes=2, global_batch=4, epoch=0,
+                                    process_index=0, process_count=1))
+  parts = [_collect(ip.train_iterator(train, config, num_nodes=2, global_batch=4, epoch=0,
+                                      process_index=p, process_count=2)) for p in range(2)]
+  for n, batch in enumerate(full):
+    joined = np.concatenate([parts[0][n]['index'], parts[1][n]['index']])
+    np.testing.assert_array_equal(joined, batch['index'])
+    np.testing.assert_array_equal(
+        np.concatenate([parts[0][n]['images'], parts[1][n]['images']]), batch['images'])
+  with pytest.raises(UserError, match='train.batch_size'):
+    ip.train_iterator(train, config, num_nodes=2, global_batch=3, epoch=0, process_index=0,
+                      process_count=2)
+
+
+def test_eval_batches_padded_masked_and_sharded(setup):
+  config, _, val = setup
+  assert len(val) == 6
+  kw = dict(batch_size=2, pad_to=(40, 50), normalization='imagenet_rgb')
+  parts = [_collect(ip.eval_iterator(val, config, process_index=p, process_count=2, **kw))
+           for p in range(2)]
+  assert [len(p) for p in parts] == [2, 2]  # 6 examples -> 8 slots, 2 padding
+  seen = []
+  for part in parts:
+    for b in part:
+      assert b['images'].shape == (2, 40, 50, 3) and b['masks'].dtype == np.uint8
+      for img, mask, hw, i, valid in zip(b['images'], b['masks'], b['hw'], b['index'],
+                                         b['valid']):
+        if not valid:
+          assert i == -1 and (mask == 255).all() and (img == 0).all()
+          continue
+        seen.append(int(i))
+        h, w = hw
+        assert (h, w) == (36, 44)
+        ref = palette.read_label_png(val.examples[i].mask_path)
+        np.testing.assert_array_equal(mask[:h, :w], ref)
+        assert (mask[h:] == 255).all() and (mask[:, w:] == 255).all()
+        assert (img[h:] == 0).all()
+        pixels = np.asarray(Image.open(val.examples[i].image_path).convert('RGB'))
+        np.testing.assert_allclose(img[:h, :w], ip.normalize_np(pixels, 'imagenet_rgb'),
+                                   atol=1e-5)
+  assert sorted(seen) == list(range(6))
+  # Default padding: the largest image; no masks requested -> all 255.
+  b = next(ip.eval_iterator(val, config, batch_size=4, process_index=0, process_count=1,
+                            with_masks=False))
+  assert b['images'].shape == (4, 36, 44, 3) and (b['masks'] == 255).all()
+  with pytest.raises(UserError, match='larger than'):
+    ip.eval_iterator(val, config, batch_size=2, pad_to=(20, 20), process_index=0,
+                     process_count=1)
+
+
+def test_seg_batches_and_resume(setup, tmp_path):
+  config, train, _ = setup
+  kw = dict(global_batch=4, normalization='imagenet_rgb', process_index=0, process_count=1)
+  it = ip.seg_train_iterator(train, config, **kw)
+  batches = [next(it) for _ in range(4)]  # 16 > 12 examples: crosses an epoch
+  b = batches[0]
+  assert b['images'].shape == (4, 40, 40, 3) and b['labels'].dtype == np.int32
+  assert set(np.unique(b['labels'])) <= {0, 1, 2, 3, 4, 255}
+  assert (b['labels'] == 255).any()  # padding (images are 36x44, crop 40, scale <= 1.5)
+  resumed = next(ip.seg_train_iterator(train, config, start_step=3, **kw))
+  for key in b:
+    np.testing.assert_array_equal(batches[3][key], resumed[key])
+  halves = [next(ip.seg_train_iterator(train, config, start_step=3, global_batch=4,
+                                       process_index=p, process_count=2)) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate([h['labels'] for h in halves]),
+                                batches[3]['labels'])
+  # Pseudo labels from a directory; a missing one is reported.
+  label_dir = str(tmp_path / 'pseudo')
+  for ex in train.examples:
+    palette.save_label_png(os.path.join(label_dir, ex.name + '.png'),
+                           np.full((36, 44), 2, np.uint8))
+  b = next(ip.seg_train_iterator(train, config, label_dir=label_dir, **kw))
+  assert set(np.unique(b['labels'])) <= {2, 255}
+  os.remove(os.path.join(label_dir, train.examples[0].name + '.png'))
+  with pytest.raises(UserError, match='pseudo label not found'):
+    ip.seg_train_iterator(train, config, label_dir=label_dir, **kw)
+
+
+def test_benchmark_returns_a_rate(setup):
+  config, _, _ = setup
+  config = config.copy_and_resolve_references()
+  config.train.batch_size = 2
+  config.model.num_nodes = 2
+  assert ip.benchmark(config, num_batches=2) > 0
+
+
+def test_sampler_is_the_source_of_groups(setup):
+  config, train, _ = setup
+  groups, _, _ = ip.epoch_groups(train, config, num_nodes=3, epoch=4)
+  ref, _ = sampler.make_groups(train.label_matrix(), 3, seed=config.seed, epoch=4)
+  np.testing.assert_array_equal(groups, ref)
