@@ -4,7 +4,7 @@ Run:
   python -m gwsss_jax.main --config=configs/voc.py --workdir=runs/voc \
     --config.data.root=/data/VOCdevkit/VOC2012 \
     --config.data.saliency_dir=/data/VOCdevkit/VOC2012/saliency_dss \
-    --config.model.pretrained=weights/vgg16_torchvision.msgpack
+    --config.model.pretrained=weights/vgg16_torchvision
 
 Expected (paper, Table 1): DeepLab-v2 val mIoU 63.3 (VGG16 classifier); 68.2 with
 `--config.model.backbone=resnet101`. Ablations are one-line overrides, e.g.
