@@ -1,0 +1,134 @@
+"""Stage `pseudo_labels`: a palette PNG per training image from its exported CAMs.
+
+With saliency maps (`data.saliency_dir`): the release's rules (`cams.pseudo.saliency_label`,
+thresholds `pseudo.*`). Without: IRNet's background threshold `cams.bg_threshold`.
+Output: `<workdir>/pseudo_labels/<name>.png` (0 background, c + 1 for class c, 255 ignore, VOC
+colour map), written atomically; images already labelled are skipped. Work is split over the
+hosts (process i takes every i-th image; the workdir must be shared) and over the CPU cores
+(`pseudo.num_workers` processes, 0 = all cores).
+
+Dense CRF (`cams.crf=True`) is not offered: the maintained Python bindings of the dense CRF
+(pydensecrf2, SimpleCRF) publish no wheels for this platform and need a C++ toolchain and Cython
+at install time, so the option raises UserError rather than silently doing nothing.
+"""
+
+import multiprocessing
+import os
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from gwsss_jax.cams import export
+from gwsss_jax.cams import pseudo
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import datasets
+from gwsss_jax.data import palette
+
+
+def label_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'pseudo_labels')
+
+
+def label_path(workdir: str, name: str) -> str:
+  return os.path.join(label_dir(workdir), name + '.png')
+
+
+def saliency_root(config) -> str:
+  """`data.saliency_dir` resolved against `data.root` when relative; '' when unset."""
+  d = config.data.saliency_dir
+  if not d:
+    return ''
+  return d if os.path.isabs(d) else os.path.join(config.data.root, d)
+
+
+def read_saliency(path: str) -> np.ndarray:
+  """uint8 [H, W] saliency (0..255; RGB maps are converted to grey); UserError naming the file
+  when it is missing or unreadable."""
+  if not os.path.exists(path):
+    raise UserError(f'saliency map not found: {path} (config.data.saliency_dir needs '
+                    '<name>.png for every training image; set it to \'\' to use the CAM '
+                    'background threshold instead)')
+  try:
+    with Image.open(path) as img:
+      img.load()
+      return np.asarray(img.convert('L'), np.uint8)
+  except (OSError, SyntaxError, ValueError) as e:
+    raise UserError(f'corrupt saliency map {path}: {e}') from None
+
+
+def label_image(task) -> tuple:
+  """Worker: computes and writes one pseudo label. Returns (name, coverage, saliency resized)."""
+  name, cam_file, saliency_file, out_file, params = task
+  record = export.load_record(cam_file)
+  cams = np.asarray(record['high_res'], np.float32)
+  keys = record['keys']
+  resized = False
+  if saliency_file:
+    saliency = read_saliency(saliency_file)
+    if saliency.shape != cams.shape[1:]:
+      saliency = cv2.resize(saliency, (cams.shape[2], cams.shape[1]),
+                            interpolation=cv2.INTER_LINEAR)
+      resized = True
+    label = pseudo.saliency_label(
+        cams, keys, saliency, params['conflict_threshold'], params['saliency_bg_threshold'],
+        params['fg_ignore_threshold'], params['min_fg_fraction'])
+  else:
+    label = pseudo.threshold_label(cams, keys, params['bg_threshold'])
+  palette.save_label_png(out_file, label)
+  return name, float(np.mean(label != pseudo.IGNORE)), resized
+
+
+def run(config, workdir: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if config.cams.crf:
+    raise UserError('config.cams.crf=True: dense CRF is not available (no maintained dense-CRF '
+                    'package installs from wheels here: pydensecrf2 and SimpleCRF need a C++ '
+                    'toolchain); set cams.crf=False')
+  dataset = datasets.load_split(config, config.data.train_split)
+  sal_root = saliency_root(config)
+  if sal_root and not os.path.isdir(sal_root):
+    raise UserError(f'config.data.saliency_dir={config.data.saliency_dir!r}: directory '
+                    f'{sal_root} not found')
+  q = config.pseudo
+  params = {'conflict_threshold': q.conflict_threshold,
+            'saliency_bg_threshold': q.saliency_bg_threshold,
+            'fg_ignore_threshold': q.fg_ignore_threshold,
+            'min_fg_fraction': q.min_fg_fraction,
+            'bg_threshold': config.cams.bg_threshold}
+  mine = dataset.examples[jax.process_index()::jax.process_count()]
+  os.makedirs(label_dir(workdir), exist_ok=True)
+  tasks = [(ex.name, export.cam_path(workdir, ex.name),
+            os.path.join(sal_root, ex.name + '.png') if sal_root else '',
+            label_path(workdir, ex.name), params)
+           for ex in mine if not os.path.exists(label_path(workdir, ex.name))]
+  workers = min(q.num_workers or os.cpu_count() or 1, max(len(tasks), 1))
+  coverage, all_ignored, resized = [], 0, 0
+  bar = tqdm(total=len(tasks), desc='pseudo_labels', unit='img', dynamic_ncols=True,
+             disable=jax.process_index() != 0)
+  if workers <= 1:
+    results = map(label_image, tasks)
+    pool = None
+  else:
+    # spawn: the parent holds JAX's threads, which fork does not copy safely.
+    pool = multiprocessing.get_context('spawn').Pool(workers)
+    results = pool.imap_unordered(label_image, tasks, chunksize=8)
+  try:
+    for _, cov, was_resized in results:
+      coverage.append(cov)
+      all_ignored += cov == 0.0
+      resized += was_resized
+      bar.update(1)
+  finally:
+    if pool is not None:
+      pool.terminate()
+    bar.close()
+  out = {'pseudo_labels/images': len(tasks), 'pseudo_labels/skipped': len(mine) - len(tasks),
+         'pseudo_labels/all_ignored': int(all_ignored)}
+  if sal_root:
+    out['pseudo_labels/saliency_resized'] = int(resized)
+  if coverage:
+    out['pseudo_labels/mean_coverage'] = float(np.mean(coverage))
+  return out

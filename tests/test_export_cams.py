@@ -1,0 +1,189 @@
+"""CAM files: IRNet's format, OAA export with resume, group inference against a plain loop."""
+
+import functools
+import os
+
+import cv2
+import jax
+import numpy as np
+import torch
+from PIL import Image
+
+from gwsss_jax import config as config_lib
+from gwsss_jax.cams import export
+from gwsss_jax.cams import oaa
+from gwsss_jax.data import datasets
+from gwsss_jax.data import sampler
+from gwsss_jax.models import classifier
+from gwsss_jax.models import convert
+
+NORM = convert.normalization_spec('imagenet_rgb')
+
+
+def _torch_resize(maps, hw):
+  """IRNet's resize: F.interpolate(bilinear, align_corners=False)."""
+  t = torch.from_numpy(np.asarray(maps, np.float32))[None]
+  return torch.nn.functional.interpolate(t, size=tuple(hw), mode='bilinear',
+                                         align_corners=False)[0].numpy()
+
+
+def _irnet_eval_labels(path, threshold):
+  """IRNet step/eval_cam.py's reading of a CAM file (independent of gwsss_jax)."""
+  cam_dict = np.load(path, allow_pickle=True).item()
+  cams = cam_dict['high_res']
+  cams = np.pad(cams, ((1, 0), (0, 0), (0, 0)), mode='constant', constant_values=threshold)
+  keys = np.pad(cam_dict['keys'] + 1, (1, 0), mode='constant')
+  return keys[np.argmax(cams, axis=0)]
+
+
+def _irnet_normalize(maps):
+  """IRNet's `cam /= F.adaptive_max_pool2d(cam, (1, 1)) + 1e-5`."""
+  return maps / (maps.reshape(len(maps), -1).max(1)[:, None, None] + 1e-5)
+
+
+def test_record_is_irnet_readable(tmp_path):
+  rng = np.random.default_rng(0)
+  low = rng.random((2, 4, 5)).astype(np.float32) * 3.0
+  rec = export.make_record([3, 14], {'ensemble': low}, (13, 17), 'ensemble', 'oaa')
+  path = str(tmp_path / 'a.npy')
+  export.save_record(path, rec)
+  loaded = np.load(path, allow_pickle=True).item()
+  np.testing.assert_array_equal(loaded['keys'], [3, 14])
+  assert loaded['cam'].shape == (2, 4, 5) and loaded['high_res'].shape == (2, 13, 17)
+  assert loaded['high_res'].dtype == np.float32
+  cam = _irnet_normalize(low)
+  np.testing.assert_allclose(loaded['cam'], cam, rtol=1e-6)
+  np.testing.assert_allclose(loaded['high_res'], _irnet_normalize(_torch_resize(cam, (13, 17))),
+                             atol=1e-6)
+  # IRNet's eval: background channel padded in front, keys + 1 -> VOC labels 0, 4, 15.
+  labels = _irnet_eval_labels(path, 0.5)
+  assert set(np.unique(labels)) <= {0, 4, 15}
+  hr = loaded['high_res']
+  expected = np.where(hr.max(0) > 0.5, np.array([4, 15])[hr.argmax(0)], 0)
+  np.testing.assert_array_equal(labels, expected)
+
+
+def _dataset(tmp_path, labels, sizes):
+  rng = np.random.default_rng(0)
+  examples = []
+  for i, (row, (h, w)) in enumerate(zip(labels, sizes)):
+    path = str(tmp_path / 'images' / f'im{i}.png')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    examples.append(datasets.Example(f'im{i}', path, None, tuple(np.flatnonzero(row))))
+  return datasets.Dataset(examples, tuple(f'c{c}' for c in range(labels.shape[1])), 'train')
+
+
+def test_oaa_export_and_resume(tmp_path):
+  labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]], bool)
+  ds = _dataset(tmp_path, labels, [(20, 30), (16, 16), (24, 12)])
+  workdir = str(tmp_path / 'run')
+  store = oaa.OAAStore.open(workdir, labels, (4, 4), process_index=0)
+  rng = np.random.default_rng(1)
+  cams = rng.random((3, 4, 4, 3)).astype(np.float32)
+  store.update([0, 1, 2], cams, np.ones((3, 3)), 0.1, False)
+  store.update([2], cams[:1], np.array([[1.0, 0.0, 0.0]]), 0.1, False)  # class 1 skipped
+  store.flush()
+  out = export.export_oaa(workdir, ds, save_png=True)
+  assert out['export_cams/images'] == 3 and out['export_cams/missing_maps'] == 0
+  rec = export.load_record(export.cam_path(workdir, 'im2'))
+  np.testing.assert_array_equal(rec['keys'], [0, 1])
+  stored = np.rint(np.maximum(cams[2], cams[0] * [1, 0, 0]) * 255) / 255  # max over updates
+  want = stored[..., [0, 1]].transpose(2, 0, 1)
+  np.testing.assert_allclose(rec['cam'], _irnet_normalize(want), atol=1e-6)
+  assert rec['high_res'].shape == (2, 24, 12)
+  assert os.path.exists(os.path.join(export.png_dir(workdir), 'im0_2.png'))
+  # Resume: finished files are skipped, a deleted one is rewritten.
+  os.remove(export.cam_path(workdir, 'im1'))
+  before = os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns
+  out = export.export_oaa(workdir, ds, save_png=False)
+  assert out['export_cams/images'] == 1 and out['export_cams/skipped'] == 2
+  assert os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns == before
+  assert os.path.exists(export.cam_path(workdir, 'im1'))
+
+
+def _tiny_config():
+  c = config_lib.base_config()
+  c.model.width = 0.0625
+  c.model.node_dim = 8
+  c.model.num_nodes = 2
+  c.model.num_steps = 1
+  c.data.crop_size = 32
+  c.cams.scales = (1.0, 0.5)
+  c.cams.flip = True
+  c.cams.batch_size = 1
+  c.cams.source = 'graph'
+  return c
+
+
+def _random_variables(model, k, seed=0):
+  """He-initialised numpy weights of the classifier's shapes: O(1) CAMs (the flax initialisers
+  shrink a width-0.0625 VGG's activations to ~1e-7), and no compilation of an init function."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          np.zeros((1, k, 32, 32, 3), np.float32), np.ones((1, k, k), np.float32))
+  rng = np.random.default_rng(seed)
+
+  def init(s):
+    if len(s.shape) == 1:
+      return np.zeros(s.shape, np.float32)
+    return (rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1]))).astype(np.float32)
+
+  return jax.tree.map(init, shapes)
+
+
+def test_group_inference_matches_a_plain_loop(tmp_path):
+  config = _tiny_config()
+  labels = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1]], bool)
+  ds = _dataset(tmp_path, labels, [(20, 30), (32, 32), (40, 24), (16, 20), (30, 30)])
+  model = classifier.build_classifier(config.model, 3)
+  k = config.model.num_nodes
+  variables = _random_variables(model, k)
+  workdir = str(tmp_path / 'run')
+  out = export.export_group_inference(config, workdir, ds, model, variables, NORM)
+  assert out['export_cams/images'] == 5
+
+  # Reference: every group containing the image, at each scale and flip, one at a time.
+  groups, adjacency = sampler.make_groups(labels, k, config.seed, 0, config.train.group_rule)
+  images = [np.asarray(Image.open(ex.image_path).convert('RGB')) for ex in ds.examples]
+  apply = jax.jit(lambda v, x, a: model.apply(v, x, a, train=False)[1])
+  sums = {i: {'graph': 0.0, 'intermediate': 0.0, 'ensemble': 0.0} for i in range(5)}
+  counts = np.zeros(5)
+  for g, members in enumerate(groups):
+    per_pass = []
+    for side in (32, 16):
+      x = np.stack([cv2.resize(images[i], (side, side), interpolation=cv2.INTER_LINEAR)
+                    for i in members])
+      x = convert.normalize(x, NORM)[None]
+      for flip in (False, True):
+        o = apply(variables, x[:, :, :, ::-1] if flip else x, adjacency[g:g + 1])
+        gr, mid = np.asarray(o['cam_graph'])[0], np.asarray(o['cam_mid'])[0]  # [K, h, w, L]
+        maps = {'graph': gr, 'intermediate': mid, 'ensemble': (gr + mid) / 2}
+        for r, m in maps.items():
+          m = np.maximum(m, 0)
+          m = np.stack([_torch_resize(mm.transpose(2, 0, 1), (4, 4)) for mm in m])
+          per_pass.append((r, m[..., ::-1] if flip else m))  # [K, L, 4, 4]
+    for node, i in enumerate(members):
+      counts[i] += 1
+      for r, m in per_pass:
+        sums[i][r] = sums[i][r] + m[node] / 4
+  for i, ex in enumerate(ds.examples):
+    rec = np.load(export.cam_path(workdir, ex.name), allow_pickle=True).item()
+    keys = np.flatnonzero(labels[i])
+    np.testing.assert_array_equal(rec['keys'], keys)
+    assert rec['source'] == 'graph' and rec['method'] == 'group_inference'
+    for r in ('graph', 'intermediate', 'ensemble'):
+      want = _irnet_normalize(sums[i][r][keys] / counts[i])
+      np.testing.assert_allclose(rec[f'cam_{r}'], want, rtol=1e-4, atol=1e-5,
+                                 err_msg=f'{ex.name} {r}')
+    np.testing.assert_allclose(rec['cam'], rec['cam_graph'])
+    assert rec['high_res'].shape == (len(keys),) + images[i].shape[:2]
+
+  # Resume: only the groups of the missing image run again; the others are left alone.
+  os.remove(export.cam_path(workdir, 'im3'))
+  before = os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns
+  out = export.export_group_inference(config, workdir, ds, model, variables, NORM)
+  assert out['export_cams/images'] == 1 and out['export_cams/skipped'] == 4
+  assert os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns == before
+  rec = np.load(export.cam_path(workdir, 'im3'), allow_pickle=True).item()
+  want = _irnet_normalize(sums[3]['graph'][[2]] / counts[3])
+  np.testing.assert_allclose(rec['cam'], want, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,186 @@
+"""The OAA accumulation rule on hand-made maps, and the store's kill-and-resume behaviour."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gwsss_jax.cams import oaa
+from gwsss_jax.common.errors import UserError
+
+LABELS = np.array([[1, 0, 1],
+                   [0, 1, 0]], bool)
+
+
+def _cams(values_by_class, hw=(2, 2), num_classes=3):
+  """[1, h, w, L] with the given [h, w] maps at their classes."""
+  out = np.zeros((1,) + hw + (num_classes,), np.float32)
+  for c, v in values_by_class.items():
+    out[0, ..., c] = v
+  return out
+
+
+def _probs(values_by_class, num_classes=3):
+  p = np.zeros((1, num_classes), np.float32)
+  for c, v in values_by_class.items():
+    p[0, c] = v
+  return p
+
+
+def test_rule_on_hand_made_maps(tmp_path):
+  store = oaa.OAAStore.open(str(tmp_path), LABELS, (2, 2), process_index=0)
+  a = np.array([[1.0, 0.5], [0.0, 0.2]])
+  b = np.array([[0.4, 1.0], [0.6, 0.0]])
+  # Epoch 0: class 0 confident, class 2 below the threshold (skipped); class 1 is not a label
+  # of image 0 and is ignored whatever its map.
+  store.update([0], _cams({0: a, 1: b, 2: b}), _probs({0: 0.5, 1: 0.9, 2: 0.05}), 0.1, False)
+  got = store.get(0)
+  assert sorted(got) == [0]
+  np.testing.assert_array_equal(got[0], [[255, 128], [0, 51]])  # rint(255 * a)
+  # Epoch 1: the max across epochs.
+  store.update([0], _cams({0: b, 2: a}), _probs({0: 0.2, 2: 0.09}), 0.1, False)
+  np.testing.assert_array_equal(store.get(0)[0], [[255, 255], [153, 51]])
+  assert 2 not in store.get(0)
+  # Last epoch: class 2 still below the threshold but missing -> written; class 0 below the
+  # threshold and present -> not overwritten.
+  store.update([0], _cams({0: np.zeros((2, 2)), 2: b}), _probs({0: 0.01, 2: 0.01}), 0.1, True)
+  got = store.get(0)
+  np.testing.assert_array_equal(got[0], [[255, 255], [153, 51]])
+  np.testing.assert_array_equal(got[2], [[102, 255], [153, 0]])
+  # ... and once written, a second below-threshold map in the last epoch leaves it alone,
+  # while a confident one still takes the max.
+  store.update([0], _cams({2: a}), _probs({2: 0.01}), 0.1, True)
+  np.testing.assert_array_equal(store.get(0)[2], [[102, 255], [153, 0]])
+  store.update([0], _cams({2: a}), _probs({2: 0.5}), 0.1, True)
+  np.testing.assert_array_equal(store.get(0)[2], [[255, 255], [153, 51]])
+  assert store.get(1) == {}
+  assert store.num_written() == 2
+
+
+def test_crop_and_flip_are_mapped_back_to_the_whole_image(tmp_path):
+  store = oaa.OAAStore.open(str(tmp_path), LABELS, (4, 4), process_index=0)
+  crop = np.array([[1.0, 0.2], [0.6, 0.0]])  # the map of a mirrored bottom-right quarter
+  store.update([1], _cams({1: crop}, hw=(2, 2)), _probs({1: 1.0}), 0.1, False,
+               boxes=np.array([[0.5, 0.5, 1.0, 1.0]]), flips=np.array([True]))
+  np.testing.assert_array_equal(store.get(1)[1], [[0, 0, 0, 0],
+                                                  [0, 0, 0, 0],
+                                                  [0, 0, 51, 255],
+                                                  [0, 0, 0, 153]])
+  # A crop of the left half at half the grid's width is resized into its 4 x 2 cells.
+  left = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+  store.update([1], _cams({1: left}, hw=(4, 2)), _probs({1: 1.0}), 0.1, False,
+               boxes=np.array([[0.0, 0.0, 1.0, 0.5]]), flips=np.array([False]))
+  np.testing.assert_array_equal(store.get(1)[1][:, :2], [[0, 255]] * 4)
+  np.testing.assert_array_equal(store.get(1)[1][2:, 2:], [[51, 255], [0, 153]])
+
+
+def test_storage_is_per_positive_slot(tmp_path):
+  labels = np.zeros((1000, 80), bool)
+  labels[np.arange(1000), np.arange(1000) % 80] = True
+  labels[::2, 3] = True
+  store = oaa.OAAStore.open(str(tmp_path), labels, (28, 28), process_index=0)
+  assert store.index.num_slots == labels.sum()
+  path = os.path.join(str(tmp_path), 'oaa', 'process_0.u8')
+  assert os.path.getsize(path) == labels.sum() * 28 * 28
+
+
+def test_reopen_checks_labels_and_size(tmp_path):
+  oaa.OAAStore.open(str(tmp_path), LABELS, (2, 2), process_index=0)
+  with pytest.raises(UserError, match='meta.json'):
+    oaa.OAAStore.open(str(tmp_path), LABELS, (3, 3), process_index=0)
+  with pytest.raises(UserError, match='meta.json'):
+    oaa.OAAStore.open(str(tmp_path), LABELS[::-1], (2, 2), process_index=0)
+  # reset (training from step 0) starts empty with the new shape.
+  store = oaa.OAAStore.open(str(tmp_path), LABELS, (3, 3), process_index=0, reset=True)
+  assert store.num_written() == 0
+
+
+def test_merged_view_takes_the_max_over_processes(tmp_path):
+  s0 = oaa.OAAStore.open(str(tmp_path), LABELS, (2, 2), process_index=0)
+  s1 = oaa.OAAStore.open(str(tmp_path), LABELS, (2, 2), process_index=1)
+  s0.update([0], _cams({0: [[1.0, 0.0], [0.0, 0.0]]}), _probs({0: 1.0}), 0.1, False)
+  s1.update([0], _cams({0: [[0.0, 1.0], [0.0, 0.0]]}), _probs({0: 1.0}), 0.1, False)
+  s1.update([1], _cams({1: [[0.0, 0.0], [0.2, 0.0]]}), _probs({1: 1.0}), 0.1, False)
+  s0.flush()
+  s1.flush()
+  merged = oaa.MergedOAA(str(tmp_path), LABELS)
+  np.testing.assert_array_equal(merged.get(0)[0], [[255, 255], [0, 0]])
+  assert 2 not in merged.get(0)
+  np.testing.assert_array_equal(merged.get(1)[1], [[0, 0], [51, 0]])
+
+
+# --- kill and resume -------------------------------------------------------------------------
+
+N, L, HW, EPOCHS, STEPS = 6, 4, (3, 5), 3, 4  # 4 steps of 3 images per epoch (each image twice)
+CHECKPOINT, KILL_AFTER = 9, 10  # checkpoint after step 9 (last epoch), killed after step 10
+
+
+def _labels():
+  rng = np.random.default_rng(1)
+  labels = rng.random((N, L)) < 0.5
+  labels[np.arange(N), np.arange(N) % L] = True
+  return labels
+
+
+def _step(t):
+  """Step t's (index, cams, probs, last_epoch): a deterministic function of t."""
+  rng = np.random.default_rng(100 + t)
+  index = rng.choice(N, 3, replace=False)
+  cams = rng.random((3,) + HW + (L,)).astype(np.float32)
+  probs = rng.random((3, L)).astype(np.float32) * 0.3  # many below the 0.1 threshold
+  return index, cams, probs, t // STEPS == EPOCHS - 1
+
+
+def _apply(store, steps):
+  for t in steps:
+    index, cams, probs, last = _step(t)
+    store.update(index, cams, probs, 0.1, last)
+
+
+def _same(a, b):
+  return sorted(a) == sorted(b) and all(np.array_equal(a[c], b[c]) for c in a)
+
+
+def child(workdir):
+  """Trains until the kill: steps 0..CHECKPOINT, flush + checkpoint, then on to KILL_AFTER."""
+  store = oaa.OAAStore.open(workdir, _labels(), HW, process_index=0)
+  _apply(store, range(CHECKPOINT + 1))
+  store.flush()
+  with open(os.path.join(workdir, 'checkpoint'), 'w') as f:
+    f.write(str(CHECKPOINT))
+  _apply(store, range(CHECKPOINT + 1, KILL_AFTER + 1))
+  print('ready', flush=True)
+  signal.pause()
+
+
+def test_store_survives_kill_and_replay(tmp_path):
+  killed, clean = str(tmp_path / 'killed'), str(tmp_path / 'clean')
+  code = f'import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); ' \
+         f'import test_oaa; test_oaa.child({killed!r})'
+  proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  try:
+    assert proc.stdout.readline().strip() == b'ready'
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  # Resume: reopen, replay every step after the checkpoint, finish training.
+  with open(os.path.join(killed, 'checkpoint')) as f:
+    resumed_from = int(f.read())
+  store = oaa.OAAStore.open(killed, _labels(), HW, process_index=0)
+  # SIGKILL lost none of the writes after the checkpoint (the kernel owns the mapped pages).
+  partial = oaa.OAAStore.open(str(tmp_path / 'partial'), _labels(), HW, process_index=0)
+  _apply(partial, range(KILL_AFTER + 1))
+  for i in range(N):
+    assert _same(store.get(i), partial.get(i))
+  _apply(store, range(resumed_from + 1, EPOCHS * STEPS))
+  reference = oaa.OAAStore.open(clean, _labels(), HW, process_index=0)
+  _apply(reference, range(EPOCHS * STEPS))
+  # The steps after the kill change the store (the comparison below is not vacuous).
+  assert not all(_same(partial.get(i), reference.get(i)) for i in range(N))
+  for i in range(N):
+    assert _same(store.get(i), reference.get(i))
