@@ -95,6 +95,27 @@ def test_train_images_are_the_decoded_pixels_without_augmentation(setup):
     assert min(errs) < 1e-3, min(errs)
 
 
+def test_train_boxes_and_flips_locate_each_crop_in_its_image(setup):
+  config, train, _ = setup
+  config = config.copy_and_resolve_references()
+  config.data.color_jitter = (0.0, 0.0, 0.0, 0.0)
+  config.data.resize = 36  # the images' shorter side (36x44): no resize
+  seen_flip = set()
+  for epoch in range(3):
+    b = next(ip.train_iterator(train, config, num_nodes=2, global_batch=4, epoch=epoch,
+                               normalization='caffe_bgr', process_index=0, process_count=1))
+    assert b['boxes'].shape == (4, 2, 4) and b['flips'].shape == (4, 2)
+    for img, i, box, flip in zip(b['images'].reshape(-1, 24, 24, 3), b['index'].reshape(-1),
+                                 b['boxes'].reshape(-1, 4), b['flips'].reshape(-1)):
+      pixels = np.asarray(Image.open(train.examples[i].image_path).convert('RGB'), np.float32)
+      top, left = int(round(box[0] * 36)), int(round(box[1] * 44))
+      assert (round(box[2] * 36) - top, round(box[3] * 44) - left) == (24, 24)
+      ref = ip.normalize_np(pixels[top:top + 24, left:left + 24], 'caffe_bgr')
+      np.testing.assert_allclose(img[:, ::-1] if flip else img, ref, atol=1e-3)
+      seen_flip.add(bool(flip))
+  assert seen_flip == {False, True}
+
+
 def test_train_shards_are_disjoint_and_complete(setup):
   config, train, _ = setup
   full = _collect(ip.train_iterator(train, config, num_nodes=2, global_batch=4, epoch=0,

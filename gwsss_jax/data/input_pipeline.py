@@ -138,7 +138,11 @@ def _random_crop_offsets(height, width, size, seed):
 
 
 def _train_image(path, seed, config, normalization):
-  """Resize (shorter side), colour jitter, random crop, flip, normalise: [C, C, 3] float32."""
+  """Resize (shorter side), colour jitter, random crop, flip, normalise.
+
+  Returns the image [C, C, 3] float32, the crop box (y0, x0, y1, x1) as fractions of the whole
+  image, and whether it was mirrored: OAA maps each crop's CAM back into the whole image.
+  """
   d = config.data
   crop = d.crop_size
   resize = max(d.resize, crop)
@@ -151,10 +155,16 @@ def _train_image(path, seed, config, normalization):
   x = _color_jitter(tf.clip_by_value(x, 0.0, 1.0), d.color_jitter, s_jit)
   top, left = _random_crop_offsets(new_hw[0], new_hw[1], crop, s_crop)
   x = x[top:top + crop, left:left + crop]
+  flip = tf.constant(False)
   if d.flip:
-    x = tf.where(_uniform(s_flip, 0.0, 1.0) < 0.5, x[:, ::-1], x)
+    flip = _uniform(s_flip, 0.0, 1.0) < 0.5
+    x = tf.where(flip, x[:, ::-1], x)
   x = tf.ensure_shape(x, [crop, crop, 3])
-  return _normalize_tf(x * 255.0, normalization)
+  new_hw = tf.cast(new_hw, tf.float32)
+  box = tf.stack([tf.cast(top, tf.float32) / new_hw[0], tf.cast(left, tf.float32) / new_hw[1],
+                  tf.cast(top + crop, tf.float32) / new_hw[0],
+                  tf.cast(left + crop, tf.float32) / new_hw[1]])
+  return _normalize_tf(x * 255.0, normalization), box, flip
 
 
 def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
@@ -171,7 +181,9 @@ def train_iterator(dataset, config, *, num_nodes: int, global_batch: int, epoch:
   """This process's batches of groups for one epoch, from batch `start_batch` on.
 
   Yields dicts of numpy arrays: 'images' float32 [b, K, C, C, 3], 'labels' float32 [b, K, L],
-  'adjacency' float32 [b, K, K], 'index' int32 [b, K] (dataset indices; column 0 the anchor).
+  'adjacency' float32 [b, K, K], 'index' int32 [b, K] (dataset indices; column 0 the anchor),
+  'boxes' float32 [b, K, 4] (each crop's (y0, x0, y1, x1) in 0..1 of its image) and 'flips'
+  bool [b, K].
   """
   _check_normalization(normalization)
   pi, pc = _process(process_index, process_count)
@@ -188,10 +200,12 @@ def train_iterator(dataset, config, *, num_nodes: int, global_batch: int, epoch:
 
   def load(item):
     seed = tf.random.experimental.stateless_fold_in(base_seed, item['group'])
-    images = [one_image(paths[item['index'][k]], tf.random.experimental.stateless_fold_in(seed, k))
-              for k in range(num_nodes)]
+    images, boxes, flips = zip(*[
+        one_image(paths[item['index'][k]], tf.random.experimental.stateless_fold_in(seed, k))
+        for k in range(num_nodes)])
     return {'images': tf.stack(images), 'labels': item['labels'],
-            'adjacency': item['adjacency'], 'index': item['index']}
+            'adjacency': item['adjacency'], 'index': item['index'],
+            'boxes': tf.stack(boxes), 'flips': tf.stack(flips)}
 
   ds = tf.data.Dataset.from_tensor_slices({
       'group': rows.astype(np.int64),
