@@ -1,0 +1,194 @@
+"""The group-wise classification network: backbone, graph, readouts, loss and CAMs.
+
+`build_classifier(config.model, num_classes)` returns a `GroupClassifier`; its
+`__call__(images [B, K, H, W, 3], adjacency [B, K, K], train)` returns `(logits, out)` with
+`logits` [B, K, L] the graph readout and `out` the named intermediates (big_vision style):
+
+  'logits_mid' [B, K, L]        the intermediate readout l^m on h^0
+  'cam_graph'  [B, K, h, w, L]  the class maps of the graph readout, before GAP (float32)
+  'cam_mid'    [B, K, h, w, L]  the class maps of the intermediate readout (float32)
+  'h0', 'hT'   [B, K, h, w, C]  the node states before and after the graph (hT after dropout)
+
+`train=True` turns graph dropout's random branch on; it draws from the `dropout` RNG stream
+(`rngs={'dropout': key}`), and only then. ResNet BatchNorm statistics live in `batch_stats`.
+
+Variants (`model.variant`):
+- 'paper': backbone -> three 3x3 convs + ReLU (round(512 * width), round(512 * width),
+  `model.node_dim` channels; C = node_dim, not scaled by the width) -> h^0. The intermediate
+  readout is a 1x1 class conv phi_m on h^0 followed by GAP; T rounds of `graph.GroupGraph` give
+  h^T, and the graph readout is Eq. (9): GAP(phi_r(h^T)).
+- 'release': backbone -> three 3x3 convs(round(512 * width)) + ReLU -> 1x1 conv to L class maps
+  x^0 (the nodes, C = L) -> T rounds of `release_graph.ReleaseGraph` -> x^T. As in the release,
+  logits_mid = GAP(x^0) (its per-image outputs x11, x22, x33), logits = GAP(x^T) (x1, x2, x3),
+  cam_mid = x^0 (its `self.map`), cam_graph = x^T (its `self.map1`): there is no class conv
+  after the graph, whose nodes already are class maps.
+
+The backbone submodule is named `backbone`; every other parameter is a new layer. Activations
+run in `model.dtype`; parameters, the class convolutions, logits, CAMs and the loss are float32.
+"""
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from gwsss_jax.models.graph import NEW_LAYER_INIT, GroupGraph
+from gwsss_jax.models.release_graph import ReleaseGraph
+from gwsss_jax.models.resnet import ResNet101
+from gwsss_jax.models.vgg import VGG16, scaled
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class GroupClassifier(nn.Module):
+  """See the module docstring. Attributes mirror the keys of `config.model`."""
+  num_classes: int
+  variant: str = 'paper'
+  backbone_arch: str = 'vgg16'
+  width: float = 1.0
+  output_stride: int = 8
+  freeze_bn: bool = True
+  node_dim: int = 512
+  num_steps: int = 3
+  reduction: int = 4
+  gru_kernel: int = 3
+  graph_dropout: bool = True
+  drop_rate: float = 0.8
+  drop_threshold: float = 0.7
+  dtype: Any = jnp.float32
+
+  def _features(self, x, train: bool):
+    """The backbone on [N, H, W, 3] -> [N, h, w, channels]."""
+    if self.backbone_arch == 'vgg16':
+      return VGG16(width=self.width, dtype=self.dtype, name='backbone')(x)
+    resnet = ResNet101(width=self.width, output_stride=self.output_stride,
+                       freeze_bn=self.freeze_bn, dtype=self.dtype, name='backbone')
+    return resnet(x, train)['layer4']
+
+  def _conv(self, features, kernel, name, dtype=None):
+    return nn.Conv(features, (kernel, kernel), padding='SAME', dtype=dtype or self.dtype,
+                   kernel_init=NEW_LAYER_INIT, name=name)
+
+  @nn.compact
+  def __call__(self, images, adjacency, train: bool) -> Tuple[jax.Array, dict]:
+    b, k = images.shape[:2]
+    x = self._features(images.reshape((b * k,) + images.shape[2:]), train)
+    hidden = scaled(512, self.width)
+    if self.variant == 'paper':
+      for i, features in enumerate((hidden, hidden, self.node_dim)):
+        x = nn.relu(self._conv(features, 3, f'extra_conv{i + 1}')(x))
+      h0 = x.reshape((b, k) + x.shape[1:])
+      h_final = GroupGraph(self.num_steps, self.reduction, self.gru_kernel, self.graph_dropout,
+                           self.drop_rate, self.drop_threshold, dtype=self.dtype,
+                           name='graph')(h0, adjacency, train)
+      cam_mid = self._conv(self.num_classes, 1, 'classifier_mid', jnp.float32)(h0)
+      cam_graph = self._conv(self.num_classes, 1, 'classifier_graph', jnp.float32)(h_final)
+    elif self.variant == 'release':
+      for i in range(3):
+        x = nn.relu(self._conv(hidden, 3, f'extra_convs_{2 * i}')(x))
+      x = self._conv(self.num_classes, 1, 'extra_convs_6', jnp.float32)(x)
+      cam_mid = x.reshape((b, k) + x.shape[1:])
+      h0 = cam_mid.astype(self.dtype)
+      h_final = ReleaseGraph(self.num_steps, self.graph_dropout, self.drop_rate,
+                             self.drop_threshold, dtype=self.dtype,
+                             name='graph')(h0, adjacency, train)
+      cam_graph = h_final.astype(jnp.float32)
+    else:
+      raise ValueError(f'unknown model.variant {self.variant!r}')
+    out = {
+        'logits_mid': jnp.mean(cam_mid, axis=(2, 3)),
+        'cam_graph': cam_graph,
+        'cam_mid': cam_mid,
+        'h0': h0,
+        'hT': h_final,
+    }
+    return jnp.mean(cam_graph, axis=(2, 3)), out
+
+
+def build_classifier(model_config, num_classes: int) -> GroupClassifier:
+  """The classifier described by `config.model` for `num_classes` (= config.data.num_classes)."""
+  m = model_config
+  return GroupClassifier(
+      num_classes=num_classes, variant=m.variant, backbone_arch=m.backbone, width=m.width,
+      output_stride=m.output_stride, freeze_bn=m.freeze_bn, node_dim=m.node_dim,
+      num_steps=m.num_steps, reduction=m.reduction, gru_kernel=m.gru_kernel,
+      graph_dropout=m.graph_dropout, drop_rate=m.drop_rate, drop_threshold=m.drop_threshold,
+      dtype=DTYPES[m.dtype])
+
+
+def multilabel_soft_margin(logits, labels):
+  """Sigmoid cross entropy averaged over the L classes: [..., L] -> [...].
+
+  The mean over classes is PyTorch's `multilabel_soft_margin_loss`, the release's loss; a sum
+  would scale every gradient by L (20 on VOC) against the learning rates the paper reports.
+  """
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
+                                                     labels.astype(jnp.float32)), axis=-1)
+
+
+def loss_fn(logits, out, labels, model_config) -> Tuple[jax.Array, dict]:
+  """Eq. (12), averaged over the B * K images of the batch.
+
+  paper:   L = CE(l^g) + lambda * CE(l^m)
+  release: L = (lambda * sum_k CE(l^m_k) + sum_k CE(l^g_k)) / (2K) = (CE(l^g) + lambda CE(l^m)) / 2
+           (the release's six-term average at K = 3)
+
+  Args:
+    logits: [B, K, L] graph readout; out: the classifier's dict (uses 'logits_mid');
+    labels: [B, K, L] in {0, 1}; model_config: `config.model` (variant, loss_lambda).
+  Returns:
+    (scalar loss, {'loss_graph', 'loss_mid'}: the two cross entropies, each a mean over images).
+  """
+  loss_graph = jnp.mean(multilabel_soft_margin(logits, labels))
+  loss_mid = jnp.mean(multilabel_soft_margin(out['logits_mid'], labels))
+  loss = loss_graph + model_config.loss_lambda * loss_mid
+  if model_config.variant == 'release':
+    loss = loss / 2
+  return loss, {'loss_graph': loss_graph, 'loss_mid': loss_mid}
+
+
+def _select(maps, classes):
+  if classes is None:
+    return maps
+  classes = jnp.asarray(classes)
+  if classes.ndim == 1:
+    return jnp.take(maps, classes, axis=-1)
+  return jnp.take_along_axis(maps, classes[:, :, None, None, :], axis=-1)
+
+
+def class_activation_maps(out: dict, input_hw: Sequence[int],
+                          classes: Optional[Union[Sequence[int], jax.Array]] = None) -> dict:
+  """The CAMs of both readouts and their self-ensemble, at feature and input resolution.
+
+  Args:
+    out: the classifier's dict ('cam_graph', 'cam_mid').
+    input_hw: (H, W) to upsample to (bilinear, half-pixel centres as cv2/torch
+      `align_corners=False`).
+    classes: None for all L classes; [n] class indices for every image; or [B, K, n] per image.
+  Returns:
+    {'graph', 'intermediate', 'ensemble'}: [B, K, h, w, n] at feature resolution and
+    {'graph_up', 'intermediate_up', 'ensemble_up'}: [B, K, H, W, n]; float32, raw scores
+    (negatives kept: callers clip or normalise). 'ensemble' is the mean of the two maps.
+  """
+  graph = _select(out['cam_graph'], classes)
+  intermediate = _select(out['cam_mid'], classes)
+  maps = {'graph': graph, 'intermediate': intermediate, 'ensemble': (graph + intermediate) / 2}
+  for name in list(maps):
+    m = maps[name]
+    maps[f'{name}_up'] = jax.image.resize(m, m.shape[:2] + tuple(input_hw) + m.shape[-1:],
+                                          method='bilinear')
+  return maps
+
+
+def cams_for_export(out: dict, labels) -> jax.Array:
+  """The OAA export maps: [B, K, h, w, L] float32 in [0, 1] at feature resolution.
+
+  The self-ensemble (graph + intermediate) / 2 with negatives clipped to 0, divided by its
+  maximum per image and class (+1e-8, so an all-zero map stays 0), as the release writes them
+  (scaled to 0..255 there). Classes absent from `labels` [B, K, L] are zeroed.
+  """
+  cam = jnp.maximum((out['cam_graph'] + out['cam_mid']) / 2, 0.0)
+  cam = cam / (jnp.max(cam, axis=(2, 3), keepdims=True) + 1e-8)
+  return cam * labels.astype(jnp.float32)[:, :, None, None, :]

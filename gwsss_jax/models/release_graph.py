@@ -1,0 +1,115 @@
+"""The graph of the authors' public release (`model.variant='release'`), restated from the facts
+in REFERENCE_NOTES.md so that users can compare it with the paper's equations (graph.py).
+
+Nodes are the L-channel class-score maps x_i [H, W, L] of the K images (C = L). One round:
+
+  a_i = proj_a(x_i), b_j = proj_b(x_j)              1x1 convs C -> C/2 (with bias)
+  A_ij = a_i b_j^T  [HW_i, HW_j], row softmax        co-attention, receiver i, sender j
+  u_ji = softmax_r(A_ij) x_j                         the sender's unprojected map, attended
+  g_ji = u_ji * sigmoid(gate(u_ji))                  gate: 1x1 conv C -> 1, no bias
+  f_i  = fusion([g_{j1 i}, g_{j2 i}, ...])           3x3 conv (K-1)C -> C over the other nodes
+                                                     in ascending index order (2C -> C at K=3)
+  x_i  = ConvGRU(f_i, x_i)                           1x1 kernels, hidden state = the node map
+  x_i  = (x_i * s + x_i) / 2                         graph dropout of the release (ADL-style)
+
+Differences from the paper variant (all documented in the README): no self-edge; the messages
+are concatenated and fused instead of summed; every pair exchanges messages whatever the labels
+(the adjacency input is ignored: the release samples partners that share a class with the
+anchor and never masks); 1x1 ConvGRU kernels; the dropout output is (x * s + x) / 2; the drop
+mask is binary and is chosen with probability `drop_rate` (the release's ADL computes
+floor(U + drop_rate)), so at drop_rate 0.8 it is the drop mask, not the importance map, that is
+taken 80% of the time; one draw per ADL call, and the release calls it once per node per round.
+Module names follow the release's attributes so that weights port one-to-one.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.models.graph import NEW_LAYER_INIT, ConvGRUCell, channel_mean, drop_threshold_mask
+
+
+def release_graph_dropout(x, r, drop_rate, drop_threshold):
+  """The release's graph dropout: (x * s + x) / 2 with s chosen per node.
+
+  s = 1(o < max(o) * drop_threshold) (binary drop mask) if r < drop_rate, else sigmoid(o)
+  (importance map), o the channel mean. `r=None` (inference) takes the importance map: the
+  drop mask erases the most activated regions, which inference must not do, although the
+  release trains with it most of the time (and applies its random layer at test time too).
+
+  Args:
+    x: [B, K, H, W, C]; r: [B, K] uniform draws in [0, 1) or None.
+  """
+  o = channel_mean(x)
+  importance = jax.nn.sigmoid(o)
+  if r is None:
+    s = importance
+  else:
+    s = jnp.where((r < drop_rate)[..., None, None], drop_threshold_mask(o, drop_threshold),
+                  importance)
+  return (x * s[..., None].astype(x.dtype) + x) / 2
+
+
+def other_nodes(k: int) -> np.ndarray:
+  """[K, K-1] static indices: row i lists the nodes j != i in ascending order."""
+  return np.array([[j for j in range(k) if j != i] for i in range(k)], dtype=np.int32)
+
+
+class ReleaseGraphStep(nn.Module):
+  """One round of the release's message passing (see the module docstring)."""
+  drop_rate: float = 0.8
+  drop_threshold: float = 0.7
+  dropout: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    b, k, height, width, c = x.shape
+    conv = lambda features, kernel, name, use_bias=True: nn.Conv(
+        features, (kernel, kernel), padding='SAME', use_bias=use_bias, dtype=self.dtype,
+        kernel_init=NEW_LAYER_INIT, name=name)
+    a = conv(c // 2, 1, 'extra_proja')(x).reshape(b, k, height * width, -1)
+    p = conv(c // 2, 1, 'extra_projb')(x).reshape(b, k, height * width, -1)
+    affinity = jnp.einsum('bind,bjmd->bijnm', a, p).astype(jnp.float32)
+    attention = jax.nn.softmax(affinity, axis=-1).astype(self.dtype)
+    attended = jnp.einsum('bijnm,bjmc->bijnc', attention, x.reshape(b, k, height * width, c))
+    attended = attended.reshape(b, k, k, height, width, c)
+    gated = attended * nn.sigmoid(conv(1, 1, 'extra_gate', use_bias=False)(attended))
+    others = other_nodes(k)
+    incoming = gated[:, np.arange(k)[:, None], others]          # [B, K, K-1, H, W, C]
+    incoming = jnp.moveaxis(incoming, 2, -2).reshape(b, k, height, width, (k - 1) * c)
+    fused = conv(c, 3, 'extra_conv_fusion')(incoming.reshape(b * k, height, width, -1))
+    x = ConvGRUCell(c, 1, dtype=self.dtype, name='extra_ConvGRU')(
+        fused.reshape(x.shape), x)
+    if self.dropout:
+      r = jax.random.uniform(self.make_rng('dropout'), (b, k)) if train else None
+      x = release_graph_dropout(x, r, self.drop_rate, self.drop_threshold)
+    return x
+
+
+class ReleaseGraph(nn.Module):
+  """T rounds of the release's graph on class maps [B, K, H, W, L] -> [B, K, H, W, L].
+
+  `adjacency` is accepted for the interface and ignored (all pairs exchange messages).
+  """
+  num_steps: int = 3
+  dropout: bool = True
+  drop_rate: float = 0.8
+  drop_threshold: float = 0.7
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, adjacency, train: bool):
+    del adjacency
+    if x.shape[1] < 2:
+      raise UserError(f'model.num_nodes={x.shape[1]}: the release variant fuses the messages of '
+                      'the other nodes and needs groups of 3 images')
+    step = ReleaseGraphStep(self.drop_rate, self.drop_threshold, self.dropout, dtype=self.dtype,
+                            name='step')
+    for _ in range(self.num_steps):
+      x = step(x, train)
+    return x

@@ -1,0 +1,169 @@
+"""`model.variant='release'` against a small torch re-statement of the release's computation,
+written from ../shared/REFERENCE_NOTES.md (VGG16 'D1' trunk, three 3x3 convs + a 1x1 class conv,
+co-attention with C/2 projections and a sigmoid gate, 3x3 fusion of the two incoming messages,
+1x1 ConvGRU, (x * s + x) / 2 graph dropout, six-term loss), with identical weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gwsss_jax import config as config_lib
+from gwsss_jax.models import classifier as clf
+
+L, SIZE, WIDTH = 6, 32, 0.0625
+VGG_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+
+
+def t(x):
+  return torch.tensor(np.asarray(x, np.float32))
+
+
+class TorchRelease:
+  """The release's forward for one group of three images, node by node, in torch (NCHW)."""
+
+  def __init__(self, params, drop_rate, drop_th, steps, dropout):
+    self.p, self.drop_rate, self.drop_th = params, drop_rate, drop_th
+    self.steps, self.dropout = steps, dropout
+
+  def conv(self, x, layer, dilation=1):
+    w = t(layer['kernel']).permute(3, 2, 0, 1)
+    b = t(layer['bias']) if 'bias' in layer else None
+    pad = dilation * (w.shape[-1] // 2)
+    return F.conv2d(x, w, b, padding=pad, dilation=dilation)
+
+  def class_maps(self, img):
+    x, bb = img, self.p['backbone']
+    for block, n, _ in VGG_BLOCKS:
+      for i in range(1, n + 1):
+        x = F.relu(self.conv(x, bb[f'conv{block}_{i}'], dilation=2 if block == 5 else 1))
+      if block <= 3:
+        x = F.max_pool2d(x, 2, 2)
+      elif block == 4:
+        x = F.max_pool2d(x, 3, 1, padding=1)
+    for i in (0, 2, 4):
+      x = F.relu(self.conv(x, self.p[f'extra_convs_{i}']))
+    return self.conv(x, self.p['extra_convs_6'])
+
+  def message(self, receiver, sender):
+    g = self.p['graph']['step']
+    n, c, h, w = receiver.shape
+    a = self.conv(receiver, g['extra_proja']).flatten(2)[0]   # [C/2, HW]
+    b = self.conv(sender, g['extra_projb']).flatten(2)[0]
+    weights = torch.softmax(a.T @ b, dim=1)                    # rows: receiver positions
+    attended = (sender.flatten(2)[0] @ weights.T).view(1, c, h, w)
+    return attended * torch.sigmoid(self.conv(attended, g['extra_gate']))
+
+  def gru(self, m, state):
+    g = self.p['graph']['step']['extra_ConvGRU']
+    both = torch.cat([m, state], 1)
+    z = torch.sigmoid(self.conv(both, g['update_gate']))
+    r = torch.sigmoid(self.conv(both, g['reset_gate']))
+    cand = torch.tanh(self.conv(torch.cat([m, state * r], 1), g['out_gate']))
+    return state * (1 - z) + cand * z
+
+  def adl(self, x, use_drop_mask):
+    att = x.mean(1, keepdim=True)
+    if use_drop_mask:
+      s = (att < att.amax(dim=(2, 3), keepdim=True) * self.drop_th).float()
+    else:
+      s = torch.sigmoid(att)
+    return (x * s + x) / 2
+
+  def __call__(self, imgs, use_drop_mask):
+    maps = [self.class_maps(img) for img in imgs]
+    nodes = list(maps)
+    for _ in range(self.steps):
+      new = []
+      for i in range(3):
+        others = [j for j in range(3) if j != i]
+        fused = self.conv(torch.cat([self.message(nodes[i], nodes[j]) for j in others], 1),
+                          self.p['graph']['step']['extra_conv_fusion'])
+        h = self.gru(fused, nodes[i])
+        new.append(self.adl(h, use_drop_mask) if self.dropout else h)
+      nodes = new
+    gap = lambda x: x.mean(dim=(2, 3))
+    return [gap(m) for m in maps], [gap(x) for x in nodes], maps, nodes
+
+
+def o1_params(params, seed=0):
+  """Weights at O(1) scale (He-like kernels, visible biases) so that differences show; drawn in
+  numpy from the shapes alone (compiling flax's initialisers is slow on CPU)."""
+  rs = np.random.RandomState(seed)
+
+  def redraw(path, x):
+    if path[-1].key == 'kernel':
+      fan_in = int(np.prod(x.shape[:-1]))
+      return jnp.asarray(rs.randn(*x.shape) * np.sqrt(2.0 / fan_in), jnp.float32)
+    return jnp.asarray(rs.randn(*x.shape) * 0.1, jnp.float32)
+  return jax.tree_util.tree_map_with_path(redraw, params)
+
+
+@pytest.mark.parametrize('train,drop_rate,dropout', [
+    (True, 1.0, True),    # the drop mask for every node and round
+    (True, 0.0, True),    # the importance map for every node and round
+    (False, 0.8, True),   # inference: the importance map
+    (True, 0.8, False),   # graph dropout off
+])
+def test_release_forward_and_loss_match_torch(train, drop_rate, dropout):
+  cfg = config_lib.base_config().model
+  cfg.variant, cfg.width, cfg.num_nodes, cfg.num_steps = 'release', WIDTH, 3, 3
+  cfg.drop_rate, cfg.graph_dropout = drop_rate, dropout
+  model = clf.build_classifier(cfg, L)
+  rs = np.random.RandomState(1)
+  images = rs.rand(2, 3, SIZE, SIZE, 3).astype(np.float32) * 2 - 1
+  labels = (rs.rand(2, 3, L) > 0.5).astype(np.float32)
+  adjacency = np.ones((2, 3, 3), bool)
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)}, images, adjacency,
+                                             False))
+  params = o1_params(shapes['params'])
+  logits, out = jax.jit(lambda p: model.apply(
+      {'params': p}, images, adjacency, train, rngs={'dropout': jax.random.PRNGKey(3)}))(params)
+  loss, _ = clf.loss_fn(logits, out, labels, cfg)
+
+  ref = TorchRelease(jax.tree_util.tree_map(np.asarray, params), drop_rate, cfg.drop_threshold,
+                     3, dropout)
+  use_drop_mask = train and drop_rate == 1.0
+  losses = []
+  for b in range(2):
+    with torch.no_grad():
+      mids, graphs, maps, nodes = ref([t(images[b, i:i + 1]).permute(0, 3, 1, 2)
+                                       for i in range(3)], use_drop_mask)
+    nhwc = lambda x: x[0].permute(1, 2, 0).numpy()
+    for i in range(3):
+      np.testing.assert_allclose(out['cam_mid'][b, i], nhwc(maps[i]), rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(out['cam_graph'][b, i], nhwc(nodes[i]), rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(out['logits_mid'][b, i], mids[i][0].numpy(), rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(logits[b, i], graphs[i][0].numpy(), rtol=1e-5, atol=1e-5)
+    lab = [t(labels[b, i:i + 1]) for i in range(3)]
+    losses.append(((0.4 * sum(F.multilabel_soft_margin_loss(mids[i], lab[i]) for i in range(3))
+                    + sum(F.multilabel_soft_margin_loss(graphs[i], lab[i]) for i in range(3)))
+                   / 6).item())
+  np.testing.assert_allclose(loss, np.mean(losses), rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(out['cam_graph']) - np.asarray(out['cam_mid'])).max() > 1e-2
+
+
+def test_release_drop_branch_frequency_and_one_draw_per_node():
+  """The release's drop mask is taken with probability drop_rate, drawn per node and round."""
+  from gwsss_jax.models.release_graph import ReleaseGraph  # pylint: disable=g-import-not-at-top
+  b, k = 300, 3
+  x = jnp.asarray(np.random.RandomState(2).randn(b, k, 2, 2, 4).astype(np.float32))
+  mod = ReleaseGraph(num_steps=1, drop_rate=0.8, drop_threshold=0.7)
+  v = {'params': o1_params(jax.eval_shape(
+      lambda: mod.init({'params': jax.random.PRNGKey(0)}, x, None, False))['params'])}
+  key = {'dropout': jax.random.PRNGKey(4)}
+  post, state = jax.jit(lambda v: mod.apply(v, x, None, True, rngs=key,
+                                            capture_intermediates=True,
+                                            mutable=['intermediates']))(v)
+  post = np.asarray(post)
+  pre = np.asarray(state['intermediates']['step']['extra_ConvGRU']['__call__'][0])
+  o = pre.mean(-1, keepdims=True)
+  drop = (pre * (o < o.max(axis=(2, 3), keepdims=True) * np.float32(0.7)) + pre) / 2
+  imp = (pre / (1 + np.exp(-o)) + pre) / 2
+  is_drop = np.all(np.abs(post - drop) < 1e-5, axis=(2, 3, 4))
+  is_imp = np.all(np.abs(post - imp) < 1e-5, axis=(2, 3, 4))
+  assert np.all(is_drop != is_imp)
+  n = is_drop.size
+  assert abs(is_drop.mean() - 0.8) < 4 * np.sqrt(0.8 * 0.2 / n)
