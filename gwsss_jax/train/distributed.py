@@ -12,6 +12,9 @@ def initialize(enabled: bool) -> None:
   JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (launch/gpu_multinode.sh)."""
   if not enabled:
     return
+  # Cross-process collectives of the CPU backend (tests, CPU clusters); GPUs and TPUs use their
+  # own (NCCL, ICI) whatever this says.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   kwargs = {}
   if 'JAX_COORDINATOR_ADDRESS' in os.environ:
     kwargs = dict(coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],

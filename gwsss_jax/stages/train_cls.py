@@ -1,0 +1,311 @@
+"""Stage `train_cls`: the group-wise classifier, trained data-parallel with the paper's schedule.
+
+Per step, a global batch of `train.batch_size` groups of K images (split over all devices of all
+hosts) goes through the classifier; the loss is Eq. (12); SGD as in the paper and the release
+(`train.optim.classifier_optimizer`). With `cams.method='oaa'` each step's self-ensembled CAMs are
+merged into the OAA store (online attention accumulation), which the `export_cams` stage reads.
+
+Resumable: checkpoints go to `<workdir>/cls_checkpoints` every `train.checkpoint_every_steps`, at
+each epoch end and at the end; a restarted run continues from the latest one (the input pipeline
+is deterministic in the step), and a run whose final checkpoint exists is skipped.
+`load_trained(config, workdir)` gives the trained model to later stages.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from gwsss_jax.common import io as gio
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import datasets
+from gwsss_jax.data import input_pipeline
+from gwsss_jax.evaluation import metrics as metrics_lib
+from gwsss_jax.models import classifier
+from gwsss_jax.models import convert
+from gwsss_jax.train import checkpoint
+from gwsss_jax.train import optim
+from gwsss_jax.train import parallel
+from gwsss_jax.train import trainer
+from gwsss_jax.train import writers
+
+NAME = 'train_cls'
+CHECKPOINT_DIR = 'cls_checkpoints'
+INFO_FILE = 'model_info.json'
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, CHECKPOINT_DIR)
+
+
+def schedule(config, num_examples: int) -> tuple[int, int]:
+  """(steps per epoch, total steps); `train.max_steps` > 0 stops early."""
+  spe = input_pipeline.steps_per_epoch(num_examples, config.train.batch_size)
+  if spe < 1:
+    raise UserError(f'config.train.batch_size={config.train.batch_size}: larger than the '
+                    f'{num_examples} groups of one epoch of {config.data.train_split!r}')
+  total = spe * config.train.num_epochs
+  if config.train.max_steps > 0:
+    total = min(total, config.train.max_steps)
+  return spe, total
+
+
+def init_variables(model, config, rng) -> dict:
+  """Fresh variables at the training input size ({'params', ['batch_stats']}), shapes only
+  being computed when `rng` is None (a restore template)."""
+  k, c = config.model.num_nodes, config.data.crop_size
+  images = jnp.zeros((1, k, c, c, 3), jnp.float32)
+  adjacency = jnp.ones((1, k, k), jnp.float32)
+  init = lambda r: model.init(r, images, adjacency, train=False)
+  if rng is None:
+    return jax.eval_shape(init, jax.random.key(0))
+  return trainer.run_init(init, rng)
+
+
+def _pretrained(config, variables) -> dict:
+  """Merges `model.pretrained` into the backbone of `variables` (from-scratch when '')."""
+  path = config.model.pretrained
+  if not path:
+    return variables
+  weights, meta = convert.load_pretrained(path)
+  if not str(meta.get('arch', '')).startswith(config.model.backbone):
+    raise UserError(f'config.model.pretrained={path!r} holds {meta.get("arch")} weights, '
+                    f'config.model.backbone is {config.model.backbone!r}')
+  weights = convert.backbone_variables(weights)
+  out = dict(variables)
+  for collection in ('params', 'batch_stats'):
+    if collection in weights and collection in variables:
+      out[collection] = convert.merge_pretrained(variables[collection], weights[collection])
+  return out
+
+
+def normalization(config, workdir: str) -> str:
+  """The input convention of the run ('imagenet_rgb' or 'caffe_bgr'): recorded with its
+  checkpoints once training starts, so that later stages and resumed runs use the one it
+  trained with."""
+  path = os.path.join(checkpoint_dir(workdir), INFO_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)['normalization']
+  spec = convert.normalization_for(config.data.normalization, config.model.pretrained)
+  return spec['name'] if isinstance(spec, dict) else spec
+
+
+def make_loss_fn(model, config, with_cams: bool):
+  """`loss_fn(params, batch_stats, batch, rng)` of `trainer.make_train_step` (Eq. 12).
+
+  Per-example outputs: sigmoid probabilities of the graph readout [b, K, L] and, for OAA,
+  the export CAMs [b, K, h, w, L] (`classifier.cams_for_export`).
+  """
+  train_bn = bool(not config.model.freeze_bn)
+
+  def loss_fn(params, batch_stats, batch, rng):
+    variables = {'params': params}
+    if batch_stats:
+      variables['batch_stats'] = batch_stats
+    mutable = ['batch_stats'] if (train_bn and batch_stats) else False
+    result = model.apply(variables, batch['images'], batch['adjacency'], train=True,
+                         rngs={'dropout': rng}, mutable=mutable)
+    (logits, out), new_stats = result if mutable else (result, {})
+    loss, terms = classifier.loss_fn(logits, out, batch['labels'], config.model)
+    per_example = {'probs': jax.nn.sigmoid(logits)}
+    if with_cams:
+      per_example['cams'] = classifier.cams_for_export(out, batch['labels'])
+    return loss, (terms, new_stats.get('batch_stats', batch_stats), per_example)
+  return loss_fn
+
+
+def make_eval_fn(model, num_nodes: int):
+  """Per-device scoring of held-out images: [n, H, W, 3] padded -> class probabilities [n, L].
+
+  The score is the intermediate readout l^m (Eq. 12's second term): it depends on the image
+  alone, whereas the graph readout needs a group linked by labels, which held-out images do not
+  give. Images ride K at a time through the classifier (the grouping does not change l^m); the
+  readout's average pools only the valid (unpadded) part of each class map.
+  """
+  def eval_fn(variables, batch):
+    images = batch['images']
+    n, height = images.shape[0], images.shape[1]
+    groups = images.reshape((n // num_nodes, num_nodes) + images.shape[1:])
+    adjacency = jnp.broadcast_to(jnp.eye(num_nodes), (n // num_nodes, num_nodes, num_nodes))
+    _, out = model.apply(variables, groups, adjacency, train=False)
+    cams = out['cam_mid'].reshape((n,) + out['cam_mid'].shape[2:])      # [n, h, w, L]
+    h, w = cams.shape[1:3]
+    stride_h, stride_w = height / h, images.shape[2] / w
+    rows = jnp.arange(h)[None, :] < jnp.ceil(batch['hw'][:, :1] / stride_h)
+    cols = jnp.arange(w)[None, :] < jnp.ceil(batch['hw'][:, 1:] / stride_w)
+    mask = (rows[:, :, None] & cols[:, None, :]).astype(jnp.float32)[..., None]
+    logits = (cams * mask).sum((1, 2)) / jnp.maximum(mask.sum((1, 2)), 1.0)
+    return {'probs': jax.nn.sigmoid(logits)}
+  return eval_fn
+
+
+def _evaluate_fn(config, model, dp, dataset, norm):
+  """`evaluate(state) -> {'mAP', 'f1'}` on `data.val_split` (None when it has no labels)."""
+  if dataset is None or not len(dataset) or not dataset.label_matrix().any():
+    return None
+  k = config.model.num_nodes
+  per_device = max(dp.per_device, 1) * k
+  predict = dp.compile_predict(make_eval_fn(model, k))
+  labels = dataset.label_matrix()
+
+  def evaluate(state):
+    variables = {'params': state['params']}
+    if jax.tree.leaves(state['batch_stats']):
+      variables['batch_stats'] = state['batch_stats']
+    probs, index = [], []
+    for batch in input_pipeline.eval_iterator(
+        dataset, config, batch_size=per_device * len(dp.local_devices), normalization=norm,
+        process_index=dp.process_index, process_count=dp.process_count, with_masks=False):
+      out = dp.local_rows(predict(variables, dp.shard_batch(
+          {'images': batch['images'], 'hw': batch['hw']})))
+      valid = np.asarray(batch['valid'], bool)
+      probs.append(out['probs'][valid])
+      index.append(np.asarray(batch['index'])[valid])
+    probs, index = np.concatenate(probs), np.concatenate(index)
+    if dp.process_count > 1:
+      probs = _gather_rows(probs)
+      index = _gather_rows(index)
+    return metrics_lib.classification_metrics(probs, labels[index])
+  return evaluate
+
+
+def _gather_rows(x: np.ndarray) -> np.ndarray:
+  """Concatenates every process's rows (padded to the longest for the all-gather)."""
+  counts = multihost_utils.process_allgather(np.asarray([x.shape[0]]))
+  padded = np.zeros((int(np.max(counts)),) + x.shape[1:], x.dtype)
+  padded[:x.shape[0]] = x
+  gathered = multihost_utils.process_allgather(padded)
+  return np.concatenate([g[:int(c)] for g, c in zip(gathered, np.ravel(counts))])
+
+
+def run(config, workdir: str) -> dict:
+  """Trains (or resumes) the classifier; returns final loss, held-out mAP/F1 and steps."""
+  train_set = datasets.load_split(config, config.data.train_split)
+  spe, total = schedule(config, len(train_set))
+  directory = checkpoint_dir(workdir)
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.train.max_to_keep)
+  start = ckpt.latest_step() or 0
+  if start >= total:
+    print(f'[{NAME}] complete at step {start}; skipping', flush=True)
+    ckpt.close()
+    done = gio.read_metrics(workdir)
+    return {k: v for k, v in done.items() if k.startswith(f'{NAME}/')}
+
+  model = classifier.build_classifier(config.model, config.data.num_classes)
+  norm = normalization(config, workdir)
+  if start:
+    variables = init_variables(model, config, None)
+  else:
+    variables = _pretrained(config, init_variables(model, config, jax.random.key(config.seed)))
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  tx, learning_rates = optim.classifier_optimizer(config.train, params, batch_stats,
+                                                  config.model.freeze_bn, spe)
+  if start:
+    state = ckpt.restore(trainer.abstract_state(params, batch_stats, tx), start)
+    print(f'[{NAME}] resuming from step {start} of {total}', flush=True)
+  else:
+    state = trainer.init_state(params, batch_stats, tx, config.seed)
+    if jax.process_index() == 0:
+      gio.atomic_write_text(os.path.join(directory, INFO_FILE),
+                            json.dumps({'normalization': norm}, indent=1) + '\n')
+
+  dp = parallel.DataParallel(config.parallel.impl, parallel.make_mesh(),
+                             config.train.batch_size)
+  oaa_store, on_step, before_save = None, None, None
+  if config.cams.method == 'oaa':
+    oaa_store, on_step, before_save = _oaa_hooks(config, workdir, dp, model, train_set,
+                                                 start, spe, total)
+  val_set = datasets.load_split(config, config.data.val_split) if config.data.val_split else None
+  logdir = os.path.join(workdir, 'tensorboard', NAME)
+  writer = writers.create_writer(logdir)
+  spec = trainer.Fit(
+      name=NAME, total_steps=total, steps_per_epoch=spe, log_every=config.train.log_every_steps,
+      checkpoint_every=config.train.checkpoint_every_steps,
+      eval_every_epochs=config.train.eval_every_epochs,
+      images_per_step=config.train.batch_size * config.model.num_nodes,
+      profile_steps=config.train.profile_steps, learning_rates=learning_rates,
+      evaluate=_evaluate_fn(config, model, dp, val_set, norm), on_step=on_step,
+      before_save=before_save, device_keys=('images', 'labels', 'adjacency'))
+  train_step = dp.compile(trainer.make_train_step(
+      make_loss_fn(model, config, oaa_store is not None), tx,
+      update_batch_stats=bool(not config.model.freeze_bn and jax.tree.leaves(batch_stats))))
+  logging.info('%s: %d images, %d steps/epoch, %d steps, %d devices (%s)', NAME, len(train_set),
+               spe, total, dp.num_devices, dp.impl)
+  _, last = trainer.fit(dp, train_step, trainer.from_checkpoint(dp, state),
+                        _batches(config, train_set, dp, start, spe, norm), spec, ckpt, writer,
+                        logdir)
+  ckpt.close()
+  writer.close()
+  result = {f'{NAME}/steps': total}
+  for key, name in (('loss', 'final_loss'), ('mAP', 'mAP'), ('f1', 'f1')):
+    if f'{NAME}/{key}' in last:
+      result[f'{NAME}/{name}'] = last[f'{NAME}/{key}']
+  return result
+
+
+def _batches(config, dataset, dp, start: int, spe: int, norm):
+  """This process's batches from global step `start` on, epoch after epoch."""
+  epoch, offset = divmod(start, spe)
+  while True:
+    for batch in input_pipeline.train_iterator(
+        dataset, config, num_nodes=config.model.num_nodes, global_batch=config.train.batch_size,
+        epoch=epoch, start_batch=offset, normalization=norm, process_index=dp.process_index,
+        process_count=dp.process_count):
+      yield batch
+    epoch, offset = epoch + 1, 0
+
+
+def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
+  """The OAA store and the fit callbacks that feed and flush it."""
+  from gwsss_jax.cams import oaa  # pylint: disable=g-import-not-at-top
+  shapes = jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((1, config.model.num_nodes, config.data.crop_size,
+                                          config.data.crop_size, 3)),
+                            jnp.ones((1, config.model.num_nodes, config.model.num_nodes)),
+                            train=False), init_variables(model, config, None))
+  map_hw = shapes[1]['cam_mid'].shape[2:4]
+  store = oaa.OAAStore.open(workdir, dataset.label_matrix(), map_hw, reset=start == 0)
+  last_epoch = (total - 1) // spe
+
+  def on_step(step, host_batch, per_example):
+    rows = dp.local_rows(per_example)
+    num_classes = rows['probs'].shape[-1]
+    store.update(np.asarray(host_batch['index']).reshape(-1),
+                 rows['cams'].reshape((-1,) + rows['cams'].shape[2:]),
+                 rows['probs'].reshape(-1, num_classes),
+                 threshold=config.cams.prob_threshold,
+                 last_epoch=(step - 1) // spe == last_epoch,
+                 boxes=np.asarray(host_batch['boxes']).reshape(-1, 4),
+                 flips=np.asarray(host_batch['flips']).reshape(-1))
+  return store, on_step, store.flush
+
+
+def load_trained(config, workdir: str):
+  """(model, variables) of the final classifier checkpoint, for the CAM stages."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise UserError(f'{directory}: no classifier checkpoint; run the train_cls stage first')
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=None)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise UserError(f'{directory}: no complete classifier checkpoint; run train_cls')
+    model = classifier.build_classifier(config.model, config.data.num_classes)
+    variables = init_variables(model, config, None)
+    params, batch_stats = variables['params'], variables.get('batch_stats', {})
+    train_set = datasets.load_split(config, config.data.train_split)
+    spe, _ = schedule(config, len(train_set))
+    tx, _ = optim.classifier_optimizer(config.train, params, batch_stats,
+                                       config.model.freeze_bn, spe)
+    state = ckpt.restore(trainer.abstract_state(params, batch_stats, tx), step)
+  finally:
+    ckpt.close()
+  out = {'params': state['params']}
+  if jax.tree.leaves(state['batch_stats']):
+    out['batch_stats'] = state['batch_stats']
+  return model, out

@@ -1,0 +1,113 @@
+"""SGD as PyTorch's `torch.optim.SGD` does it, with learning-rate groups by parameter path.
+
+PyTorch's SGD adds the weight decay to the gradient before the momentum buffer
+(`g += wd * p; buf = m * buf + g; g = g + m * buf` with Nesterov; `p -= lr * g`) and applies
+each parameter group's own learning rate last. Here that is, per group,
+`chain(add_decayed_weights(wd), trace(m, nesterov), scale_by_learning_rate(schedule))`, and
+`multi_transform` routes every parameter to its group by path. Frozen parameters (BatchNorm of a
+backbone with frozen statistics) go to `set_to_zero` and keep no optimiser state.
+
+The classifier (paper, Sec. "Implementation details", and the release) uses four groups:
+backbone weights at the base rate, backbone biases x2, new layers x10, their biases x20, all
+multiplied by 0.1 every 5 epochs. The segmentation stage reuses `build_sgd` with its own labels
+(backbone x1, head x10) and `poly_schedule`.
+"""
+
+from typing import Callable, Mapping, Optional
+
+import flax
+import optax
+
+FROZEN = 'frozen'
+Schedule = Callable[[int], float]
+PathLabel = Callable[[tuple], str]
+
+
+def make_labels(params, path_label: PathLabel):
+  """The label tree of `params`: `path_label(path)` for each leaf, path a tuple of names."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+  return flax.traverse_util.unflatten_dict({k: path_label(k) for k in flat})
+
+
+def build_sgd(params, path_label: PathLabel, lr_by_label: Mapping[str, Optional[Schedule]], *,
+              momentum: float, nesterov: bool, weight_decay: float
+              ) -> optax.GradientTransformation:
+  """SGD with momentum and coupled weight decay (PyTorch semantics), one schedule per group.
+
+  Args:
+    params: the parameter tree (only its structure and paths are used).
+    path_label: maps a parameter path (tuple of names) to a key of `lr_by_label`.
+    lr_by_label: group -> learning-rate schedule (step -> lr), or None for a frozen group.
+    momentum, nesterov, weight_decay: as `torch.optim.SGD`.
+  """
+  labels = make_labels(params, path_label)
+  used = set(flax.traverse_util.flatten_dict(labels).values())
+  missing = used - set(lr_by_label)
+  if missing:
+    raise ValueError(f'no learning rate for parameter groups {sorted(missing)}')
+  transforms = {}
+  for label in used:
+    schedule = lr_by_label[label]
+    if schedule is None:
+      transforms[label] = optax.set_to_zero()
+    else:
+      transforms[label] = optax.chain(
+          optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+          optax.trace(decay=momentum, nesterov=nesterov),
+          optax.scale_by_learning_rate(schedule))
+  return optax.multi_transform(transforms, labels)
+
+
+def step_decay_schedule(base_lr: float, steps_per_epoch: int, decay_every_epochs: int,
+                        decay_factor: float, num_epochs: int) -> Schedule:
+  """`base_lr * decay_factor ** (epoch // decay_every_epochs)`, as a function of the step.
+
+  optax counts updates from 0 and scales from a boundary on, so the first step of epoch 5
+  (0-based) already runs at x0.1, as PyTorch's per-epoch `StepLR` does.
+  """
+  boundaries = {e * steps_per_epoch: decay_factor
+                for e in range(decay_every_epochs, num_epochs, decay_every_epochs)}
+  return optax.piecewise_constant_schedule(base_lr, boundaries)
+
+
+def poly_schedule(base_lr: float, num_steps: int, power: float = 0.9) -> Schedule:
+  """DeepLab's `base_lr * (1 - step / num_steps) ** power`."""
+  return optax.polynomial_schedule(init_value=base_lr, end_value=0.0, power=power,
+                                   transition_steps=num_steps)
+
+
+def batchnorm_modules(batch_stats) -> set:
+  """Paths of the modules that hold BatchNorm statistics (their params are the BN affine)."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(batch_stats or {}))
+  return {k[:-1] for k in flat}
+
+
+def classifier_label_fn(batch_stats, freeze_bn: bool) -> PathLabel:
+  """Groups of the group-wise classifier: the top-level 'backbone' is pretrained, all else new.
+
+  Biases (leaves named 'bias') form their own groups; the affine parameters of BatchNorm
+  layers go to FROZEN when the backbone's statistics are frozen (`model.freeze_bn`).
+  """
+  bn = batchnorm_modules(batch_stats) if freeze_bn else set()
+
+  def label(path):
+    if path[:-1] in bn:
+      return FROZEN
+    kind = 'bias' if path[-1] == 'bias' else 'weight'
+    return f'{"backbone" if path[0] == "backbone" else "new"}_{kind}'
+  return label
+
+
+def classifier_optimizer(train_config, params, batch_stats, freeze_bn: bool,
+                         steps_per_epoch: int):
+  """The paper's optimiser from `config.train`; returns (tx, {group: schedule}) for logging."""
+  t = train_config
+  def sched(mult):
+    return step_decay_schedule(t.base_lr * mult, steps_per_epoch, t.decay_every_epochs,
+                               t.decay_factor, t.num_epochs)
+  lr_by_label = {'backbone_weight': sched(1.0), 'backbone_bias': sched(t.backbone_bias_mult),
+                 'new_weight': sched(t.new_mult), 'new_bias': sched(t.new_bias_mult),
+                 FROZEN: None}
+  tx = build_sgd(params, classifier_label_fn(batch_stats, freeze_bn), lr_by_label,
+                 momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)
+  return tx, {k: v for k, v in lr_by_label.items() if v is not None}

@@ -1,0 +1,89 @@
+"""Metrics, progress and the NaN guard of the training loops (clu).
+
+Only process 0 writes TensorBoard summaries; the others log to the console only. clu's writers
+import TensorFlow (seconds), so they are imported where a writer is made.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gwsss_jax.common.errors import UserError
+
+
+def create_writer(logdir: str):
+  """TensorBoard events under `logdir` plus the console (absl logging) on process 0."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
+
+
+def periodic_hooks(logdir: str, writer, *, num_train_steps: int, profile_steps: int) -> list:
+  """`ReportProgress` (steps/s and ETA) and, when `profile_steps` > 0, a `Profile` of that many
+  steps written to `logdir` (open with TensorBoard's profile plugin). Process 0 only."""
+  if jax.process_index() > 0:
+    return []
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  hooks = [periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
+                                           every_secs=60.0)]
+  if profile_steps > 0:
+    hooks.append(periodic_actions.Profile(logdir=logdir, num_profile_steps=profile_steps,
+                                          first_profile=10, every_secs=None, every_steps=None))
+  return hooks
+
+
+class NanGuard:
+  """Remembers each step's loss (device arrays, no host transfer) until `check`.
+
+  `check` runs before every checkpoint save and at each log step, so a non-finite loss stops the
+  run before its state can be saved: the last checkpoint on disk is the last good one.
+  """
+
+  def __init__(self, checkpoint_dir: str = ''):
+    self._pending = []
+    self._checkpoint_dir = checkpoint_dir
+
+  def add(self, step: int, loss) -> None:
+    self._pending.append((step, loss))
+
+  def check(self, to_host=np.asarray) -> None:
+    """Raises UserError naming the first step whose loss is NaN or Inf."""
+    pending, self._pending = self._pending, []
+    for step, loss in pending:
+      value = float(np.asarray(to_host(loss)))
+      if not math.isfinite(value):
+        where = (f'; the last good checkpoint is in {self._checkpoint_dir}'
+                 if self._checkpoint_dir else '')
+        raise UserError(f'training diverged: loss is {value} at step {step} (lower the learning '
+                        f'rate, e.g. config.train.base_lr){where}')
+
+
+class MeanMeter:
+  """Means of scalar metrics over a log interval, summed on the devices (no per-step sync)."""
+
+  def __init__(self):
+    self._sums = None
+    self._count = 0
+
+  def add(self, metrics: dict) -> None:
+    self._sums = metrics if self._sums is None else jax.tree.map(jnp.add, self._sums, metrics)
+    self._count += 1
+
+  def pop(self, to_host=np.asarray) -> dict:
+    """The means since the last pop, as host floats."""
+    if self._sums is None:
+      return {}
+    out = {k: float(np.asarray(to_host(v))) / self._count for k, v in self._sums.items()}
+    self._sums, self._count = None, 0
+    return out
+
+
+def progress_line(prefix: str, step: int, total: int, scalars: dict) -> str:
+  """`[prefix] step 120/900 loss=0.4123 lr/new_weight=0.0100 ...` (keys without the stage)."""
+  parts = []
+  for k in sorted(scalars):
+    v = scalars[k]
+    name = k.split('/', 1)[1] if '/' in k else k
+    parts.append(f'{name}={v:.3e}' if v != 0 and abs(v) < 1e-3 else f'{name}={v:.4f}')
+  return f'[{prefix}] step {step}/{total} ' + ' '.join(parts)
