@@ -1,0 +1,116 @@
+"""Segments a folder of your own images with the trained DeepLab of a workdir.
+
+  python -m gwsss_jax.predict --config=configs/voc.py --workdir=runs/voc \\
+      --images=my_photos --out=my_photos_seg
+
+For every `*.jpg`, `*.jpeg` or `*.png` in `--images` (not recursive) it writes `<out>/<stem>.png`,
+a palette PNG of class indices (VOC colour map: open it in any viewer; read the indices with
+PIL `np.array(Image.open(path))`), and `<out>/<stem>_overlay.jpg`, the colours blended over the
+photo. The config selects the run (`seg.oracle`) and the inference (`seg.eval_scales`,
+`seg.eval_flip`); the checkpoint's own record supplies the input normalisation.
+"""
+
+import io
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+from PIL import Image
+
+from gwsss_jax.common import io as gio
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import input_pipeline
+from gwsss_jax.data import palette
+from gwsss_jax.seg import common
+from gwsss_jax.seg import inference
+from gwsss_jax.stages import eval_seg
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+OVERLAY_ALPHA = 0.5
+
+
+def list_images(directory: str) -> list:
+  if not os.path.isdir(directory):
+    raise UserError(f'--images={directory!r}: directory not found')
+  paths = sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                 if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith('.'))
+  if not paths:
+    raise UserError(f'--images={directory!r}: no {", ".join(IMAGE_SUFFIXES)} files')
+  return paths
+
+
+def read_rgb(path: str) -> np.ndarray:
+  try:
+    with Image.open(path) as img:
+      return np.asarray(img.convert('RGB'))
+  except (OSError, SyntaxError) as e:
+    raise UserError(f'unreadable image {path}: {e}') from None
+
+
+def overlay(image: np.ndarray, label: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+  """The label colours blended over the image; ignore/background pixels keep the photo."""
+  colours = palette.colorize(label).astype(np.float32)
+  blend = (1 - alpha) * image.astype(np.float32) + alpha * colours
+  keep = (label == 0) | (label == palette.IGNORE)
+  return np.where(keep[..., None], image, np.round(blend)).astype(np.uint8)
+
+
+def _encode_jpeg(image: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format='JPEG', quality=90)
+  return buf.getvalue()
+
+
+def predict_folder(config, workdir: str, images_dir: str, out_dir: str) -> list:
+  """Writes the label PNG and overlay of every image; returns the label PNG paths."""
+  eval_seg.check_crf(config.seg)
+  paths = list_images(images_dir)
+  module, variables, info, _ = common.load_trained(config, workdir)
+  predict = eval_seg.make_predict_fn(module, tuple(config.seg.eval_scales), config.seg.eval_flip)
+  pictures = [read_rgb(p) for p in paths]
+  canvas = inference.canvas_size([p.shape[:2] for p in pictures])
+  variables = jax.device_put(variables, jax.local_devices()[0])
+  written = []
+  for path, picture in zip(paths, pictures):
+    h, w = picture.shape[:2]
+    x = inference.pad_to(input_pipeline.normalize_np(picture, info['normalization']), canvas)
+    label = np.asarray(predict(variables, x[None]))[0, :h, :w]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out = os.path.join(out_dir, stem + '.png')
+    palette.save_label_png(out, label)
+    gio.atomic_write_bytes(os.path.join(out_dir, stem + '_overlay.jpg'),
+                           _encode_jpeg(overlay(picture, label)))
+    written.append(out)
+  return written
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file the model was trained with.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Workdir holding the trained segmentation checkpoints.')
+flags.DEFINE_string('images', None, 'Folder of .jpg/.jpeg/.png images to segment.')
+flags.DEFINE_string('out', None, 'Output folder for label PNGs and overlays.')
+flags.mark_flags_as_required(['config', 'workdir', 'images', 'out'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  written = predict_folder(FLAGS.config, FLAGS.workdir, FLAGS.images, FLAGS.out)
+  print(f'wrote {len(written)} label PNGs and overlays to {FLAGS.out}')
+
+
+def _run():
+  try:
+    app.run(main)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  _run()

@@ -1,0 +1,184 @@
+"""What train_seg, eval_seg and predict share: where a run lives in the workdir, the model and
+its pretrained initialisation, DeepLab's optimiser, and loading a trained checkpoint.
+
+A segmentation run is either the pseudo-label run (`config.seg.oracle=False`) or the oracle run
+on ground-truth masks (`True`); both can live in one workdir side by side (`RunNames`).
+Next to its checkpoints a run records `seg_model.json`: the input normalisation and ResNet
+layout it was trained with, so that evaluation and prediction need neither the pretrained
+weights nor a matching `data.normalization`.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from gwsss_jax.common import io as gio
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.models import convert
+from gwsss_jax.models import deeplab
+from gwsss_jax.train import checkpoint
+from gwsss_jax.train import optim
+from gwsss_jax.train import trainer
+
+MODEL_FILE = 'seg_model.json'
+# The network each segmentation model's trunk needs (`meta['arch']` of converted weights).
+_ARCHS = {'deeplab_v2_resnet101': ('resnet101', 'resnet101_caffe'),
+          'deeplab_largefov_vgg16': ('vgg16',)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunNames:
+  """Workdir names of one segmentation run (pseudo-label or oracle)."""
+  train: str            # metric prefix and TensorBoard folder: train_seg, train_seg_oracle
+  checkpoints: str      # seg_checkpoints, seg_oracle_checkpoints
+  miou: str             # seg_miou, seg_oracle_miou
+  metrics_prefix: str   # seg/, seg_oracle/ (per-class IoU keys)
+  predictions: str      # seg_predictions, seg_oracle_predictions
+  results: str          # results, results_oracle (VOC test server layout)
+
+
+def run_names(oracle: bool) -> RunNames:
+  tag = 'seg_oracle' if oracle else 'seg'
+  return RunNames(train=f'train_{tag}', checkpoints=f'{tag}_checkpoints', miou=f'{tag}_miou',
+                  metrics_prefix=f'{tag}/', predictions=f'{tag}_predictions',
+                  results='results_oracle' if oracle else 'results')
+
+
+def checkpoint_dir(config, workdir: str) -> str:
+  return os.path.join(workdir, run_names(config.seg.oracle).checkpoints)
+
+
+def load_pretrained(seg_config) -> tuple[Optional[dict], Optional[dict]]:
+  """(variables, meta) of `config.seg.pretrained`, or (None, None) when it is empty."""
+  if not seg_config.pretrained:
+    return None, None
+  variables, meta = convert.load_pretrained(seg_config.pretrained, config_key='seg.pretrained')
+  if meta['arch'] not in _ARCHS[seg_config.model]:
+    raise UserError(f'config.seg.pretrained={seg_config.pretrained!r} holds {meta["arch"]} '
+                    f'weights; config.seg.model={seg_config.model!r} needs '
+                    f'{" or ".join(_ARCHS[seg_config.model])}')
+  return variables, meta
+
+
+def resolve_normalization(config, meta: Optional[dict]) -> str:
+  """The input pipeline's normalisation name: `data.normalization`, where 'auto' means the
+  convention of the pretrained weights ('imagenet_rgb' without any)."""
+  if config.data.normalization == 'auto' and meta is not None:
+    return meta['normalization']['name']
+  return convert.normalization_for(config.data.normalization, '')['name']
+
+
+def model_info(config, meta: Optional[dict]) -> dict:
+  """What `seg_model.json` records about a run."""
+  g = config.seg
+  return {'model': g.model, 'width': g.width, 'output_stride': g.output_stride,
+          'num_classes': g.num_classes, 'caffe_layout': deeplab.caffe_layout(meta),
+          'normalization': resolve_normalization(config, meta),
+          'pretrained': g.pretrained, 'oracle': bool(g.oracle)}
+
+
+def build_model(config, caffe_layout: bool):
+  meta = {'arch': 'resnet101_caffe'} if caffe_layout else None
+  return deeplab.build_segmenter(config.seg, meta)
+
+
+def init_variables(module, config, seed) -> dict:
+  """Randomly initialised {'params', 'batch_stats'} for crops of `config.seg.crop_size`.
+
+  `seed` is an int or a PRNG key. An int becomes an 'rbg' key: XLA compiles its random bits for
+  the many kernel shapes of a DeepLab about 7x faster on CPU than threefry's (tens of seconds
+  per run on a CPU).
+  """
+  size = config.seg.crop_size
+  init = jax.jit(lambda key: module.init({'params': key, 'dropout': key},
+                                         jnp.zeros((1, size, size, 3)), train=False))
+  key = jax.random.key(seed, impl='rbg') if isinstance(seed, int) else seed
+  variables = init(key)
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+def apply_pretrained(variables: dict, pretrained: dict) -> dict:
+  """Places converted weights into `variables`: the trunk always; DeepLab's COCO ASPP too when
+  its class count matches (21 VOC classes), otherwise the ASPP stays freshly initialised."""
+  backbone = convert.backbone_variables(pretrained)
+  params = convert.merge_pretrained(variables['params'], backbone['params'], 'backbone')
+  batch_stats = variables['batch_stats']
+  if backbone.get('batch_stats'):
+    batch_stats = convert.merge_pretrained(batch_stats, backbone['batch_stats'], 'backbone')
+  aspp = pretrained.get('aspp') if 'backbone' in pretrained else None
+  if aspp is not None and 'aspp' in params:
+    shapes = jax.tree.map(np.shape, params['aspp'])
+    if jax.tree.map(np.shape, aspp) == shapes:
+      params = convert.merge_pretrained(params, aspp, 'aspp')
+  return {'params': params, 'batch_stats': batch_stats}
+
+
+def optimizer(config, params) -> tuple[optax.GradientTransformation, dict]:
+  """DeepLab's SGD (momentum, weight decay, poly decay) with `deeplab.param_labels` groups.
+
+  Head weights run at `seg.head_lr_mult` x the base rate and every bias at twice its weight's
+  rate (Caffe `lr_mult` 1/2 and 10/20); weight decay applies to weights only (`decay_mult: 0`
+  on biases), added to the gradient before the momentum as Caffe and PyTorch do.
+  Returns (tx, {group: schedule}).
+  """
+  g = config.seg
+  def poly(mult):
+    return optim.poly_schedule(g.base_lr * mult, g.num_steps, g.poly_power)
+  lr_by_label = {deeplab.BACKBONE_WEIGHT: poly(1.0), deeplab.BACKBONE_BIAS: poly(2.0),
+                 deeplab.HEAD_WEIGHT: poly(g.head_lr_mult),
+                 deeplab.HEAD_BIAS: poly(2.0 * g.head_lr_mult), deeplab.FROZEN: None}
+  labels = deeplab.param_labels(params)
+  flat_labels = traverse_util.flatten_dict(labels)
+  tx = optax.chain(
+      optax.masked(optax.add_decayed_weights(g.weight_decay),
+                   jax.tree.map(lambda l: l in (deeplab.BACKBONE_WEIGHT, deeplab.HEAD_WEIGHT),
+                                labels)),
+      optim.build_sgd(params, lambda path: flat_labels[path], lr_by_label,
+                      momentum=g.momentum, nesterov=False, weight_decay=0.0))
+  used = set(flat_labels.values())
+  return tx, {k: v for k, v in lr_by_label.items() if v is not None and k in used}
+
+
+def write_model_info(directory: str, info: dict) -> None:
+  gio.atomic_write_text(os.path.join(directory, MODEL_FILE), json.dumps(info, indent=2) + '\n')
+
+
+def read_model_info(directory: str) -> dict:
+  path = os.path.join(directory, MODEL_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f'no trained segmentation model in {directory} (missing {MODEL_FILE}): '
+                    'run the train_seg stage first (--config.stages=train_seg)')
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_trained(config, workdir: str) -> tuple[Any, dict, dict, int]:
+  """The trained network of this config's run: (module, variables, info, step).
+
+  The config must describe the same model as the one trained (`seg.model`, `seg.width`, ...);
+  a mismatch is a UserError from the checkpoint restore.
+  """
+  directory = checkpoint_dir(config, workdir)
+  info = read_model_info(directory)
+  for key in ('model', 'width', 'output_stride', 'num_classes'):
+    if info[key] != config.seg[key]:
+      raise UserError(f'config.seg.{key}={config.seg[key]!r}, but the checkpoints in '
+                      f'{directory} were trained with {info[key]!r}')
+  module = build_model(config, info['caffe_layout'])
+  template = jax.eval_shape(lambda: init_variables(module, config, 0))
+  tx, _ = optimizer(config, template['params'])
+  ckpt = checkpoint.Checkpointer(directory, asynchronous=False)
+  step = ckpt.latest_step()
+  if step is None:
+    raise UserError(f'no checkpoint in {directory}: run the train_seg stage first')
+  state = ckpt.restore(trainer.abstract_state(template['params'], template['batch_stats'], tx),
+                       step)
+  ckpt.close()
+  return module, {'params': state['params'], 'batch_stats': state['batch_stats']}, info, step

@@ -1,0 +1,169 @@
+"""Stage `eval_seg`: the trained segmentation network on `config.data.val_split`.
+
+Every image is segmented at full resolution (multi-scale `seg.eval_scales` and mirror
+`seg.eval_flip` inference average softmax probabilities), written as a palette PNG to
+`<workdir>/seg_predictions/<name>.png` (`seg_oracle_predictions` for the oracle run) and, where
+the split has ground truth, counted into one confusion matrix over all images: mIoU
+(`seg_miou` / `seg_oracle_miou`) and the per-class IoU table with class names. A VOC split
+without masks (test) is written in the layout of the official evaluation server instead:
+`<workdir>/results/VOC2012/Segmentation/comp6_test_cls/<name>.png` (archive `results/` and
+upload it).
+
+Resumable: predictions already on disk from the same checkpoint and inference settings
+(`manifest.json` beside them) are read back instead of recomputed.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from gwsss_jax.common import io as gio
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import datasets
+from gwsss_jax.data import input_pipeline
+from gwsss_jax.data import palette
+from gwsss_jax.evaluation import metrics as metrics_lib
+from gwsss_jax.seg import common
+from gwsss_jax.seg import inference
+
+MANIFEST = 'manifest.json'
+VOC_TEST_LAYOUT = os.path.join('VOC2012', 'Segmentation', 'comp6_test_cls')
+
+
+def check_crf(seg_config) -> None:
+  """Dense CRF post-processing is not offered, as for the pseudo labels (`cams.crf`)."""
+  if seg_config.crf:
+    raise UserError('config.seg.crf=True: dense CRF is not available (no maintained dense-CRF '
+                    'package installs from wheels here: pydensecrf2 and SimpleCRF need a C++ '
+                    'toolchain and Cython); set seg.crf=False')
+
+
+def make_predict_fn(module, scales, flip: bool):
+  """jit(variables, images [B, H, W, 3]) -> labels uint8 [B, H, W]."""
+  def predict(variables, images):
+    probs = inference.multiscale_probs(
+        lambda x: module.apply(variables, x, train=False), images, scales, flip)
+    return jnp.argmax(probs, axis=-1).astype(jnp.uint8)
+  return jax.jit(predict)
+
+
+def output_dir(config, workdir: str, has_masks: bool) -> str:
+  names = common.run_names(config.seg.oracle)
+  if not has_masks and config.data.name in ('voc', 'tfds_voc'):
+    return os.path.join(workdir, names.results, VOC_TEST_LAYOUT)
+  return os.path.join(workdir, names.predictions)
+
+
+def _settings(config, step: int) -> dict:
+  g = config.seg
+  return {'checkpoint_step': int(step), 'eval_scales': [float(s) for s in g.eval_scales],
+          'eval_flip': bool(g.eval_flip), 'split': config.data.val_split}
+
+
+def prepare_output(directory: str, settings: dict, examples) -> None:
+  """Removes the predictions of `examples` made with other settings (another checkpoint,
+  scales, ...) and records `settings`, so that what remains on disk can be reused."""
+  path = os.path.join(directory, MANIFEST)
+  if os.path.exists(path):
+    with open(path) as f:
+      if json.load(f) == settings:
+        return
+  for ex in examples:
+    stale = os.path.join(directory, ex.name + '.png')
+    if os.path.exists(stale):
+      os.remove(stale)
+  gio.atomic_write_text(path, json.dumps(settings, indent=2) + '\n')
+
+
+def _local_sharding(batch_size: int):
+  """Batch rows split over this host's devices when they divide the batch, else device 0."""
+  devices = jax.local_devices()
+  if len(devices) > 1 and batch_size % len(devices) == 0:
+    mesh = Mesh(np.asarray(devices), ('data',))
+    return NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
+  return devices[0], devices[0]
+
+
+def run(config, workdir: str) -> dict:
+  g = config.seg
+  names = common.run_names(g.oracle)
+  check_crf(g)
+  module, variables, info, step = common.load_trained(config, workdir)
+  dataset = datasets.load_split(config, config.data.val_split)
+  class_names = ('background',) + tuple(dataset.class_names)
+  has_masks = all(ex.mask_path for ex in dataset.examples)
+  directory = output_dir(config, workdir, has_masks)
+  os.makedirs(directory, exist_ok=True)
+  if jax.process_index() == 0:
+    prepare_output(directory, _settings(config, step), dataset.examples)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('eval_seg: predictions directory ready')
+  mine = datasets.Dataset(dataset.examples[jax.process_index()::jax.process_count()],
+                          dataset.class_names, dataset.split)
+  done = {ex.name for ex in mine.examples
+          if os.path.exists(os.path.join(directory, ex.name + '.png'))}
+  todo = datasets.Dataset([ex for ex in mine.examples if ex.name not in done],
+                          dataset.class_names, dataset.split)
+
+  num_classes = g.num_classes
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  for ex in mine.examples:
+    if ex.name in done and has_masks:
+      cm += metrics_lib.confusion_matrix(
+          palette.read_label_png(os.path.join(directory, ex.name + '.png')),
+          palette.read_label_png(ex.mask_path), num_classes)
+
+  if len(todo):
+    canvas = inference.canvas_size(input_pipeline.image_sizes(dataset))
+    # `todo` is already this process's share: the iterator must not split it again.
+    batches = input_pipeline.eval_iterator(todo, config, batch_size=g.eval_batch_size,
+                                           pad_to=canvas, normalization=info['normalization'],
+                                           process_index=0, process_count=1,
+                                           with_masks=has_masks)
+    predict = make_predict_fn(module, tuple(g.eval_scales), g.eval_flip)
+    data_sharding, replicated = _local_sharding(g.eval_batch_size)
+    variables = jax.device_put(variables, replicated)
+    bar = tqdm(total=len(todo), desc=names.miou.replace('_miou', '_eval'), unit='img',
+               dynamic_ncols=True, disable=jax.process_index() != 0)
+    for batch in batches:
+      out = np.asarray(predict(variables, jax.device_put(batch['images'], data_sharding)))
+      for i in np.flatnonzero(np.asarray(batch['valid'])):
+        ex = todo.examples[int(batch['index'][i])]
+        h, w = (int(v) for v in batch['hw'][i])
+        pred = out[i, :h, :w]
+        palette.save_label_png(os.path.join(directory, ex.name + '.png'), pred)
+        if has_masks:
+          cm += metrics_lib.confusion_matrix(pred, batch['masks'][i, :h, :w], num_classes)
+        bar.update(1)
+    bar.close()
+
+  if jax.process_count() > 1:
+    cm = np.asarray(multihost_utils.process_allgather(cm)).sum(axis=0)
+  if jax.process_index() != 0:
+    return {}
+  print(f'[eval_seg] {len(dataset)} predictions in {directory} (checkpoint step {step})',
+        flush=True)
+  if not has_masks:
+    return {f'{names.metrics_prefix}num_predictions': len(dataset)}
+  out = metrics_lib.segmentation_metrics(cm, class_names, prefix=names.metrics_prefix)
+  iou = metrics_lib.iou_per_class(cm)
+  out[names.miou] = out[f'{names.metrics_prefix}mean_iou']
+  rows = [(i, n, float(v)) for i, (n, v) in enumerate(zip(class_names, iou))]
+  rows.append(('', 'mean', out[names.miou]))
+  table = metrics_lib.format_table(rows, ('#', 'class', 'IoU'))
+  title = (f'{"Oracle (ground-truth)" if g.oracle else "Pseudo-label"} DeepLab on '
+           f'{config.data.val_split}, checkpoint step {step}, scales {tuple(g.eval_scales)}, '
+           f'flip {bool(g.eval_flip)}')
+  report = f'### {title}\n\n{table}\n'
+  print(report, flush=True)
+  gio.atomic_write_text(os.path.join(workdir, f'{names.miou.replace("_miou", "_iou")}.md'),
+                        report)
+  return out

@@ -1,0 +1,126 @@
+"""Stage `train_seg`: DeepLab-v2 (or LargeFOV) trained on the pseudo labels with DeepLab's
+schedule (`config.seg`): SGD with momentum and weight decay, poly learning-rate decay (power
+0.9), random scaling, cropping and mirroring, ignore label 255, optional MSC loss.
+
+Labels: `<workdir>/pseudo_labels/<name>.png` (the `pseudo_labels` stage) of
+`config.data.train_split`; with `config.seg.oracle=True` the ground-truth masks instead, into a
+separate run (`seg_oracle_checkpoints`, metrics `train_seg_oracle/...`) that gives the upper
+bound beside the pseudo-label run in the same workdir.
+
+Resumable: the run continues from its latest checkpoint and skips when it is complete. The
+data-parallel loop, checkpoints and logging are `gwsss_jax.train`'s.
+"""
+
+import os
+
+import jax
+from absl import logging
+
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import datasets
+from gwsss_jax.data import input_pipeline
+from gwsss_jax.seg import common
+from gwsss_jax.seg import losses
+from gwsss_jax.stages import pseudo_labels
+from gwsss_jax.train import checkpoint
+from gwsss_jax.train import parallel
+from gwsss_jax.train import trainer
+from gwsss_jax.train import writers
+
+
+def make_loss_fn(module, msc: bool):
+  """`loss_fn(params, batch_stats, batch, rng)` for `trainer.make_train_step`.
+
+  BatchNorm is frozen (DeepLab-v2), so the statistics pass through unchanged.
+  """
+  def loss_fn(params, batch_stats, batch, rng):
+    variables = {'params': params, 'batch_stats': batch_stats}
+
+    def apply_fn(images, index):
+      return module.apply(variables, images, train=True,
+                          rngs={'dropout': jax.random.fold_in(rng, index)})
+    loss, scalars = losses.segmentation_loss(apply_fn, batch['images'], batch['labels'], msc)
+    return loss, (scalars, batch_stats, {})
+  return loss_fn
+
+
+def label_source(config, workdir: str, dataset) -> str | None:
+  """The label directory of the run (None = the dataset's ground-truth masks)."""
+  if config.seg.oracle:
+    missing = [ex.name for ex in dataset.examples if not ex.mask_path]
+    if missing:
+      raise UserError(f'config.seg.oracle=True needs ground-truth masks, but split '
+                      f'{config.data.train_split!r} has none for {len(missing)} images '
+                      f'(e.g. {missing[0]})')
+    return None
+  directory = pseudo_labels.label_dir(workdir)
+  if not os.path.isdir(directory):
+    raise UserError(f'{directory}: no pseudo labels; run the pseudo_labels stage first '
+                    '(--config.stages=...,pseudo_labels,train_seg) or set config.seg.oracle=True '
+                    'to train on the ground truth')
+  return directory
+
+
+def create_state(config, module, pretrained, ckpt, start: int):
+  """(host train state, tx, {group: schedule}): fresh (with the pretrained weights) at step 0,
+  else restored from the checkpoint at `start`."""
+  if start:
+    variables = jax.eval_shape(lambda: common.init_variables(module, config, 0))
+  else:
+    variables = common.init_variables(module, config, config.seed)
+    if pretrained is not None:
+      variables = common.apply_pretrained(variables, pretrained)
+  tx, learning_rates = common.optimizer(config, variables['params'])
+  if start:
+    state = ckpt.restore(trainer.abstract_state(variables['params'], variables['batch_stats'],
+                                                tx), start)
+  else:
+    state = trainer.init_state(variables['params'], variables['batch_stats'], tx, config.seed)
+  return state, tx, learning_rates
+
+
+def run(config, workdir: str) -> dict:
+  g = config.seg
+  names = common.run_names(g.oracle)
+  directory = common.checkpoint_dir(config, workdir)
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.train.max_to_keep)
+  start = ckpt.latest_step() or 0
+  if start >= g.num_steps:
+    print(f'[{names.train}] complete at step {start}; skipping', flush=True)
+    ckpt.close()
+    return {}
+  if start:  # the weights come from the checkpoint; the run's conventions from its record
+    pretrained, info = None, common.read_model_info(directory)
+    print(f'[{names.train}] resuming from step {start}', flush=True)
+  else:
+    pretrained, meta = common.load_pretrained(g)
+    info = common.model_info(config, meta)
+
+  dp = parallel.DataParallel(config.parallel.impl, parallel.make_mesh(), g.batch_size,
+                             batch_key='seg.batch_size')
+  dataset = datasets.load_split(config, config.data.train_split)
+  label_dir = label_source(config, workdir, dataset)
+  batches = input_pipeline.seg_train_iterator(
+      dataset, config, label_dir=label_dir, global_batch=g.batch_size, start_step=start,
+      normalization=info['normalization'], process_index=dp.process_index,
+      process_count=dp.process_count)
+  logging.info('%s: %d images, labels from %s', names.train, len(dataset),
+               label_dir or 'the ground truth')
+
+  module = common.build_model(config, info['caffe_layout'])
+  state, tx, learning_rates = create_state(config, module, pretrained, ckpt, start)
+  if jax.process_index() == 0:
+    common.write_model_info(directory, info)
+  train_step = dp.compile(trainer.make_train_step(make_loss_fn(module, g.msc), tx))
+  logdir = os.path.join(workdir, 'tensorboard', names.train)
+  writer = writers.create_writer(logdir)
+  spec = trainer.Fit(name=names.train, total_steps=g.num_steps, log_every=g.log_every_steps,
+                     checkpoint_every=g.checkpoint_every_steps, images_per_step=g.batch_size,
+                     learning_rates=learning_rates)
+  batches = ({'images': b['images'], 'labels': b['labels']} for b in batches)
+  _, last = trainer.fit(dp, train_step, trainer.from_checkpoint(dp, state), batches, spec, ckpt,
+                        writer, logdir)
+  ckpt.close()
+  writer.close()
+  loss = last.get(f'{names.train}/loss')
+  return {} if loss is None else {f'{names.train}/final_loss': loss}
