@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gwsss_jax import config as config_lib
+from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -25,6 +26,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config_lib.validate(FLAGS.config)  # before JAX is imported: a bad value fails at once
+  xla_flags.configure_cpu()  # before JAX starts: convolutions off YNNPACK (README, speed)
   from gwsss_jax import pipeline  # pylint: disable=g-import-not-at-top
   pipeline.run(FLAGS.config, FLAGS.workdir, distributed=FLAGS.jax_distributed)
 

@@ -13,6 +13,7 @@ from absl import logging
 from gwsss_jax import config as config_lib
 from gwsss_jax.common import io as gio
 from gwsss_jax.data import datasets
+from gwsss_jax.evaluation import metrics as metrics_lib
 from gwsss_jax.train import distributed as jax_distributed
 
 
@@ -35,5 +36,24 @@ def run(config, workdir: str, distributed: bool = False) -> dict:
       metrics = gio.update_metrics(workdir, result)
     print(f'[{stage}] done in {time.time() - start:.1f}s', flush=True)
     logging.info('%s: %s', stage, json.dumps(result, default=float)[:2000])
+  if jax.process_index() == 0:
+    print(summary_table(metrics), flush=True)
+    print(f'workdir: {os.path.abspath(workdir)} (metrics.json, vis/, tensorboard/)', flush=True)
   return metrics
+
+
+# (metrics.json key, row title) of the summary that ends every run.
+SUMMARY = (('train_cls/mAP', 'classification mAP (held-out)'),
+           ('eval_cams/cam_miou', 'CAM mIoU (best background threshold)'),
+           ('eval_cams/cam_best_threshold', 'CAM best background threshold'),
+           ('eval_cams/pseudo_label_miou', 'pseudo-label mIoU (train)'),
+           ('eval_cams/pseudo_label_coverage', 'pseudo-label coverage'),
+           ('seg_miou', 'segmentation val mIoU (DeepLab on pseudo labels)'),
+           ('seg_oracle_miou', 'oracle val mIoU (DeepLab on ground truth)'))
+
+
+def summary_table(metrics: dict) -> str:
+  """The headline figures found in metrics.json, as a Markdown table."""
+  rows = [(title, float(metrics[key])) for key, title in SUMMARY if key in metrics]
+  return metrics_lib.format_table(rows, ('summary', 'value'))
 

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 from PIL import Image
 
 from gwsss_jax.common import io as gio
+from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import input_pipeline
 from gwsss_jax.data import palette
@@ -100,6 +101,7 @@ flags.mark_flags_as_required(['config', 'workdir', 'images', 'out'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  xla_flags.configure_cpu()
   written = predict_folder(FLAGS.config, FLAGS.workdir, FLAGS.images, FLAGS.out)
   print(f'wrote {len(written)} label PNGs and overlays to {FLAGS.out}')
 

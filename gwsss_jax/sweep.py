@@ -26,19 +26,11 @@ from gwsss_jax.common.errors import UserError
 from gwsss_jax.evaluation import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', None, 'Base config file (configs/*.py).')
-flags.DEFINE_string('sweep', None, 'Sweep file with get_sweep().')
-flags.DEFINE_string('workdir', None, 'Parent directory of the variants\' workdirs.')
-flags.DEFINE_string('stages', '', 'Override config.stages for every variant ("" = config\'s).')
-flags.DEFINE_list('only', [], 'Run only these variants.')
-flags.DEFINE_list('set', [], 'Extra overrides for every variant, e.g. train.num_epochs=2.')
-flags.DEFINE_bool('print_commands', False, 'Print one command per variant and exit.')
-flags.mark_flags_as_required(['config', 'sweep', 'workdir'])
 
 # (metrics.json key, column title) of the table.
-COLUMNS = (('train_cls/mAP', 'cls mAP'), ('cam_miou', 'CAM mIoU'),
-           ('pseudo_label_miou', 'pseudo mIoU'), ('pseudo_label_coverage', 'coverage'),
-           ('seg_miou', 'seg mIoU'))
+COLUMNS = (('train_cls/mAP', 'cls mAP'), ('eval_cams/cam_miou', 'CAM mIoU'),
+           ('eval_cams/pseudo_label_miou', 'pseudo mIoU'),
+           ('eval_cams/pseudo_label_coverage', 'coverage'), ('seg_miou', 'seg mIoU'))
 CLASSIFIER_DIR = 'cls_checkpoints'
 
 
@@ -131,7 +123,20 @@ def main(argv):
   print(text)
 
 
+def _define_flags():
+  """Command-line flags, defined only when run as a program (the module is also a library)."""
+  flags.DEFINE_string('config', None, 'Base config file (configs/*.py).')
+  flags.DEFINE_string('sweep', None, 'Sweep file with get_sweep().')
+  flags.DEFINE_string('workdir', None, 'Parent directory of the variants\' workdirs.')
+  flags.DEFINE_string('stages', '', 'Override config.stages for every variant ("" = config\'s).')
+  flags.DEFINE_list('only', [], 'Run only these variants.')
+  flags.DEFINE_list('set', [], 'Extra overrides for every variant, e.g. train.num_epochs=2.')
+  flags.DEFINE_bool('print_commands', False, 'Print one command per variant and exit.')
+  flags.mark_flags_as_required(['config', 'sweep', 'workdir'])
+
+
 def _run():
+  _define_flags()
   try:
     app.run(main)
   except UserError as e:

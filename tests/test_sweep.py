@@ -46,7 +46,7 @@ def test_table_from_finished_variants_and_unknown_variant(tmp_path):
       "  return [('a', {'model.num_nodes': 2}, None), ('b', {'model.num_steps': 1}, None)]\n")
   for name, miou in (('a', 0.5), ('b', 0.25)):
     os.makedirs(tmp_path / name)
-    (tmp_path / name / 'metrics.json').write_text(json.dumps({'pseudo_label_miou': miou}))
+    (tmp_path / name / 'metrics.json').write_text(json.dumps({'eval_cams/pseudo_label_miou': miou}))
   result = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}',
                    f'--workdir={tmp_path}', '--only=zzz'])
   assert result.returncode == 2 and 'zzz' in result.stderr

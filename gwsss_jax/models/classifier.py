@@ -35,6 +35,11 @@ import jax.numpy as jnp
 import optax
 
 from gwsss_jax.models.graph import NEW_LAYER_INIT, GroupGraph
+
+# The three extra 3x3 convolutions continue the ReLU trunk: He initialisation, so that the
+# network also trains from scratch (the demo). The release's N(0, 0.01) for them shrinks the
+# signal ~100x over the three layers, which a pretrained backbone survives and a random one not.
+TRUNK_INIT = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 from gwsss_jax.models.release_graph import ReleaseGraph
 from gwsss_jax.models.resnet import ResNet101
 from gwsss_jax.models.vgg import VGG16, scaled
@@ -67,9 +72,9 @@ class GroupClassifier(nn.Module):
                        freeze_bn=self.freeze_bn, dtype=self.dtype, name='backbone')
     return resnet(x, train)['layer4']
 
-  def _conv(self, features, kernel, name, dtype=None):
+  def _conv(self, features, kernel, name, dtype=None, kernel_init=NEW_LAYER_INIT):
     return nn.Conv(features, (kernel, kernel), padding='SAME', dtype=dtype or self.dtype,
-                   kernel_init=NEW_LAYER_INIT, name=name)
+                   kernel_init=kernel_init, name=name)
 
   @nn.compact
   def __call__(self, images, adjacency, train: bool) -> Tuple[jax.Array, dict]:
@@ -78,7 +83,7 @@ class GroupClassifier(nn.Module):
     hidden = scaled(512, self.width)
     if self.variant == 'paper':
       for i, features in enumerate((hidden, hidden, self.node_dim)):
-        x = nn.relu(self._conv(features, 3, f'extra_conv{i + 1}')(x))
+        x = nn.relu(self._conv(features, 3, f'extra_conv{i + 1}', kernel_init=TRUNK_INIT)(x))
       h0 = x.reshape((b, k) + x.shape[1:])
       h_final = GroupGraph(self.num_steps, self.reduction, self.gru_kernel, self.graph_dropout,
                            self.drop_rate, self.drop_threshold, dtype=self.dtype,
@@ -87,7 +92,7 @@ class GroupClassifier(nn.Module):
       cam_graph = self._conv(self.num_classes, 1, 'classifier_graph', jnp.float32)(h_final)
     elif self.variant == 'release':
       for i in range(3):
-        x = nn.relu(self._conv(hidden, 3, f'extra_convs_{2 * i}')(x))
+        x = nn.relu(self._conv(hidden, 3, f'extra_convs_{2 * i}', kernel_init=TRUNK_INIT)(x))
       x = self._conv(self.num_classes, 1, 'extra_convs_6', jnp.float32)(x)
       cam_mid = x.reshape((b, k) + x.shape[1:])
       h0 = cam_mid.astype(self.dtype)

@@ -36,6 +36,10 @@ def max_pool(x, window: int, stride: int):
   return nn.max_pool(x, (window, window), (stride, stride), padding=((pad, pad), (pad, pad)))
 
 
+# torchvision's VGG initialisation (kaiming_normal_, fan_out, ReLU gain) for training from
+# scratch; flax's default lecun_normal halves the signal's variance at every ReLU layer.
+KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
 class VGG16(nn.Module):
   """VGG16 convolutions with a configurable tail; maps [B, H, W, 3] to [B, H', W', C].
 
@@ -66,7 +70,7 @@ class VGG16(nn.Module):
       for i in range(1, num_convs + 1):
         x = nn.Conv(scaled(channels, self.width), (3, 3), kernel_dilation=dilation,
                     padding=((dilation, dilation), (dilation, dilation)), dtype=self.dtype,
-                    name=f'conv{block}_{i}')(x)
+                    kernel_init=KAIMING_FAN_OUT, name=f'conv{block}_{i}')(x)
         x = nn.relu(x)
       if block <= 3:
         x = max_pool(x, self.pool_window, 2)

@@ -1,0 +1,58 @@
+"""XLA:CPU settings that make training on a CPU several times faster.
+
+jaxlib 0.10 runs every convolution on the CPU through YNNPACK ("ynn fusions"). Its forward and
+input-gradient convolutions are fine, but the weight gradient, which XLA canonicalises into a
+convolution whose window is the whole feature map (H x W) and whose contraction is the batch,
+runs at 1-10% of the CPU's peak on YNNPACK: VGG16's conv1_2 weight gradient for 3 images at
+224x224 takes 1.6 s there against 0.15 s on XLA's Eigen convolution (and 0.36 s in PyTorch).
+Taking convolutions out of YNNPACK (they then run on Eigen) makes the release-sized VGG16
+training step (K=3, 224x224) about 3x faster on a 2-core CPU, with the same float32 math
+(tests/test_bench.py compares the gradients with PyTorch's). The README section "Speed on CPU"
+gives the measurements (`benchmarks/conv_ops.py` times each convolution).
+
+XLA parses XLA_FLAGS once, when the first backend starts, and aborts on flags it does not know,
+so `configure_cpu()` must run before the first computation and only adds the flag to jaxlib
+versions known to have it.
+"""
+
+import os
+
+YNN_CONV_OFF = '--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'
+# jaxlib releases on which the flag was verified to exist and to help (major, minor).
+_VERIFIED = ((0, 10),)
+
+
+def _jaxlib_version() -> tuple:
+  try:
+    import jaxlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return ()
+  return tuple(int(p) for p in jaxlib.__version__.split('.')[:2] if p.isdigit())
+
+
+def _backends_started() -> bool:
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):  # a JAX without this private helper: assume not yet
+    return False
+
+
+def configure_cpu(environ=None) -> bool:
+  """Adds `YNN_CONV_OFF` to XLA_FLAGS; returns whether XLA_FLAGS now holds it.
+
+  Leaves XLA_FLAGS alone when the user already chose a `ynn_fusion_type`, when the installed
+  jaxlib is not one of `_VERIFIED`, when GWSSS_YNN_CONV=1 asks for XLA's default, or when a
+  JAX backend has already started (too late: the flags are parsed). Harmless on GPU/TPU:
+  the flag only concerns XLA:CPU.
+  """
+  env = os.environ if environ is None else environ
+  flags = env.get('XLA_FLAGS', '')
+  if 'ynn_fusion_type' in flags:
+    return YNN_CONV_OFF in flags.split()
+  if env.get('GWSSS_YNN_CONV') == '1' or _jaxlib_version() not in _VERIFIED:
+    return False
+  if environ is None and _backends_started():
+    return False
+  env['XLA_FLAGS'] = (flags + ' ' + YNN_CONV_OFF).strip()
+  return True
