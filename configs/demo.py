@@ -44,7 +44,7 @@ def get_config():
   config.seg.batch_size = 4
   config.seg.crop_size = 80
   config.seg.num_steps = 150
-  config.seg.base_lr = 1e-3
+  config.seg.base_lr = 2.5e-4
   config.seg.log_every_steps = 50
   config.seg.checkpoint_every_steps = 75
   return config

@@ -114,7 +114,8 @@ def run(config, workdir: str) -> dict:
   train_step = dp.compile(trainer.make_train_step(make_loss_fn(module, g.msc), tx))
   logdir = os.path.join(workdir, 'tensorboard', names.train)
   writer = writers.create_writer(logdir)
-  spec = trainer.Fit(name=names.train, total_steps=g.num_steps, log_every=g.log_every_steps,
+  spec = trainer.Fit(name=names.train, lr_key='seg.base_lr',
+                     total_steps=g.num_steps, log_every=g.log_every_steps,
                      checkpoint_every=g.checkpoint_every_steps, images_per_step=g.batch_size,
                      learning_rates=learning_rates)
   batches = ({'images': b['images'], 'labels': b['labels']} for b in batches)

@@ -115,6 +115,7 @@ class Fit:
     before_save(): right before every checkpoint (e.g. flush side stores).
     device_keys: the batch entries the step needs (None = all); the others stay on the host
       for `on_step`.
+    lr_key: the config key a divergence message tells the user to lower.
   """
 
   def __init__(self, *, name: str, total_steps: int, steps_per_epoch: int = 0,
@@ -124,7 +125,7 @@ class Fit:
                evaluate: Optional[Callable[[Any], dict]] = None,
                on_step: Optional[Callable[[int, Any, Any], None]] = None,
                before_save: Optional[Callable[[], None]] = None,
-               device_keys: Optional[tuple] = None):
+               device_keys: Optional[tuple] = None, lr_key: str = 'train.base_lr'):
     self.name = name
     self.total_steps = total_steps
     self.steps_per_epoch = steps_per_epoch
@@ -138,6 +139,7 @@ class Fit:
     self.on_step = on_step
     self.before_save = before_save
     self.device_keys = device_keys
+    self.lr_key = lr_key
 
   def to_device(self, dp: parallel.DataParallel, host_batch):
     if self.device_keys is not None:
@@ -193,7 +195,7 @@ class _Loop:
 
   def __init__(self, dp, spec: Fit, checkpointer, writer, step: int):
     self.dp, self.spec, self.checkpointer, self.writer = dp, spec, checkpointer, writer
-    self.guard = writers.NanGuard(checkpointer.directory)
+    self.guard = writers.NanGuard(checkpointer.directory, spec.lr_key)
     self.meter = writers.MeanMeter()
     self.last = {}
     self._tick, self._tick_step = time.time(), step

@@ -40,9 +40,10 @@ class NanGuard:
   run before its state can be saved: the last checkpoint on disk is the last good one.
   """
 
-  def __init__(self, checkpoint_dir: str = ''):
+  def __init__(self, checkpoint_dir: str = '', lr_key: str = 'train.base_lr'):
     self._pending = []
     self._checkpoint_dir = checkpoint_dir
+    self._lr_key = lr_key
 
   def add(self, step: int, loss) -> None:
     self._pending.append((step, loss))
@@ -56,7 +57,7 @@ class NanGuard:
         where = (f'; the last good checkpoint is in {self._checkpoint_dir}'
                  if self._checkpoint_dir else '')
         raise UserError(f'training diverged: loss is {value} at step {step} (lower the learning '
-                        f'rate, e.g. config.train.base_lr){where}')
+                        f'rate, config.{self._lr_key}){where}')
 
 
 class MeanMeter:
