@@ -4,15 +4,14 @@ Intentionally thin: flags, config, dispatch to `gwsss_jax.pipeline.run`.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from gwsss_jax import config as config_lib
+from gwsss_jax.common import cli
 from gwsss_jax.common import xla_flags
-from gwsss_jax.common.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
@@ -29,11 +28,6 @@ def main(argv):
   xla_flags.configure_cpu()  # before JAX starts: convolutions off YNNPACK (README, speed)
   from gwsss_jax import pipeline  # pylint: disable=g-import-not-at-top
   pipeline.run(FLAGS.config, FLAGS.workdir, distributed=FLAGS.jax_distributed)
-
-
-def _fail(message: str):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
 
 
 def _config_path(argv):
@@ -66,23 +60,15 @@ def _parse_flags(argv):
   as one line and exit status 2, not a traceback."""
   path = _config_path(argv)
   if path is not None and not os.path.isfile(path.split(':', 1)[0]):
-    _fail(f'--config={path}: config file not found')
+    cli.fail(f'--config={path}: config file not found')
   try:
     return FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     flag = _unknown_override(argv, e)
     if flag is not None:
-      _fail(f'{flag}: unknown config key')
-    _fail('bad flag: ' + ' '.join(str(e).split()))
-
-
-def _run():
-  try:
-    app.run(main, flags_parser=_parse_flags)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+      cli.fail(f'{flag}: unknown config key')
+    cli.fail('bad flag: ' + ' '.join(str(e).split()))
 
 
 if __name__ == '__main__':
-  _run()
+  cli.run(main, flags_parser=_parse_flags)

@@ -12,7 +12,6 @@ photo. The config selects the run (`seg.oracle`) and the inference (`seg.eval_sc
 
 import io
 import os
-import sys
 
 import jax
 import numpy as np
@@ -21,6 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
+from gwsss_jax.common import cli
 from gwsss_jax.common import io as gio
 from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
@@ -106,13 +106,5 @@ def main(argv):
   print(f'wrote {len(written)} label PNGs and overlays to {FLAGS.out}')
 
 
-def _run():
-  try:
-    app.run(main)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == '__main__':
-  _run()
+  cli.run(main)

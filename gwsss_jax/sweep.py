@@ -21,6 +21,7 @@ import sys
 from absl import app
 from absl import flags
 
+from gwsss_jax.common import cli
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.evaluation import metrics as metrics_lib
@@ -135,14 +136,6 @@ def _define_flags():
   flags.mark_flags_as_required(['config', 'sweep', 'workdir'])
 
 
-def _run():
-  _define_flags()
-  try:
-    app.run(main)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == '__main__':
-  _run()
+  _define_flags()
+  cli.run(main)
