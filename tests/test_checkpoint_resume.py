@@ -183,3 +183,25 @@ def test_nan_stops_before_saving_the_bad_state(tmp_path):
 
 if __name__ == '__main__':
   train(sys.argv[1])
+
+
+def test_unfinished_step_directories_are_removed_before_the_manager_opens(tmp_path):
+  # A killed save leaves `<step>.orbax-checkpoint-tmp[-<time>]`; opening two Checkpointers one
+  # after the other on that directory used to race two background deletes of the same files.
+  directory = str(tmp_path / 'ckpt')
+  first = checkpoint.Checkpointer(directory, asynchronous=False)
+  first.save(1, {'w': np.arange(3.0)}, force=True)
+  first.close()
+  for name in ('2.orbax-checkpoint-tmp', '3.orbax-checkpoint-tmp-1700000000'):
+    os.makedirs(os.path.join(directory, name, 'default.orbax-checkpoint-tmp', 'd'))
+    with open(os.path.join(directory, name, 'default.orbax-checkpoint-tmp', 'd', 'x'), 'wb') as f:
+      f.write(b'partial')
+  probe = checkpoint.Checkpointer(directory)
+  assert sorted(os.listdir(directory)) == ['1']
+  assert probe.latest_step() == 1
+  probe.close()
+  again = checkpoint.Checkpointer(directory)
+  again.save(2, {'w': np.arange(3.0) + 1}, force=True)
+  again.wait()
+  np.testing.assert_array_equal(again.restore({'w': np.zeros(3)})['w'], np.arange(3.0) + 1)
+  again.close()

@@ -4,8 +4,10 @@ A checkpoint holds the whole state pytree (params, batch_stats, opt_state, step,
 key); the input pipeline is deterministic in (seed, epoch, batch), so its position is the step.
 Orbax writes each step into a temporary directory and renames it only once every array is on
 disk (and every process has finished), so a run killed mid-save (even `kill -9`) leaves the
-previous checkpoint as the latest complete one; the half-written directory is removed on the
-next start (`cleanup_tmp_directories`).
+previous checkpoint as the latest complete one; the half-written directory is removed,
+synchronously, when the next `Checkpointer` opens the directory (orbax's own cleanup runs in a
+background thread that `close()` does not await, so two managers opened one after the other on
+one directory raced to delete the same files).
 
 Arrays are saved unsharded (the state is replicated), and restored as host arrays that the
 caller replicates onto whatever devices it has: a checkpoint written on N devices restores on M.
@@ -15,6 +17,7 @@ replicated arrays).
 
 import logging as py_logging
 import os
+import shutil
 from typing import Any, Optional
 
 import jax
@@ -34,6 +37,28 @@ class _QuietOrbax(py_logging.Filter):
 
 _QUIET = _QuietOrbax()
 
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'  # orbax's marker of a step directory not yet finalized
+
+
+def remove_unfinished(directory: str) -> list:
+  """Deletes the half-written step directories a killed save left in `directory`.
+
+  Runs on the primary process only, then waits for every process, so no host opens the manager
+  while another still deletes. Returns the names removed.
+  """
+  removed = []
+  if jax.process_index() == 0 and os.path.isdir(directory):
+    for name in sorted(os.listdir(directory)):
+      if _TMP_SUFFIX in name:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        removed.append(name)
+    if removed:
+      logging.info('removed unfinished checkpoints in %s: %s', directory, removed)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f'checkpoint_cleanup:{directory}')
+  return removed
+
 
 class Checkpointer:
   """A `CheckpointManager` over one state pytree, saving asynchronously."""
@@ -42,11 +67,12 @@ class Checkpointer:
                save_interval_steps: int = 1, asynchronous: bool = True):
     self.directory = os.path.abspath(directory)
     logging.get_absl_handler().addFilter(_QUIET)
+    remove_unfinished(self.directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-            enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True, create=True))
+            enable_async_checkpointing=asynchronous, cleanup_tmp_directories=False, create=True))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
