@@ -105,3 +105,50 @@ def test_too_few_images_and_bad_rule():
     sampler.make_groups(np.ones((3, 2), bool), 4, seed=0, epoch=0)
   with pytest.raises(UserError, match='train.group_rule'):
     sampler.make_groups(np.ones((5, 2), bool), 2, seed=0, epoch=0, rule='random')
+
+
+def brute_force_structure(labels, need):
+  """Distinct vectors, their image counts, levels and candidate pairs by plain loops."""
+  rows = [tuple(bool(x) for x in row) for row in labels]
+  distinct = sorted(set(rows))  # tuples of bools sort lexicographically, False < True
+  counts = [rows.count(vec) for vec in distinct]
+  levels, pairs = [], []
+  for r, vec in enumerate(distinct):
+    overlaps = [sum(a and b for a, b in zip(vec, other)) for other in distinct]
+    level = sum(vec)
+    while sum(c for o, c in zip(overlaps, counts) if o >= level) - 1 < need:
+      level -= 1  # the anchor itself is not a partner
+    levels.append(level)
+    pairs += [(r, v, o) for v, o in enumerate(overlaps) if o >= level]
+  return distinct, counts, levels, pairs
+
+
+@pytest.mark.parametrize('path', ['index', 'matmul', 'small_chunks'])
+def test_greedy_structure_against_brute_force(monkeypatch, path):
+  if path == 'matmul':  # every vector through the dense fallback
+    monkeypatch.setattr(sampler, '_INDEX_BUDGET', 0)
+  elif path == 'small_chunks':  # tiny budgets: chunked, mixed index and matmul rows
+    monkeypatch.setattr(sampler, '_CHUNK', 5)
+    monkeypatch.setattr(sampler, '_QUERY_BUDGET', 3)
+    monkeypatch.setattr(sampler, '_MIN_HEAVY', 4)
+  rng = np.random.default_rng(11)
+  for trial in range(12):
+    n = int(rng.integers(5, 60))
+    num_classes = [3, 7, 12, 70][trial % 4]  # 70: label rows wider than one 64-bit word
+    labels = random_labels(rng, n, num_classes, rng.uniform(0.02, 0.5))
+    labels = labels[rng.integers(0, n, n)]  # repeated label vectors
+    labels[0] = False  # an image without labels
+    if num_classes > 64:  # pairs of rows that can differ only in the second word
+      labels[1::2, :64] = labels[0::2][:n // 2, :64]
+    need = int(rng.integers(1, min(n, 6)))
+    distinct, counts, levels, pairs = brute_force_structure(labels, need)
+    uniq, inverse, got_counts, order, start, pos = sampler._unique_vectors(labels)
+    np.testing.assert_array_equal(uniq, np.array(distinct, bool).reshape(-1, num_classes))
+    np.testing.assert_array_equal(got_counts, counts)
+    for i in range(n):
+      assert distinct[inverse[i]] == tuple(labels[i].tolist())
+      assert order[start[inverse[i]] + pos[i]] == i
+    level, pr, pv, ov = sampler._greedy_structure(uniq, got_counts, need)
+    np.testing.assert_array_equal(level, levels, err_msg=f'trial {trial}')
+    np.testing.assert_array_equal(np.stack([pr, pv, ov], 1), np.array(pairs).reshape(-1, 3),
+                                  err_msg=f'trial {trial}')

@@ -6,14 +6,20 @@ at random. Two nodes are linked only if they share a class, every node has a sel
 set E of the problem definition), so each group comes with its [K, K] adjacency.
 
 Both rules are vectorised in numpy. The greedy rule works on the M distinct label vectors (M is
-much smaller than N on real data): a blocked [B, M] overlap matrix (a matmul, which is the inverted
-index over classes in dense form) gives for every distinct vector the best overlap level that
-still offers K-1 partners; partners above that level are all taken, those at that level are drawn
-uniformly without replacement by rank (a cumulative sum over the candidates' multiplicities and a
-`searchsorted`). `benchmark()` times an epoch of COCO-sized data.
+much smaller than N on real data). For every distinct vector it finds the best overlap level that
+still offers K-1 partners, and the candidate vectors at or above it, by looking the vector's
+t-class subsets up in a sorted index of the t-class subsets of all vectors (a vector shares >= t
+classes with the anchor exactly when it contains one of them), so the cost follows the candidates
+found rather than M^2; vectors for which that would cost more (level 0, very large label sets)
+get their row of the [M, M] overlap matrix from a matmul instead. Partners above the level are all
+taken, those at the level are drawn uniformly without replacement by rank (a cumulative sum over
+the candidates' multiplicities and a `searchsorted`). `benchmark()` times two epochs of COCO-sized
+data.
 """
 
 import hashlib
+import itertools
+import math
 import time
 
 import numpy as np
@@ -100,14 +106,33 @@ def _distinct_ranks(rng, sizes, excluded, count):
 
 
 def _unique_vectors(labels):
-  """Distinct label vectors, each image's vector id, and members grouped by vector."""
-  uniq, inverse, counts = np.unique(labels, axis=0, return_inverse=True, return_counts=True)
-  inverse = inverse.reshape(-1)
-  order = np.argsort(inverse, kind='stable')
-  start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-  pos_in_vector = np.empty(len(inverse), np.int64)
-  pos_in_vector[order] = np.arange(len(inverse)) - start[inverse[order]]
-  return uniq, inverse, counts.astype(np.int64), order, start, pos_in_vector
+  """Distinct label vectors, each image's vector id, and members grouped by vector.
+
+  The distinct vectors come in lexicographic order (as `np.unique(labels, axis=0)`): each row is
+  packed into big-endian 64-bit words, whose numeric order is the rows' lexicographic order, and
+  sorted with a stable `lexsort`, which also lists each vector's images in index order.
+
+  Returns:
+    uniq [M, L] bool; inverse [N] (vector of each image); counts [M]; order [N] (the images
+    grouped by vector); start [M] (offset of each vector's group in `order`); pos_in_vector [N]
+    (rank of each image within its vector's group).
+  """
+  n = labels.shape[0]
+  packed = np.packbits(labels, axis=1)
+  pad = -packed.shape[1] % 8 if packed.shape[1] else 8
+  words = np.pad(packed, ((0, 0), (0, pad))).view('>u8').astype(np.uint64)
+  order = np.lexsort(words.T[::-1])  # the last key is the primary one
+  ordered = words[order]
+  new = np.ones(n, bool)
+  new[1:] = (ordered[1:] != ordered[:-1]).any(1)
+  vector_of_sorted = np.cumsum(new) - 1
+  inverse = np.empty(n, np.int64)
+  inverse[order] = vector_of_sorted
+  start = np.flatnonzero(new).astype(np.int64)
+  counts = np.diff(np.append(start, n))
+  pos_in_vector = np.empty(n, np.int64)
+  pos_in_vector[order] = np.arange(n) - start[vector_of_sorted]
+  return labels[order[start]], inverse, counts, order, start, pos_in_vector
 
 
 def _expand(starts, lengths):
@@ -119,29 +144,78 @@ def _expand(starts, lengths):
 
 
 _STRUCTURE_CACHE = {}
+# Beyond these the greedy structure takes a vector's overlap row from the matmul instead.
+_INDEX_BUDGET = 1 << 22  # most (subset, vector) entries in the index of one subset size t
+_QUERY_BUDGET = 1 << 10  # most t-subsets one vector looks up
+_MIN_HEAVY = 1024  # a vector with more candidates than this and M / 8 takes the matmul row
+_CHUNK = 1 << 21  # most candidate entries resolved at once (bounds the memory)
 
 
-def _greedy_structure(uniq, counts, need, block=256):
-  """Per distinct label vector: its level and candidates, which do not depend on the epoch.
+def _subset_keys(classes, subsets, num_classes):
+  """[n, C] int64 keys of the subsets `subsets` ([C, t] positions) of sorted class lists [n, k].
 
-  The level t of a vector S with s classes is the highest overlap such that the images sharing
-  >= t classes with S (the anchor excluded) number at least `need`; level 0 is the fallback to
-  any image. The overlaps come a block of rows at a time from a [B, M] matmul (the inverted
-  index over classes in dense form, O(M^2 L) for M distinct vectors).
+  A key is the subset's sorted classes as the digits of a base-L number: exact while L^t < 2^63.
+  """
+  keys = np.zeros((len(classes), len(subsets)), np.int64)
+  for j in range(subsets.shape[1]):
+    keys = keys * num_classes + classes[:, subsets[:, j]]
+  return keys
+
+
+def _subset_index(by_size, t, num_classes):
+  """Every t-subset of every distinct vector, as (sorted keys, vector of each key)."""
+  keys, vectors = [], []
+  for k, (rows, classes) in by_size.items():
+    if k >= t:
+      subsets = np.array(list(itertools.combinations(range(k), t)), np.int64)
+      keys.append(_subset_keys(classes, subsets, num_classes).reshape(-1))
+      vectors.append(np.repeat(rows, len(subsets)))
+  keys, vectors = np.concatenate(keys), np.concatenate(vectors)
+  order = np.argsort(keys, kind='stable')
+  return keys[order], vectors[order]
+
+
+def _resolve(rows, lo, hi, index_vectors, s, t, m, cnt, need):
+  """Candidates of `rows` (size s) at overlap level t from index ranges [lo, hi) ([n, C]).
+
+  One range per t-subset of the row's vector. A vector v with overlap o >= t with it contains
+  C(o, t) of those subsets, so it shows up exactly that many times: the multiplicity gives the
+  overlap without a matmul.
 
   Returns:
-    level [M]; and the candidate pairs (row vector, column vector, overlap) with overlap >=
-    level, sorted by (row, column).
+    resolved: bool [n], at least need + 1 images (the anchor's included) overlap >= t.
+    (row, column, overlap) of the resolved rows, sorted by (row, column).
+  """
+  num_subsets = lo.shape[1]
+  owner, pos = _expand(lo.reshape(-1), (hi - lo).reshape(-1))
+  pair, mult = np.unique(rows[owner // num_subsets] * m + index_vectors[pos], return_counts=True)
+  row, col = np.divmod(pair, m)
+  overlap = np.full(len(pair), t, np.int64)
+  for j in range(1, s - t + 1):  # overlap = t + #{j >= 1: C(t + j, t) <= multiplicity}
+    overlap += mult >= math.comb(t + j, t)
+  slot = np.searchsorted(rows, row)  # rows are sorted
+  avail = np.bincount(slot, weights=cnt[col], minlength=len(rows))
+  resolved = avail >= need + 1
+  keep = resolved[slot]
+  return resolved, (row[keep], col[keep], overlap[keep])
+
+
+def _dense_structure(uniq, counts, need, rows, block=256):
+  """Level and candidates of `rows` from [B, M] overlap blocks (a matmul against all vectors).
+
+  The fallback for the rows the subset index does not serve cheaply (level 0, the empty vector,
+  very large label sets or candidate lists): O(len(rows) M L).
   """
   m = len(uniq)
   uf = uniq.astype(np.float32)
   sizes = uniq.sum(1).astype(np.float32)
   cnt = counts.astype(np.float32)
-  level = np.zeros(m, np.int64)
+  level = np.zeros(len(rows), np.int64)
   pairs = []
-  for b0 in range(0, m, block):
-    overlap = uf[b0:b0 + block] @ uf.T  # exact small integers
-    lv = sizes[b0:b0 + block].copy()
+  for b0 in range(0, len(rows), block):
+    r = rows[b0:b0 + block]
+    overlap = uf[r] @ uf.T  # exact small integers
+    lv = sizes[r].copy()
     avail = (overlap >= lv[:, None]).astype(np.float32) @ cnt - 1
     todo = np.nonzero(avail < need)[0]
     while todo.size:
@@ -149,10 +223,83 @@ def _greedy_structure(uniq, counts, need, block=256):
       avail[todo] = (overlap[todo] >= lv[todo, None]).astype(np.float32) @ cnt - 1
       todo = todo[avail[todo] < need]
     level[b0:b0 + block] = lv.astype(np.int64)
-    r, v = np.nonzero(overlap >= lv[:, None])
-    pairs.append((r + b0, v, overlap[r, v].astype(np.int64)))
-  pr, pv, ov = (np.concatenate(x) for x in zip(*pairs))
-  return level, pr, pv, ov
+    flat = np.flatnonzero(overlap >= lv[:, None])  # much faster than a 2-D nonzero
+    pairs.append((r[flat // m], flat % m, overlap.reshape(-1)[flat].astype(np.int64)))
+  return level, pairs
+
+
+def _greedy_structure(uniq, counts, need, block=256):
+  """Per distinct label vector: its level and candidates, which do not depend on the epoch.
+
+  The level t of a vector S with s classes is the highest overlap such that the images sharing
+  >= t classes with S (the anchor excluded) number at least `need`; level 0 is the fallback to
+  any image. The vectors sharing >= t classes with S are those containing one of the t-subsets
+  of S, so each vector descends t = s, s - 1, ... looking its t-subsets up in a sorted index of
+  the t-subsets of all vectors (built once per t) until the candidates found hold enough images.
+  The cost follows the candidates found, not M^2: COCO-sized label sets are small (C(s, t)
+  subsets each). Vectors for which the index would cost more than a row of the [M, M] overlap
+  matrix (level 0, the empty vector, huge label sets or candidate lists) get that row by a
+  matmul instead (`_dense_structure`).
+
+  Returns:
+    level [M]; and the candidate pairs (row vector, column vector, overlap) with overlap >=
+    level, sorted by (row, column).
+  """
+  m, num_classes = uniq.shape
+  sizes = uniq.sum(1).astype(np.int64)
+  cnt = counts.astype(np.float64)
+  level = np.zeros(m, np.int64)
+  by_size, slot = {}, np.zeros(m, np.int64)
+  for k in np.unique(sizes[sizes > 0]).tolist():
+    rows = np.flatnonzero(sizes == k)
+    slot[rows] = np.arange(len(rows))
+    by_size[k] = rows, np.nonzero(uniq[rows])[1].reshape(-1, k)  # sorted class lists
+  index_sizes = {t: sum(len(rows) * math.comb(k, t) for k, (rows, _) in by_size.items() if k >= t)
+                 for t in range(1, num_classes + 1)}
+  indexes, found, dense = {}, [], []
+  todo, thresh = np.arange(m), sizes.copy()
+  while todo.size:
+    unresolved = []
+    for s, t in sorted(set(zip(sizes[todo].tolist(), thresh[todo].tolist()))):
+      rows = todo[(sizes[todo] == s) & (thresh[todo] == t)]
+      num_subsets = math.comb(s, t)
+      if (t == 0 or num_classes ** t >= 2 ** 63 or index_sizes[t] > _INDEX_BUDGET
+          or num_subsets > _QUERY_BUDGET):
+        dense.append(rows)
+        continue
+      if t not in indexes:
+        indexes[t] = _subset_index(by_size, t, num_classes)
+      keys, index_vectors = indexes[t]
+      subsets = np.array(list(itertools.combinations(range(s), t)), np.int64)
+      for c0 in range(0, len(rows), max(1, _CHUNK // num_subsets)):
+        chunk = rows[c0:c0 + max(1, _CHUNK // num_subsets)]
+        query = _subset_keys(by_size[s][1][slot[chunk]], subsets, num_classes)
+        lo = np.searchsorted(keys, query, 'left')
+        hi = np.searchsorted(keys, query, 'right')
+        work = (hi - lo).sum(1)
+        heavy = work > max(m // 8, _MIN_HEAVY)  # a matmul row is cheaper than this many
+        dense.append(chunk[heavy])
+        chunk, lo, hi, work = chunk[~heavy], lo[~heavy], hi[~heavy], work[~heavy]
+        if not chunk.size:
+          continue
+        # Runs of consecutive rows with about _CHUNK candidates each.
+        run = (np.cumsum(work) - work) // _CHUNK
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(run)) + 1, [len(chunk)]])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+          resolved, pairs = _resolve(chunk[a:b], lo[a:b], hi[a:b], index_vectors, s, t, m, cnt,
+                                     need)
+          level[chunk[a:b][resolved]] = t
+          found.append(pairs)
+          unresolved.append(chunk[a:b][~resolved])
+    todo = np.sort(np.concatenate(unresolved)) if unresolved else np.zeros(0, np.int64)
+    thresh[todo] -= 1
+  dense = np.sort(np.concatenate(dense)) if dense else np.zeros(0, np.int64)
+  if dense.size:
+    level[dense], pairs = _dense_structure(uniq, counts, need, dense, block)
+    found.extend(pairs)
+  pr, pv, ov = (np.concatenate(x).astype(np.int64) for x in zip(*found))
+  order = np.argsort(pr * m + pv)
+  return level, pr[order], pv[order], ov[order]
 
 
 def _greedy_partners(labels, need, rng):
@@ -160,15 +307,17 @@ def _greedy_partners(labels, need, rng):
 
   Partners above the anchor's level are all taken (fewer than `need` images); those at the level
   are drawn uniformly without replacement by rank, through the cumulative multiplicities of the
-  candidate vectors. The level structure is cached across epochs; only the draws change.
+  candidate vectors. The distinct vectors and the level structure are cached across epochs; only
+  the draws change.
   """
-  uniq, inverse, counts, order, start, pos_in_vector = _unique_vectors(labels)
-  m = len(uniq)
   key = (hashlib.sha1(np.packbits(labels, axis=1).tobytes()).hexdigest(), labels.shape, need)
   if key not in _STRUCTURE_CACHE:
     _STRUCTURE_CACHE.clear()
-    _STRUCTURE_CACHE[key] = _greedy_structure(uniq, counts, need)
-  level, pr, pv, ov = _STRUCTURE_CACHE[key]
+    vectors = _unique_vectors(labels)
+    _STRUCTURE_CACHE[key] = vectors, _greedy_structure(vectors[0], vectors[2], need)
+  (uniq, inverse, counts, order, start, pos_in_vector), structure = _STRUCTURE_CACHE[key]
+  level, pr, pv, ov = structure
+  m = len(uniq)
   sizes = uniq.sum(1).astype(np.int64)
   # Above the level: fewer than need + 1 images per vector (the anchor's own vector among
   # them when the level is below its label count).
