@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.graph_dropout = True
   m.drop_rate = 0.8            # delta_r of Eq. (10)
   m.drop_threshold = 0.7       # delta_d of Eq. (10)
+  m.drop_mask = 'binary'       # paper variant's drop branch: 'binary' (ADL, release) or 'eq10'
   m.loss_lambda = 0.4          # lambda of Eq. (12)
   m.dtype = 'float32'          # activations: float32 or bfloat16
   m.pretrained = ''            # converted backbone weights (see gwsss_jax.models.convert)
@@ -174,6 +175,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(m.num_nodes >= 1, 'model.num_nodes', m.num_nodes, 'must be >= 1')
   _check(m.num_steps >= 0, 'model.num_steps', m.num_steps, 'must be >= 0')
   _check(m.reduction >= 1, 'model.reduction', m.reduction, 'must be >= 1')
+  _check(m.drop_mask in ('binary', 'eq10'), 'model.drop_mask', m.drop_mask,
+         "choose from 'binary', 'eq10'")
   _check(0.0 <= m.drop_rate <= 1.0, 'model.drop_rate', m.drop_rate, 'must lie in [0, 1]')
   _check(0.0 <= m.drop_threshold <= 1.0, 'model.drop_threshold', m.drop_threshold,
          'must lie in [0, 1]')

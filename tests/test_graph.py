@@ -57,13 +57,15 @@ def np_self_edge(x, p):
   return np_softmax(lin('phi_f') @ lin('phi_g').T) @ lin('phi_h') + x
 
 
-def np_dropout(h, r, delta_r, delta_d):
+def np_dropout(h, r, delta_r, delta_d, drop_mask='binary'):
   """Eqs. (10)-(11) for one node h [H, W, C]; r None = inference (importance map)."""
   o = h.mean(-1)
   if r is None or r < delta_r:
     s = np_sigmoid(o)
   else:
-    s = o * (o < o.max() * delta_d)
+    s = (o < o.max() * delta_d).astype(o.dtype)
+    if drop_mask == 'eq10':
+      s = o * s
   return h * s[..., None]
 
 
@@ -167,14 +169,15 @@ def test_eq2_convgru(kernel):
   np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
 
 
-def test_eq10_11_graph_dropout_both_branches():
+@pytest.mark.parametrize('drop_mask', G.DROP_MASKS)
+def test_eq10_11_graph_dropout_both_branches(drop_mask):
   h = rand(2, 3, 5, 4, 6)
   r = np.array([[0.1, 0.79, 0.8], [0.95, 0.0, 0.5]], np.float32)
-  out = np.asarray(G.graph_dropout(jnp.asarray(h), jnp.asarray(r), 0.8, 0.7))
-  eval_out = np.asarray(G.graph_dropout(jnp.asarray(h), None, 0.8, 0.7))
+  out = np.asarray(G.graph_dropout(jnp.asarray(h), jnp.asarray(r), 0.8, 0.7, drop_mask))
+  eval_out = np.asarray(G.graph_dropout(jnp.asarray(h), None, 0.8, 0.7, drop_mask))
   for b in range(2):
     for k in range(3):
-      np.testing.assert_allclose(out[b, k], np_dropout(h[b, k], r[b, k], 0.8, 0.7),
+      np.testing.assert_allclose(out[b, k], np_dropout(h[b, k], r[b, k], 0.8, 0.7, drop_mask),
                                  rtol=RTOL, atol=ATOL)
       np.testing.assert_allclose(eval_out[b, k], np_dropout(h[b, k], None, 0.8, 0.7),
                                  rtol=RTOL, atol=ATOL)
@@ -182,14 +185,21 @@ def test_eq10_11_graph_dropout_both_branches():
 
 def test_eq10_mask_zeroes_exactly_positions_at_or_above_threshold():
   o = np.array([[[[1.0, 0.5], [0.49999997, -2.0]]]], np.float32)  # max 1, threshold 0.5
-  s = np.asarray(G.graph_dropout_map(jnp.asarray(o), jnp.ones((1, 1)), 0.8, 0.5))
-  # s = o * 1(o < 0.5): the max and the value equal to the threshold are zeroed.
+  # 'eq10': s = o * 1(o < 0.5); 'binary': s = 1(o < 0.5). The max and the value equal to the
+  # threshold are zeroed.
+  s = np.asarray(G.graph_dropout_map(jnp.asarray(o), jnp.ones((1, 1)), 0.8, 0.5, 'eq10'))
   np.testing.assert_array_equal(s, np.array([[[[0.0, 0.0], [0.49999997, -2.0]]]], np.float32))
+  s = np.asarray(G.graph_dropout_map(jnp.asarray(o), jnp.ones((1, 1)), 0.8, 0.5))
+  np.testing.assert_array_equal(s, np.array([[[[0.0, 0.0], [1.0, 1.0]]]], np.float32))
   o = rand(3, 4, 7, 7)
-  s = np.asarray(G.graph_dropout_map(jnp.asarray(o), jnp.ones((3, 4)), 0.8, 0.7))
   thr = o.max(axis=(2, 3), keepdims=True) * np.float32(0.7)
+  s = np.asarray(G.graph_dropout_map(jnp.asarray(o), jnp.ones((3, 4)), 0.8, 0.7, 'eq10'))
   assert np.all(s[o >= thr] == 0)
   np.testing.assert_array_equal(s[o < thr], o[o < thr])
+  s = np.asarray(G.graph_dropout_map(jnp.asarray(o), jnp.ones((3, 4)), 0.8, 0.7, 'binary'))
+  np.testing.assert_array_equal(s, (o < thr).astype(np.float32))
+  with pytest.raises(ValueError, match='drop_mask'):
+    G.graph_dropout_map(jnp.asarray(o), jnp.ones((3, 4)), 0.8, 0.7, 'soft')
 
 
 # ---- the whole graph --------------------------------------------------------------------------
@@ -268,7 +278,7 @@ def branch_per_node(mod, v, h, adj, key):
     imp = pre * np_sigmoid(pre.mean(-1, keepdims=True))
     is_imp = np.all(np.abs(post - imp) < 1e-5, axis=(2, 3, 4))
     o = pre.mean(-1)
-    drop = pre * (o * (o < o.max(axis=(2, 3), keepdims=True) * np.float32(0.7)))[..., None]
+    drop = pre * (o < o.max(axis=(2, 3), keepdims=True) * np.float32(0.7))[..., None]
     is_drop = np.all(np.abs(post - drop) < 1e-5, axis=(2, 3, 4))
     assert np.all(is_imp != is_drop)  # every node took exactly one branch
     branches.append(is_imp)

@@ -62,6 +62,7 @@ class GroupClassifier(nn.Module):
   graph_dropout: bool = True
   drop_rate: float = 0.8
   drop_threshold: float = 0.7
+  drop_mask: str = 'binary'
   dtype: Any = jnp.float32
 
   def _features(self, x, train: bool):
@@ -86,8 +87,8 @@ class GroupClassifier(nn.Module):
         x = nn.relu(self._conv(features, 3, f'extra_conv{i + 1}', kernel_init=TRUNK_INIT)(x))
       h0 = x.reshape((b, k) + x.shape[1:])
       h_final = GroupGraph(self.num_steps, self.reduction, self.gru_kernel, self.graph_dropout,
-                           self.drop_rate, self.drop_threshold, dtype=self.dtype,
-                           name='graph')(h0, adjacency, train)
+                           self.drop_rate, self.drop_threshold, self.drop_mask,
+                           dtype=self.dtype, name='graph')(h0, adjacency, train)
       cam_mid = self._conv(self.num_classes, 1, 'classifier_mid', jnp.float32)(h0)
       cam_graph = self._conv(self.num_classes, 1, 'classifier_graph', jnp.float32)(h_final)
     elif self.variant == 'release':
@@ -120,7 +121,7 @@ def build_classifier(model_config, num_classes: int) -> GroupClassifier:
       output_stride=m.output_stride, freeze_bn=m.freeze_bn, node_dim=m.node_dim,
       num_steps=m.num_steps, reduction=m.reduction, gru_kernel=m.gru_kernel,
       graph_dropout=m.graph_dropout, drop_rate=m.drop_rate, drop_threshold=m.drop_threshold,
-      dtype=DTYPES[m.dtype])
+      drop_mask=m.drop_mask, dtype=DTYPES[m.dtype])
 
 
 def multilabel_soft_margin(logits, labels):

@@ -21,6 +21,13 @@ Choices the paper leaves open, and what is done here:
 - P, Q, f, g, h and the ConvGRU are shared by the T steps (the paper's W carries no t).
 - Graph dropout acts on the state after every update, h^1 ... h^T, so the readout of Eq. (9)
   sees h_hat^T, as the authors' release does; h^0 (the intermediate readout) is not dropped.
+- The drop branch of Eq. (10) multiplies by the binary mask 1(o < max(o) * delta_d), as ADL
+  (Choe & Shim 2019, which the paper cites) and the release do (`drop_mask='binary'`). Eq. (10)
+  as printed multiplies by o * 1(...) (`drop_mask='eq10'`): o is an unbounded channel mean, so
+  the scale of a node's state then swings with the branch drawn at each of the T steps. Measured
+  on the built-in dataset (pretrained VGG16, one fixed batch of 3 groups, Adam 1e-4): with
+  'eq10' the graph loss stayed at 0.61-0.75 after 40 steps (a spike to 1.75), with 'binary' it
+  reached 0.01; without graph dropout, 0.0004.
 """
 
 from typing import Any
@@ -87,8 +94,14 @@ def drop_threshold_mask(o, delta_d):
   return (o < peak * delta_d).astype(o.dtype)
 
 
-def graph_dropout_map(o, r, delta_r, delta_d):
-  """Eq. (10): s = sigmoid(o) if r < delta_r, else o * 1(o < max(o) * delta_d).
+DROP_MASKS = ('binary', 'eq10')
+
+
+def graph_dropout_map(o, r, delta_r, delta_d, drop_mask: str = 'binary'):
+  """Eq. (10): s = sigmoid(o) if r < delta_r, else the drop mask.
+
+  The drop mask is 1(o < max(o) * delta_d) for `drop_mask='binary'` (ADL, the release) and
+  o * 1(o < max(o) * delta_d) for 'eq10' (the equation as printed; module docstring).
 
   Args:
     o: [B, K, H, W] channel means of the node states.
@@ -96,12 +109,16 @@ def graph_dropout_map(o, r, delta_r, delta_d):
   Returns:
     [B, K, H, W] float32.
   """
+  if drop_mask not in DROP_MASKS:
+    raise ValueError(f'drop_mask={drop_mask!r}: choose from {DROP_MASKS}')
   importance = jax.nn.sigmoid(o)
-  dropped = o * drop_threshold_mask(o, delta_d)
+  dropped = drop_threshold_mask(o, delta_d)
+  if drop_mask == 'eq10':
+    dropped = o * dropped
   return jnp.where((r < delta_r)[..., None, None], importance, dropped)
 
 
-def graph_dropout(h, r, delta_r, delta_d):
+def graph_dropout(h, r, delta_r, delta_d, drop_mask: str = 'binary'):
   """Eqs. (10)-(11): h_hat = h (x) s, s broadcast over channels.
 
   `r=None` is inference: s = sigmoid(o), the importance map. In training that branch is taken
@@ -111,7 +128,7 @@ def graph_dropout(h, r, delta_r, delta_d):
   sigmoid(o) in (0, 1) it almost always carried in training, a shift of scale and shape.
   """
   o = channel_mean(h)
-  s = jax.nn.sigmoid(o) if r is None else graph_dropout_map(o, r, delta_r, delta_d)
+  s = jax.nn.sigmoid(o) if r is None else graph_dropout_map(o, r, delta_r, delta_d, drop_mask)
   return h * s[..., None].astype(h.dtype)
 
 
@@ -176,12 +193,14 @@ class GraphStep(nn.Module):
     gru_kernel: ConvGRU kernel size.
     dropout: apply graph dropout (Eqs. 10-11) after the update.
     drop_rate, drop_threshold: delta_r and delta_d of Eq. (10).
+    drop_mask: 'binary' or 'eq10', the drop branch of Eq. (10) (`graph_dropout_map`).
   """
   reduction: int = 4
   gru_kernel: int = 3
   dropout: bool = True
   drop_rate: float = 0.8
   drop_threshold: float = 0.7
+  drop_mask: str = 'binary'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -198,7 +217,7 @@ class GraphStep(nn.Module):
     h = ConvGRUCell(c, self.gru_kernel, dtype=self.dtype, name='gru')(message, h)
     if self.dropout:
       r = jax.random.uniform(self.make_rng('dropout'), (b, k)) if train else None
-      h = graph_dropout(h, r, self.drop_rate, self.drop_threshold)
+      h = graph_dropout(h, r, self.drop_rate, self.drop_threshold, self.drop_mask)
     return h
 
 
@@ -217,13 +236,14 @@ class GroupGraph(nn.Module):
   dropout: bool = True
   drop_rate: float = 0.8
   drop_threshold: float = 0.7
+  drop_mask: str = 'binary'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h, adjacency, train: bool):
     """h: [B, K, H, W, C] = h^0, adjacency: [B, K, K] -> h^T (after graph dropout)."""
     step = GraphStep(self.reduction, self.gru_kernel, self.dropout, self.drop_rate,
-                     self.drop_threshold, dtype=self.dtype, name='step')
+                     self.drop_threshold, self.drop_mask, dtype=self.dtype, name='step')
     for _ in range(self.num_steps):
       h = step(h, adjacency, train)
     return h
