@@ -32,7 +32,7 @@ def get_config():
   config.model.num_nodes = 3
   config.train.batch_size = 2
   config.train.num_epochs = 1
-  config.train.base_lr = 2e-3
+  config.train.base_lr = 5e-4    # 2e-3 diverged after ~350 steps (He-initialised extra convs)
   config.train.log_every_steps = 25
   config.train.checkpoint_every_steps = 100
 

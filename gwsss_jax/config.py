@@ -104,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
   k.flip = True
   k.batch_size = 1             # groups per step in group inference
   k.bg_threshold = 0.2         # background score without saliency (IRNet style)
-  k.bg_sweep = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+  k.bg_sweep = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
   k.save_png = False
   k.crf = False
   k.num_vis = 8                # picture grids written to <workdir>/vis

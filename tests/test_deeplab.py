@@ -179,7 +179,9 @@ def test_deeplab_coco_init_is_placed_with_its_layout(tmp_path, num_classes, aspp
   config.seg.pretrained = path
   pretrained, meta = common.load_pretrained(config.seg)
   info = common.model_info(config, meta)
-  assert info['caffe_layout'] and info['normalization'] == 'caffe_bgr'
+  # DeepLab's own BGR mean reaches the pipeline, not the named convention's ImageNet mean.
+  assert info['caffe_layout'] and info['normalization']['name'] == 'caffe_bgr'
+  assert tuple(info['normalization']['mean']) == (104.008, 116.669, 122.675)
   module = common.build_model(config, info['caffe_layout'])
   assert module.stride_in_1x1 and module.pool_ceil_mode
   template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

@@ -39,11 +39,30 @@ def test_normalize_np_matches_definitions():
   rgb = ip.normalize_np(x, 'imagenet_rgb')
   np.testing.assert_allclose(rgb[0, 0], (np.array([0, 128, 255]) / 255.0 - [0.485, 0.456, 0.406])
                              / [0.229, 0.224, 0.225], rtol=1e-6)
+  # Keras/Caffe VGG16's ILSVRC BGR mean (keras.applications.imagenet_utils, 'caffe' mode).
   bgr = ip.normalize_np(x, 'caffe_bgr')
-  np.testing.assert_allclose(bgr[0, 0], [255 - 104.00698793, 128 - 116.66876762,
-                                         0 - 122.67891434], rtol=1e-6)
-  with pytest.raises(UserError):
+  np.testing.assert_allclose(bgr[0, 0], [255 - 103.939, 128 - 116.779, 0 - 123.68], rtol=1e-6)
+  # A spec stored with weights is applied as given: DeepLab's Caffe mean.
+  deeplab = {'name': 'caffe_bgr', 'channel_order': 'bgr', 'mean': (104.008, 116.669, 122.675),
+             'std': (1.0, 1.0, 1.0)}
+  np.testing.assert_allclose(ip.normalize_np(x, deeplab)[0, 0],
+                             [255 - 104.008, 128 - 116.669, 0 - 122.675], rtol=1e-6)
+  with pytest.raises(UserError, match='auto'):
     ip.normalize_np(x, 'auto')
+  with pytest.raises(UserError, match='channel_order'):
+    ip.normalize_np(x, {'mean': (0, 0, 0)})
+
+
+def test_pipeline_applies_a_stored_spec_like_its_numpy_twin(setup):
+  config, _, val = setup
+  spec = {'name': 'caffe_bgr', 'channel_order': 'bgr', 'mean': (100.0, 110.0, 120.0),
+          'std': (2.0, 2.0, 2.0)}
+  b = next(ip.eval_iterator(val, config, batch_size=1, normalization=spec))
+  pixels = np.asarray(Image.open(val.examples[int(b['index'][0])].image_path).convert('RGB'),
+                      np.float32)
+  h, w = (int(v) for v in b['hw'][0])
+  want = (pixels[..., ::-1] - np.array([100.0, 110.0, 120.0])) / 2.0
+  np.testing.assert_allclose(b['images'][0, :h, :w], want, atol=1e-4)
 
 
 def test_train_batches_shapes_values_and_resume(setup):

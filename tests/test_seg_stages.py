@@ -208,7 +208,7 @@ def test_oracle_run_trains_on_ground_truth_into_its_own_directory(oracle_run):
   assert os.path.isdir(os.path.join(workdir, 'seg_oracle_checkpoints', '3'))
   assert not os.path.exists(os.path.join(workdir, 'seg_checkpoints'))
   with open(os.path.join(workdir, 'seg_oracle_checkpoints', common.MODEL_FILE)) as f:
-    assert json.load(f)['normalization'] == 'imagenet_rgb'
+    assert json.load(f)['normalization']['name'] == 'imagenet_rgb'
   assert train_seg.run(config, workdir) == {}  # complete: skipped
 
 

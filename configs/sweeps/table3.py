@@ -16,7 +16,9 @@ BASE = {'model.num_nodes': 4, 'model.num_steps': 3}  # the paper's K and T
 def get_sweep():
   """(name, overrides, reuse) triples: `reuse` names a variant whose trained classifier the
   variant shares (None = train its own)."""
-  deltas = [('single_image_K1', {'model.num_nodes': 1}, None),
+  # The plain single-image baseline: groups of one image and no graph (T = 0), so both readouts
+  # are class convolutions on h^0 (the intermediate one and phi_r).
+  deltas = [('single_image_K1', {'model.num_nodes': 1, 'model.num_steps': 0}, None),
             ('default_K4_T3', {}, None)]
   deltas += [(f'K{k}', {'model.num_nodes': k}, None) for k in (3, 5, 6)]
   deltas += [(f'T{t}', {'model.num_steps': t}, None) for t in (2, 4, 5)]

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
 from gwsss_jax.data import sampler
 from gwsss_jax.data import voc
@@ -27,37 +28,32 @@ for _kind in ('GPU', 'TPU'):
   except (RuntimeError, ValueError):  # Already initialised, or no such device type.
     pass
 
-# Normalisation conventions of the backbone weights (`data.normalization`): torchvision's
-# ImageNet RGB mean/std on 0..1 pixels, and Caffe's BGR mean on 0..255 pixels (std 1).
-MEANS = {'imagenet_rgb': (0.485, 0.456, 0.406),
-         'caffe_bgr': (104.00698793, 116.66876762, 122.67891434)}
-STDS = {'imagenet_rgb': (0.229, 0.224, 0.225), 'caffe_bgr': (1.0, 1.0, 1.0)}
-
 _AUTOTUNE = tf.data.AUTOTUNE
 
-
-def _check_normalization(normalization: str) -> None:
-  if normalization not in MEANS:
-    raise UserError(f'config.data.normalization={normalization!r}: the pipeline needs '
-                    "'imagenet_rgb' or 'caffe_bgr' (resolve 'auto' from the weights first)")
+# Every iterator takes `normalization`: a convention name of `data.normalization`
+# ('imagenet_rgb', 'caffe_bgr') or the full spec stored with the weights (its mean may differ
+# from the named one's, e.g. DeepLab's Caffe mean), applied exactly as given.
 
 
-def normalize_np(images_uint8_rgb, normalization: str) -> np.ndarray:
+def _check_normalization(normalization) -> None:
+  norm_lib.resolve(normalization)
+
+
+def normalize_np(images_uint8_rgb, normalization) -> np.ndarray:
   """The numpy twin of the pipeline's normalisation: uint8 RGB [..., 3] -> float32."""
-  _check_normalization(normalization)
+  bgr, mean, std = norm_lib.constants(normalization)
   x = np.asarray(images_uint8_rgb, np.float32)
-  if normalization == 'caffe_bgr':
-    return x[..., ::-1] - np.asarray(MEANS[normalization], np.float32)
-  return (x / 255.0 - np.asarray(MEANS[normalization], np.float32)) / np.asarray(
-      STDS[normalization], np.float32)
+  if bgr:
+    x = x[..., ::-1]
+  return (x - mean) / std
 
 
 def _normalize_tf(x, normalization):
   """float32 RGB 0..255 -> normalised."""
-  if normalization == 'caffe_bgr':
-    return x[..., ::-1] - tf.constant(MEANS[normalization], tf.float32)
-  return (x / 255.0 - tf.constant(MEANS[normalization], tf.float32)) / tf.constant(
-      STDS[normalization], tf.float32)
+  bgr, mean, std = norm_lib.constants(normalization)
+  if bgr:
+    x = x[..., ::-1]
+  return (x - tf.constant(mean)) / tf.constant(std)
 
 
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
@@ -176,7 +172,7 @@ def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
 
 
 def train_iterator(dataset, config, *, num_nodes: int, global_batch: int, epoch: int,
-                   start_batch: int = 0, normalization: str = 'imagenet_rgb',
+                   start_batch: int = 0, normalization='imagenet_rgb',
                    process_index=None, process_count=None):
   """This process's batches of groups for one epoch, from batch `start_batch` on.
 
@@ -230,7 +226,7 @@ def image_sizes(dataset) -> np.ndarray:
 
 
 def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
-                  normalization: str = 'imagenet_rgb', process_index=None, process_count=None,
+                  normalization='imagenet_rgb', process_index=None, process_count=None,
                   with_masks: bool = True):
   """This process's evaluation batches: full-resolution images padded bottom/right.
 
@@ -300,7 +296,7 @@ def _seg_positions(num_examples, seed, global_batch, b, pi, start_step):
 
 
 def seg_train_iterator(dataset, config, *, label_dir=None, global_batch: int, start_step: int = 0,
-                       normalization: str = 'imagenet_rgb', process_index=None,
+                       normalization='imagenet_rgb', process_index=None,
                        process_count=None):
   """Endless DeepLab training batches from step `start_step` on.
 

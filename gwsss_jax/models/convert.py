@@ -25,6 +25,9 @@ from flax import traverse_util
 
 from gwsss_jax.common import io as io_lib
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data.normalization import DEEPLAB_CAFFE_MEAN  # pylint: disable=unused-import
+from gwsss_jax.data.normalization import NORMALIZATIONS  # pylint: disable=unused-import
+from gwsss_jax.data.normalization import normalization_spec
 from gwsss_jax.models import resnet as resnet_lib
 from gwsss_jax.models import vgg as vgg_lib
 
@@ -33,16 +36,7 @@ CHECKPOINT_DIR = 'checkpoint'
 
 # Input convention of each weight source, for images with values in 0..255 in RGB order:
 # x = (image[..., order] - mean) / std, with mean/std given in the network's channel order.
-NORMALIZATIONS = {
-    # torchvision: RGB scaled to 0..1, then the ImageNet mean/std.
-    'imagenet_rgb': {'channel_order': 'rgb', 'mean': (123.675, 116.28, 103.53),
-                     'std': (58.395, 57.12, 57.375)},
-    # Caffe VGG16 / Keras 'caffe' mode: BGR, 0..255, ILSVRC mean subtracted, no scaling.
-    'caffe_bgr': {'channel_order': 'bgr', 'mean': (103.939, 116.779, 123.68),
-                  'std': (1.0, 1.0, 1.0)},
-}
-# DeepLab-v2's Caffe models subtract a slightly different BGR mean (its prototxt's values).
-DEEPLAB_CAFFE_MEAN = (104.008, 116.669, 122.675)
+# The conventions live in `data.normalization` (one table for converters and pipelines).
 
 VGG16_TORCHVISION_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG16_CONVS = tuple(f'conv{b}_{i}' for b, n, _ in vgg_lib.BLOCKS for i in range(1, n + 1))
@@ -63,14 +57,6 @@ Convert a weight file with `python -m gwsss_jax.models.convert --format=F --src 
 
 # ----------------------------------------------------------------------------------------
 # Preprocessing conventions.
-
-
-def normalization_spec(name: str, **overrides) -> dict:
-  if name not in NORMALIZATIONS:
-    raise UserError(f'unknown normalization {name!r}; choose from {", ".join(NORMALIZATIONS)}')
-  spec = {'name': name, **NORMALIZATIONS[name]}
-  spec.update(overrides)
-  return spec
 
 
 def normalize(images, spec):

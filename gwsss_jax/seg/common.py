@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.models import convert
 from gwsss_jax.models import deeplab
 from gwsss_jax.train import checkpoint
@@ -67,12 +68,12 @@ def load_pretrained(seg_config) -> tuple[Optional[dict], Optional[dict]]:
   return variables, meta
 
 
-def resolve_normalization(config, meta: Optional[dict]) -> str:
-  """The input pipeline's normalisation name: `data.normalization`, where 'auto' means the
-  convention of the pretrained weights ('imagenet_rgb' without any)."""
+def resolve_normalization(config, meta: Optional[dict]) -> dict:
+  """The input pipeline's normalisation spec: `data.normalization`, where 'auto' means the
+  convention stored with the pretrained weights, mean included ('imagenet_rgb' without any)."""
   if config.data.normalization == 'auto' and meta is not None:
-    return meta['normalization']['name']
-  return convert.normalization_for(config.data.normalization, '')['name']
+    return norm_lib.resolve(meta['normalization'])
+  return convert.normalization_for(config.data.normalization, '')
 
 
 def model_info(config, meta: Optional[dict]) -> dict:

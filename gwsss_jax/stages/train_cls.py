@@ -24,6 +24,7 @@ from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
+from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.evaluation import metrics as metrics_lib
 from gwsss_jax.models import classifier
 from gwsss_jax.models import convert
@@ -83,16 +84,16 @@ def _pretrained(config, variables) -> dict:
   return out
 
 
-def normalization(config, workdir: str) -> str:
-  """The input convention of the run ('imagenet_rgb' or 'caffe_bgr'): recorded with its
-  checkpoints once training starts, so that later stages and resumed runs use the one it
-  trained with."""
+def normalization(config, workdir: str) -> dict:
+  """The input convention of the run (a `data.normalization` spec: the one stored with the
+  pretrained weights under 'auto'), recorded with its checkpoints once training starts, so that
+  later stages and resumed runs use the one it trained with. Older records hold a name."""
   path = os.path.join(checkpoint_dir(workdir), INFO_FILE)
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)['normalization']
-  spec = convert.normalization_for(config.data.normalization, config.model.pretrained)
-  return spec['name'] if isinstance(spec, dict) else spec
+      return norm_lib.resolve(json.load(f)['normalization'])
+  return norm_lib.resolve(
+      convert.normalization_for(config.data.normalization, config.model.pretrained))
 
 
 def make_loss_fn(model, config, with_cams: bool):
