@@ -11,6 +11,7 @@ enumerations) and raises `UserError` naming the key.
 import ml_collections
 
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data.normalization import NORMALIZATIONS
 
 STAGES = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
           'eval_seg')
@@ -165,9 +166,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f'choose from {", ".join(DATASETS)}')
   _check(config.data.num_classes >= 1, 'data.num_classes', config.data.num_classes, 'must be >= 1')
   _check(config.data.crop_size >= 16, 'data.crop_size', config.data.crop_size, 'must be >= 16')
-  _check(config.data.normalization in ('auto', 'imagenet_rgb', 'caffe_bgr'),
-         'data.normalization', config.data.normalization,
-         "choose from 'auto', 'imagenet_rgb', 'caffe_bgr'")
+  normalizations = ('auto',) + tuple(NORMALIZATIONS)
+  _check(config.data.normalization in normalizations, 'data.normalization',
+         config.data.normalization, f'choose from {", ".join(map(repr, normalizations))}')
   m = config.model
   _check(m.variant in VARIANTS, 'model.variant', m.variant, f'choose from {", ".join(VARIANTS)}')
   _check(m.backbone in BACKBONES, 'model.backbone', m.backbone,

@@ -3,7 +3,7 @@
 Each converter maps a file's names onto `gwsss_jax.models.vgg` / `resnet` module names, checks
 every name and shape against the module (a file for another network is a `UserError`, not a
 silent partial load) and returns a Flax variables dict `{'params': ..., ['batch_stats': ...]}`.
-Each source has its preprocessing convention (`NORMALIZATIONS`); `save_pretrained` stores it
+Each source has its preprocessing convention (`data.normalization.NORMALIZATIONS`); `save_pretrained` stores it
 beside the weights so that `data.normalization='auto'` applies it (`normalization_for`).
 
 Command line (torch is needed only for .pth files):
@@ -25,8 +25,8 @@ from flax import traverse_util
 
 from gwsss_jax.common import io as io_lib
 from gwsss_jax.common.errors import UserError
-from gwsss_jax.data.normalization import DEEPLAB_CAFFE_MEAN  # pylint: disable=unused-import
-from gwsss_jax.data.normalization import NORMALIZATIONS  # pylint: disable=unused-import
+from gwsss_jax.data import normalization as norm_lib
+from gwsss_jax.data.normalization import DEEPLAB_CAFFE_MEAN
 from gwsss_jax.data.normalization import normalization_spec
 from gwsss_jax.models import resnet as resnet_lib
 from gwsss_jax.models import vgg as vgg_lib
@@ -65,13 +65,12 @@ def normalize(images, spec):
   `spec` is a normalization name or a dict with `channel_order`, `mean`, `std` (as stored in a
   pretrained file's metadata). Works on numpy and jax arrays alike; returns float32.
   """
-  if isinstance(spec, str):
-    spec = normalization_spec(spec)
+  bgr, mean, std = norm_lib.constants(spec)
   xp = jnp if isinstance(images, jax.Array) else np
   x = images.astype(xp.float32)
-  if spec['channel_order'] == 'bgr':
+  if bgr:
     x = x[..., ::-1]
-  return (x - xp.asarray(spec['mean'], xp.float32)) / xp.asarray(spec['std'], xp.float32)
+  return (x - xp.asarray(mean)) / xp.asarray(std)
 
 
 def normalization_for(config_value: str, pretrained: str) -> dict:
@@ -326,12 +325,12 @@ def save_pretrained(path: str, variables: dict, normalization: dict | str, sourc
 
   Args:
     variables: a converter's output.
-    normalization: a `NORMALIZATIONS` name or a spec from `normalization_spec`.
+    normalization: a `data.normalization` name or a spec from `normalization_spec`.
     source: where the weights came from (file name and format), for the record.
     arch: 'vgg16', 'resnet101' or 'resnet101_caffe' (stride in the 1x1, ceil-mode stem pool).
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  spec = normalization_spec(normalization) if isinstance(normalization, str) else normalization
+  spec = norm_lib.resolve(normalization)
   path = os.path.abspath(path)
   ckpt = os.path.join(path, CHECKPOINT_DIR)
   if os.path.exists(os.path.join(path, META_FILE)):
