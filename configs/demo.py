@@ -45,6 +45,9 @@ def get_config():
   config.seg.crop_size = 80
   config.seg.num_steps = 150
   config.seg.base_lr = 2.5e-4
+  # LargeFOV's fc6/fc7 start random (the converted VGG16 has no fc weights): fine-tuning the
+  # trunk from the first step through them left it predicting background everywhere.
+  config.seg.head_warmup_steps = 50
   config.seg.log_every_steps = 50
   config.seg.checkpoint_every_steps = 75
   return config

@@ -130,6 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
   g.num_steps = 20000
   g.base_lr = 2.5e-4
   g.head_lr_mult = 10.0
+  g.head_warmup_steps = 0      # backbone held still while the new head trains for this many steps
   g.momentum = 0.9
   g.weight_decay = 5e-4
   g.poly_power = 0.9
@@ -216,6 +217,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(g.model in SEG_MODELS, 'seg.model', g.model, f'choose from {", ".join(SEG_MODELS)}')
   _check(g.batch_size >= 1, 'seg.batch_size', g.batch_size, 'must be >= 1')
   _check(g.num_steps >= 1, 'seg.num_steps', g.num_steps, 'must be >= 1')
+  _check(0 <= g.head_warmup_steps < g.num_steps, 'seg.head_warmup_steps', g.head_warmup_steps,
+         f'must be >= 0 and below seg.num_steps={g.num_steps}')
   _check(g.output_stride in (8, 16), 'seg.output_stride', g.output_stride, 'must be 8 or 16')
   _check(len(g.scale_range) == 2 and 0 < g.scale_range[0] <= g.scale_range[1], 'seg.scale_range',
          g.scale_range, 'must be (low, high) with 0 < low <= high')

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gwsss_jax import config as config_lib
+from gwsss_jax.common.errors import UserError
 from gwsss_jax.models import deeplab
 from gwsss_jax.seg import common
 from gwsss_jax.seg import losses
@@ -146,6 +147,52 @@ def test_deeplab_learning_rate_groups():
   # Poly decay: lr(t) = base * (1 - t / num_steps) ** 0.9.
   np.testing.assert_allclose(float(groups['head_weight'](4)), 1.0 * (1 - 4 / 10) ** 0.9,
                              rtol=1e-6)
+
+
+def test_head_warmup_holds_the_backbone_then_starts_it_without_momentum():
+  # numpy SGD (momentum m, coupled decay wd, poly lr) of one backbone weight and one head
+  # weight under varying gradients; the backbone is held for the first `hold` steps: it does
+  # not move and its momentum starts from zero at step `hold`, at the poly rate of that step.
+  config = _seg_config('deeplab_largefov_vgg16')
+  config.seg.base_lr, config.seg.head_lr_mult, config.seg.weight_decay = 0.1, 10.0, 0.01
+  config.seg.momentum, config.seg.num_steps, config.seg.head_warmup_steps = 0.9, 10, 3
+  hold, steps = 3, 6
+  module = deeplab.build_segmenter(config.seg)
+  params = _random_variables(module, 32, np.random.default_rng(0))['params']
+  tx, groups = common.optimizer(config, params)
+  path_b, path_h = ('backbone', 'conv3_1', 'kernel'), ('fc8', 'kernel')
+  rng = np.random.default_rng(1)
+  flat = traverse_util.flatten_dict(params)
+  grads_seq = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in flat.items()}
+               for _ in range(steps)]
+  state, p = tx.init(params), params
+  update = jax.jit(tx.update)
+  want = {path_b: np.asarray(flat[path_b]), path_h: np.asarray(flat[path_h])}
+  buf = {path_b: 0.0, path_h: 0.0}
+  for t in range(steps):
+    grads = traverse_util.unflatten_dict(grads_seq[t])
+    u, state = update(grads, state, p)
+    p = jax.tree.map(lambda a, b: a + b, p, u)
+    for path, mult in ((path_b, 1.0), (path_h, 10.0)):
+      if path == path_b and t < hold:
+        continue
+      lr = 0.1 * mult * (1 - t / 10) ** 0.9
+      buf[path] = 0.9 * buf[path] + grads_seq[t][path] + 0.01 * want[path]
+      want[path] = want[path] - lr * buf[path]
+    got = traverse_util.flatten_dict(p)
+    for path in (path_b, path_h):
+      np.testing.assert_allclose(np.asarray(got[path]), want[path], rtol=1e-4, atol=1e-6,
+                                 err_msg=f'{path} at step {t}')
+  assert float(groups['backbone_weight'](hold - 1)) == 0.0
+  np.testing.assert_allclose(float(groups['backbone_weight'](hold)), 0.1 * 0.7 ** 0.9, rtol=1e-6)
+  np.testing.assert_allclose(float(groups['head_weight'](0)), 1.0, rtol=1e-6)
+
+
+def test_head_warmup_must_end_before_the_run():
+  config = _seg_config('deeplab_largefov_vgg16')
+  config.seg.head_warmup_steps = config.seg.num_steps
+  with pytest.raises(UserError, match='seg.head_warmup_steps'):
+    config_lib.validate(config)
 
 
 def test_resnet_groups_have_no_trunk_bias_and_frozen_bn():

@@ -127,7 +127,9 @@ def optimizer(config, params) -> tuple[optax.GradientTransformation, dict]:
   Head weights run at `seg.head_lr_mult` x the base rate and every bias at twice its weight's
   rate (Caffe `lr_mult` 1/2 and 10/20); weight decay applies to weights only (`decay_mult: 0`
   on biases), added to the gradient before the momentum as Caffe and PyTorch do.
-  Returns (tx, {group: schedule}).
+  With `seg.head_warmup_steps` = N > 0 the backbone is held still for the first N steps (no
+  update, no momentum) while the new head trains, then joins at the poly rate of step N.
+  Returns (tx, {group: schedule}); the backbone schedules report 0 while held.
   """
   g = config.seg
   def poly(mult):
@@ -135,6 +137,8 @@ def optimizer(config, params) -> tuple[optax.GradientTransformation, dict]:
   lr_by_label = {deeplab.BACKBONE_WEIGHT: poly(1.0), deeplab.BACKBONE_BIAS: poly(2.0),
                  deeplab.HEAD_WEIGHT: poly(g.head_lr_mult),
                  deeplab.HEAD_BIAS: poly(2.0 * g.head_lr_mult), deeplab.FROZEN: None}
+  warmup = int(g.head_warmup_steps)
+  hold_steps = {deeplab.BACKBONE_WEIGHT: warmup, deeplab.BACKBONE_BIAS: warmup}
   labels = deeplab.param_labels(params)
   flat_labels = traverse_util.flatten_dict(labels)
   tx = optax.chain(
@@ -142,9 +146,12 @@ def optimizer(config, params) -> tuple[optax.GradientTransformation, dict]:
                    jax.tree.map(lambda l: l in (deeplab.BACKBONE_WEIGHT, deeplab.HEAD_WEIGHT),
                                 labels)),
       optim.build_sgd(params, lambda path: flat_labels[path], lr_by_label,
-                      momentum=g.momentum, nesterov=False, weight_decay=0.0))
+                      momentum=g.momentum, nesterov=False, weight_decay=0.0,
+                      hold_steps=hold_steps))
   used = set(flat_labels.values())
-  return tx, {k: v for k, v in lr_by_label.items() if v is not None and k in used}
+  reported = {k: optim.held_schedule(v, hold_steps[k]) if hold_steps.get(k) else v
+              for k, v in lr_by_label.items() if v is not None and k in used}
+  return tx, reported
 
 
 def write_model_info(directory: str, info: dict) -> None:

@@ -10,12 +10,14 @@ backbone with frozen statistics) go to `set_to_zero` and keep no optimiser state
 The classifier (paper, Sec. "Implementation details", and the release) uses four groups:
 backbone weights at the base rate, backbone biases x2, new layers x10, their biases x20, all
 multiplied by 0.1 every 5 epochs. The segmentation stage reuses `build_sgd` with its own labels
-(backbone x1, head x10) and `poly_schedule`.
+(backbone x1, head x10) and `poly_schedule`, and can hold the backbone still for the first steps
+(`hold_steps`: a head warm-up).
 """
 
 from typing import Callable, Mapping, Optional
 
 import flax
+import jax.numpy as jnp
 import optax
 
 FROZEN = 'frozen'
@@ -29,9 +31,20 @@ def make_labels(params, path_label: PathLabel):
   return flax.traverse_util.unflatten_dict({k: path_label(k) for k in flat})
 
 
+def hold(num_steps: int) -> optax.GradientTransformation:
+  """Zeroes the updates of the first `num_steps` steps. Placed first in a group's chain, the
+  group neither moves nor accumulates momentum or weight decay while held."""
+  return optax.scale_by_schedule(lambda count: (count >= num_steps).astype(jnp.float32))
+
+
+def held_schedule(schedule: Schedule, num_steps: int) -> Schedule:
+  """`schedule` reported as 0 for the first `num_steps` steps (the rate a held group runs at)."""
+  return lambda step: jnp.where(step < num_steps, 0.0, schedule(step))
+
+
 def build_sgd(params, path_label: PathLabel, lr_by_label: Mapping[str, Optional[Schedule]], *,
-              momentum: float, nesterov: bool, weight_decay: float
-              ) -> optax.GradientTransformation:
+              momentum: float, nesterov: bool, weight_decay: float,
+              hold_steps: Optional[Mapping[str, int]] = None) -> optax.GradientTransformation:
   """SGD with momentum and coupled weight decay (PyTorch semantics), one schedule per group.
 
   Args:
@@ -39,7 +52,11 @@ def build_sgd(params, path_label: PathLabel, lr_by_label: Mapping[str, Optional[
     path_label: maps a parameter path (tuple of names) to a key of `lr_by_label`.
     lr_by_label: group -> learning-rate schedule (step -> lr), or None for a frozen group.
     momentum, nesterov, weight_decay: as `torch.optim.SGD`.
+    hold_steps: group -> number of first steps in which the group is not updated at all (no
+      move, no momentum, no decay); its schedule keeps counting the global step, so it starts
+      at the rate the schedule has reached.
   """
+  hold_steps = dict(hold_steps or {})
   labels = make_labels(params, path_label)
   used = set(flax.traverse_util.flatten_dict(labels).values())
   missing = used - set(lr_by_label)
@@ -52,6 +69,7 @@ def build_sgd(params, path_label: PathLabel, lr_by_label: Mapping[str, Optional[
       transforms[label] = optax.set_to_zero()
     else:
       transforms[label] = optax.chain(
+          hold(hold_steps[label]) if hold_steps.get(label) else optax.identity(),
           optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
           optax.trace(decay=momentum, nesterov=nesterov),
           optax.scale_by_learning_rate(schedule))
