@@ -164,6 +164,50 @@ def test_torchvision_vgg16_parity(torch_vgg, largefov):
   assert_close(model.apply(variables, x), ref)
 
 
+def test_largefov_fc_is_vgg16_fc_decimated_like_torch_linear(torch_vgg, tmp_path):
+  # fc6 on a 7x7 pool5 map that is zero except at the taps 0, 3, 6 (what a 3x3 kernel at
+  # LargeFOV's dilation sees), every 4th output; fc7 on a vector zero except every 4th entry.
+  torch.manual_seed(1)
+  cin, hidden = 8, 64                      # VGG16: 512, 4096
+  fc6, fc7 = tnn.Linear(cin * 49, hidden), tnn.Linear(hidden, hidden)
+  sd = {'classifier.0.weight': fc6.weight, 'classifier.0.bias': fc6.bias,
+        'classifier.3.weight': fc7.weight, 'classifier.3.bias': fc7.bias,
+        'classifier.6.weight': torch.zeros(10, hidden), 'classifier.6.bias': torch.zeros(10)}
+  fc = convert.largefov_fc_from_torchvision(sd)
+  rng = np.random.default_rng(0)
+  x3 = rng.normal(size=(cin, 3, 3)).astype(np.float32)
+  pool5 = np.zeros((cin, 7, 7), np.float32)
+  pool5[:, ::3, ::3] = x3
+  v = rng.normal(size=hidden // 4).astype(np.float32)
+  sparse = np.zeros(hidden, np.float32)
+  sparse[::4] = v
+  with torch.no_grad():
+    ref6 = fc6(torch.from_numpy(pool5.reshape(-1))).numpy()[::4]
+    ref7 = fc7(torch.from_numpy(sparse)).numpy()[::4]
+  import flax.linen as fnn  # pylint: disable=g-import-not-at-top
+  conv6 = fnn.Conv(hidden // 4, (3, 3), padding='VALID')
+  conv7 = fnn.Conv(hidden // 4, (1, 1))
+  ours6 = conv6.apply({'params': fc['fc6']}, x3.transpose(1, 2, 0)[None])[0, 0, 0]
+  ours7 = conv7.apply({'params': fc['fc7']}, v[None, None, None])[0, 0, 0]
+  assert_close(ours6, ref6)
+  assert_close(ours7, ref7)
+  # The command line keeps them beside the trunk; a file without the classifier has none.
+  full = dict(torch_vgg.state_dict(), **sd)
+  torch.save(full, str(tmp_path / 'vgg16.pth'))
+  assert convert.main(['--format=torchvision_vgg16', '--src', str(tmp_path / 'vgg16.pth'),
+                       '--out', str(tmp_path / 'out')]) == 0
+  loaded, meta = convert.load_pretrained(str(tmp_path / 'out'))
+  assert meta['has_largefov_fc'] and meta['num_params'] == 14_714_688
+  np.testing.assert_array_equal(loaded[convert.LARGEFOV_FC]['fc7']['bias'],
+                                fc7.bias.detach().numpy()[::4])
+  np.testing.assert_array_equal(loaded['backbone']['params']['conv1_1']['bias'],
+                                full['features.0.bias'].numpy())
+  assert convert.largefov_fc_from_torchvision(torch_vgg.state_dict()) is None
+  sd['classifier.3.weight'] = torch.zeros(hidden, 3)
+  with pytest.raises(UserError, match='classifier'):
+    convert.largefov_fc_from_torchvision(sd)
+
+
 def test_torchvision_resnet_parity():
   torch.manual_seed(0)
   net = randomize_bn(TorchResNet(0.25, SMALL_STAGES))

@@ -244,6 +244,50 @@ def test_deeplab_coco_init_is_placed_with_its_layout(tmp_path, num_classes, aspp
     assert isinstance(placed['params']['aspp']['aspp_3']['bias'], jax.ShapeDtypeStruct)
 
 
+@pytest.mark.parametrize('fc_width', [0.0625, 0.125])
+def test_largefov_fc_from_the_weights_is_placed_and_trains_at_the_trunk_rate(tmp_path, fc_width):
+  # Converted VGG16 weights that carry fc6/fc7 (`convert --format=torchvision_vgg16` on the
+  # full file): placed into LargeFOV and trained at lr_mult 1/2 as in DeepLab's prototxt, when
+  # their shapes fit the model; otherwise fc6/fc7 stay new, in the head group.
+  from gwsss_jax.models import convert  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.models import vgg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  width = 0.0625
+  trunk = vgg.VGG16LargeFOV(width=width)
+  shapes = jax.eval_shape(trunk.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  backbone = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  dim, cin = vgg.scaled(1024, fc_width), vgg.scaled(512, fc_width)
+  fc = {'fc6': {'kernel': rng.normal(size=(3, 3, cin, dim)).astype(np.float32),
+                'bias': rng.normal(size=(dim,)).astype(np.float32)},
+        'fc7': {'kernel': rng.normal(size=(1, 1, dim, dim)).astype(np.float32),
+                'bias': rng.normal(size=(dim,)).astype(np.float32)}}
+  path = str(tmp_path / 'vgg16_fc')
+  convert.save_pretrained(path, {'backbone': backbone, convert.LARGEFOV_FC: fc}, 'imagenet_rgb',
+                          'test', 'vgg16')
+  config = _seg_config('deeplab_largefov_vgg16')
+  config.seg.pretrained = path
+  pretrained, meta = common.load_pretrained(config.seg)
+  assert meta['has_largefov_fc']
+  info = common.model_info(config, meta, pretrained)
+  fits = fc_width == width
+  assert info['pretrained_head'] == (['fc6', 'fc7'] if fits else [])
+  module = common.build_model(config, info['caffe_layout'])
+  template = {'params': jax.eval_shape(module.init, jax.random.key(0),
+                                       jnp.zeros((1, 32, 32, 3)))['params'], 'batch_stats': {}}
+  placed = common.apply_pretrained(template, pretrained, info['pretrained_head'])
+  np.testing.assert_array_equal(placed['params']['backbone']['conv5_3']['kernel'],
+                                backbone['params']['conv5_3']['kernel'])
+  labels = deeplab.param_labels(placed['params'], info['pretrained_head'])
+  assert labels['fc8'] == {'kernel': 'head_weight', 'bias': 'head_bias'}
+  if fits:
+    np.testing.assert_array_equal(placed['params']['fc6']['kernel'], fc['fc6']['kernel'])
+    np.testing.assert_array_equal(placed['params']['fc7']['bias'], fc['fc7']['bias'])
+    assert labels['fc6'] == {'kernel': 'backbone_weight', 'bias': 'backbone_bias'}
+  else:
+    assert isinstance(placed['params']['fc6']['kernel'], jax.ShapeDtypeStruct)
+    assert labels['fc6'] == {'kernel': 'head_weight', 'bias': 'head_bias'}
+
+
 def test_pretrained_of_the_wrong_network_is_a_user_error(tmp_path):
   from gwsss_jax.common.errors import UserError  # pylint: disable=g-import-not-at-top
   from gwsss_jax.models import convert  # pylint: disable=g-import-not-at-top

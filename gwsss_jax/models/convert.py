@@ -32,6 +32,7 @@ from gwsss_jax.models import resnet as resnet_lib
 from gwsss_jax.models import vgg as vgg_lib
 
 META_FILE = 'pretrained.json'
+LARGEFOV_FC = 'largefov_fc'   # fc6/fc7 of DeepLab-LargeFOV, saved beside a VGG16 trunk
 CHECKPOINT_DIR = 'checkpoint'
 
 # Input convention of each weight source, for images with values in 0..255 in RGB order:
@@ -147,8 +148,9 @@ def _unwrap_state_dict(state_dict: dict) -> dict:
 def from_torchvision_vgg16(state_dict: dict, width: float = 1.0) -> dict:
   """torchvision `vgg16` state dict (`vgg16-397923af.pth`) -> VGG16 variables.
 
-  `features.{0,2,5,...,28}` are the 13 convolutions (OIHW -> HWIO); `classifier.*` (the
-  fully-connected layers) is dropped. Input convention: 'imagenet_rgb'.
+  `features.{0,2,5,...,28}` are the 13 convolutions (OIHW -> HWIO); the fully connected
+  `classifier.*` is not part of the trunk (`largefov_fc_from_torchvision` turns it into
+  LargeFOV's fc6/fc7). Input convention: 'imagenet_rgb'.
   """
   source = 'torchvision vgg16 state dict'
   sd = _unwrap_state_dict(state_dict)
@@ -163,6 +165,29 @@ def from_torchvision_vgg16(state_dict: dict, width: float = 1.0) -> dict:
   if unexpected:
     raise UserError(f'{source}: unexpected {", ".join(unexpected[:5])} (VGG16 with BatchNorm?)')
   return _vgg_from_convs(convs, width, source)
+
+
+def largefov_fc_from_torchvision(state_dict: dict) -> Optional[dict]:
+  """DeepLab-LargeFOV's fc6/fc7 from torchvision VGG16's `classifier.0` / `classifier.3`,
+  decimated as DeepLab initialises them (Chen et al., ICLR 2015, Sec. 4.1); None without them.
+
+  fc6 (4096 x 512*7*7, flattened C, H, W) keeps every 4th filter and the taps 0, 3, 6 of its
+  7x7 window: a 3x3 kernel whose taps were 3 pool5 cells apart at stride 32, hence LargeFOV's
+  dilation 12 at stride 8. fc7 keeps every 4th output and input: 1024 x 1024, a 1x1 conv.
+  Returns {'fc6': {'kernel' HWIO, 'bias'}, 'fc7': {...}}.
+  """
+  sd = _unwrap_state_dict(state_dict)
+  keys = ('classifier.0.weight', 'classifier.0.bias', 'classifier.3.weight', 'classifier.3.bias')
+  if not all(k in sd for k in keys):
+    return None
+  w6, b6, w7, b7 = (_np(sd[k]) for k in keys)
+  if w6.shape[1] % 49 or w6.shape[0] % 4 or w7.shape != (w6.shape[0], w6.shape[0]):
+    raise UserError(f'torchvision vgg16 state dict: classifier.0 {w6.shape} / classifier.3 '
+                    f'{w7.shape} are not VGG16\'s fully connected layers')
+  w6 = w6.reshape(w6.shape[0], -1, 7, 7)[::4, :, ::3, ::3]   # OIHW, 3x3
+  w7 = w7[::4, ::4][:, :, None, None]                         # OIHW, 1x1
+  return {'fc6': {'kernel': _oihw_to_hwio(w6), 'bias': b6[::4].copy()},
+          'fc7': {'kernel': _oihw_to_hwio(w7), 'bias': b7[::4].copy()}}
 
 
 _TORCH_RESNET_KEY = re.compile(
@@ -346,6 +371,7 @@ def save_pretrained(path: str, variables: dict, normalization: dict | str, sourc
       'normalization': spec,
       'num_params': int(sum(np.size(x) for x in jax.tree.leaves(backbone['params']))),
       'has_aspp': 'aspp' in tree,
+      'has_largefov_fc': LARGEFOV_FC in tree,
   }
   io_lib.atomic_write_text(os.path.join(path, META_FILE), json.dumps(meta, indent=2) + '\n')
 
@@ -432,7 +458,11 @@ def _load_torch(path: str) -> dict:
 def convert(fmt: str, src: str, out: str) -> dict:
   """Converts `src` of format `fmt` and saves it at `out`; returns the metadata."""
   if fmt == 'torchvision_vgg16':
-    variables, norm = from_torchvision_vgg16(_load_torch(src)), normalization_spec('imagenet_rgb')
+    state_dict = _load_torch(src)
+    variables, norm = from_torchvision_vgg16(state_dict), normalization_spec('imagenet_rgb')
+    fc = largefov_fc_from_torchvision(state_dict)
+    if fc is not None:  # kept beside the trunk for DeepLab-LargeFOV's fc6/fc7
+      variables = {'backbone': variables, LARGEFOV_FC: fc}
   elif fmt == 'torchvision_resnet101':
     variables = from_torchvision_resnet101(_load_torch(src))
     norm = normalization_spec('imagenet_rgb')

@@ -91,8 +91,9 @@ class DeepLabLargeFOV(nn.Module):
   Trunk: pools 1-3 3x3 stride 2, pool4 3x3 stride 1, conv5 dilated by 2, pool5 3x3 stride 1,
   then the 3x3 stride-1 average pool (`pool5a`) of DeepLab-v2's LargeFOV model; head: fc6 3x3
   dilation 12 (1024) + ReLU + dropout 0.5, fc7 1x1 (1024) + ReLU + dropout 0.5, fc8 1x1.
-  fc6/fc7 start from the default initialiser (the converters carry only the 13 convolutions);
-  fc8 from N(0, 0.01).
+  fc6/fc7 start from VGG16's fc6/fc7, decimated as DeepLab does, when the converted weights
+  carry them (torchvision's file: `convert.largefov_fc_from_torchvision`), otherwise from the
+  default initialiser (then `seg.head_warmup_steps` matters); fc8 from N(0, 0.01).
   """
   num_classes: int
   width: float = 1.0
@@ -136,23 +137,26 @@ def build_segmenter(seg_config, meta: Optional[dict] = None) -> nn.Module:
   raise ValueError(f'unknown segmentation model {seg_config.model!r}')
 
 
-def param_labels(params) -> Any:
+def param_labels(params, pretrained_head: Sequence[str] = ()) -> Any:
   """A pytree like `params` of learning-rate group names (DeepLab's Caffe `lr_mult`s).
 
-  - `backbone_weight` (x1) and `backbone_bias` (x2: VGG's conv biases; ResNet has none);
-  - `head_weight` (x head_lr_mult = 10) and `head_bias` (x 2 * head_lr_mult = 20): ASPP, and
-    LargeFOV's fc6/fc7/fc8, which are new layers here because the converted VGG16 carries no
-    fully-connected weights;
+  - `backbone_weight` (x1) and `backbone_bias` (x2): the trunk (VGG's conv biases; ResNet has
+    none), and the head modules named in `pretrained_head`: LargeFOV's fc6/fc7 when they come
+    from VGG16's fully connected layers, trained at lr_mult 1/2 as in DeepLab's prototxt;
+  - `head_weight` (x head_lr_mult = 10) and `head_bias` (x 2 * head_lr_mult = 20): ASPP (also
+    when DeepLab's COCO initialisation provides it, as DeepLab-v2's `fc1_voc12` layers), and
+    LargeFOV's fc8 and new fc6/fc7;
   - `frozen`: the frozen BatchNorm scale/bias (no update, no weight decay).
   Biases get no weight decay (Caffe `decay_mult: 0`).
   """
   flat = traverse_util.flatten_dict(params)
   frozen_bn = traverse_util.flatten_dict(resnet.batchnorm_mask(params))
+  trunk = {'backbone', *pretrained_head}
   labels = {}
   for path in flat:
     if frozen_bn[path]:
       labels[path] = FROZEN
       continue
-    group = 'backbone' if path[0] == 'backbone' else 'head'
+    group = 'backbone' if path[0] in trunk else 'head'
     labels[path] = f'{group}_{"bias" if path[-1] == "bias" else "weight"}'
   return traverse_util.unflatten_dict(labels)

@@ -11,7 +11,7 @@ weights nor a matching `data.normalization`.
 import dataclasses
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.models import convert
 from gwsss_jax.models import deeplab
+from gwsss_jax.models import vgg
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import optim
 from gwsss_jax.train import trainer
@@ -76,13 +77,30 @@ def resolve_normalization(config, meta: Optional[dict]) -> dict:
   return convert.normalization_for(config.data.normalization, '')
 
 
-def model_info(config, meta: Optional[dict]) -> dict:
-  """What `seg_model.json` records about a run."""
+def model_info(config, meta: Optional[dict], pretrained: Optional[dict] = None) -> dict:
+  """What `seg_model.json` records about a run (`pretrained`: the weights, for the head
+  modules they initialise)."""
   g = config.seg
   return {'model': g.model, 'width': g.width, 'output_stride': g.output_stride,
           'num_classes': g.num_classes, 'caffe_layout': deeplab.caffe_layout(meta),
           'normalization': resolve_normalization(config, meta),
-          'pretrained': g.pretrained, 'oracle': bool(g.oracle)}
+          'pretrained': g.pretrained, 'oracle': bool(g.oracle),
+          'pretrained_head': pretrained_head(config, pretrained)}
+
+
+def pretrained_head(config, pretrained: Optional[dict]) -> list:
+  """Head modules that the pretrained weights initialise and that then train at the trunk's
+  rate: LargeFOV's fc6/fc7 when the weights carry VGG16's fully connected layers
+  (`convert.LARGEFOV_FC`) in the model's shapes (full width)."""
+  g = config.seg
+  fc = pretrained.get(convert.LARGEFOV_FC) if pretrained and 'backbone' in pretrained else None
+  if fc is None or g.model != 'deeplab_largefov_vgg16':
+    return []
+  dim, cin = vgg.scaled(1024, g.width), vgg.scaled(512, g.width)
+  want = {'fc6': ((3, 3, cin, dim), (dim,)), 'fc7': ((1, 1, dim, dim), (dim,))}
+  return [name for name in ('fc6', 'fc7')
+          if (tuple(np.shape(fc[name]['kernel'])), tuple(np.shape(fc[name]['bias'])))
+          == want[name]]
 
 
 def build_model(config, caffe_layout: bool):
@@ -105,9 +123,11 @@ def init_variables(module, config, seed) -> dict:
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 
-def apply_pretrained(variables: dict, pretrained: dict) -> dict:
+def apply_pretrained(variables: dict, pretrained: dict, head: Sequence[str] = ()) -> dict:
   """Places converted weights into `variables`: the trunk always; DeepLab's COCO ASPP too when
-  its class count matches (21 VOC classes), otherwise the ASPP stays freshly initialised."""
+  its class count matches (21 VOC classes), otherwise the ASPP stays freshly initialised; and
+  the head modules in `head` (`pretrained_head`: LargeFOV's fc6/fc7) from the weights'
+  `convert.LARGEFOV_FC`."""
   backbone = convert.backbone_variables(pretrained)
   params = convert.merge_pretrained(variables['params'], backbone['params'], 'backbone')
   batch_stats = variables['batch_stats']
@@ -118,10 +138,12 @@ def apply_pretrained(variables: dict, pretrained: dict) -> dict:
     shapes = jax.tree.map(np.shape, params['aspp'])
     if jax.tree.map(np.shape, aspp) == shapes:
       params = convert.merge_pretrained(params, aspp, 'aspp')
+  for name in head:
+    params = convert.merge_pretrained(params, pretrained[convert.LARGEFOV_FC][name], name)
   return {'params': params, 'batch_stats': batch_stats}
 
 
-def optimizer(config, params) -> tuple[optax.GradientTransformation, dict]:
+def optimizer(config, params, pretrained_head=()) -> tuple[optax.GradientTransformation, dict]:
   """DeepLab's SGD (momentum, weight decay, poly decay) with `deeplab.param_labels` groups.
 
   Head weights run at `seg.head_lr_mult` x the base rate and every bias at twice its weight's
@@ -129,7 +151,8 @@ def optimizer(config, params) -> tuple[optax.GradientTransformation, dict]:
   on biases), added to the gradient before the momentum as Caffe and PyTorch do.
   With `seg.head_warmup_steps` = N > 0 the backbone is held still for the first N steps (no
   update, no momentum) while the new head trains, then joins at the poly rate of step N.
-  Returns (tx, {group: schedule}); the backbone schedules report 0 while held.
+  `pretrained_head` (`model_info`'s record) names head modules that train in the trunk's
+  groups. Returns (tx, {group: schedule}); the backbone schedules report 0 while held.
   """
   g = config.seg
   def poly(mult):
@@ -139,7 +162,7 @@ def optimizer(config, params) -> tuple[optax.GradientTransformation, dict]:
                  deeplab.HEAD_BIAS: poly(2.0 * g.head_lr_mult), deeplab.FROZEN: None}
   warmup = int(g.head_warmup_steps)
   hold_steps = {deeplab.BACKBONE_WEIGHT: warmup, deeplab.BACKBONE_BIAS: warmup}
-  labels = deeplab.param_labels(params)
+  labels = deeplab.param_labels(params, pretrained_head)
   flat_labels = traverse_util.flatten_dict(labels)
   tx = optax.chain(
       optax.masked(optax.add_decayed_weights(g.weight_decay),
@@ -181,7 +204,7 @@ def load_trained(config, workdir: str) -> tuple[Any, dict, dict, int]:
                       f'{directory} were trained with {info[key]!r}')
   module = build_model(config, info['caffe_layout'])
   template = jax.eval_shape(lambda: init_variables(module, config, 0))
-  tx, _ = optimizer(config, template['params'])
+  tx, _ = optimizer(config, template['params'], info.get('pretrained_head', ()))
   ckpt = checkpoint.Checkpointer(directory, asynchronous=False)
   step = ckpt.latest_step()
   if step is None:

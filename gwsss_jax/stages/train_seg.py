@@ -61,7 +61,7 @@ def label_source(config, workdir: str, dataset) -> str | None:
   return directory
 
 
-def create_state(config, module, pretrained, ckpt, start: int):
+def create_state(config, module, pretrained, ckpt, start: int, pretrained_head=()):
   """(host train state, tx, {group: schedule}): fresh (with the pretrained weights) at step 0,
   else restored from the checkpoint at `start`."""
   if start:
@@ -69,8 +69,8 @@ def create_state(config, module, pretrained, ckpt, start: int):
   else:
     variables = common.init_variables(module, config, config.seed)
     if pretrained is not None:
-      variables = common.apply_pretrained(variables, pretrained)
-  tx, learning_rates = common.optimizer(config, variables['params'])
+      variables = common.apply_pretrained(variables, pretrained, pretrained_head)
+  tx, learning_rates = common.optimizer(config, variables['params'], pretrained_head)
   if start:
     state = ckpt.restore(trainer.abstract_state(variables['params'], variables['batch_stats'],
                                                 tx), start)
@@ -94,7 +94,7 @@ def run(config, workdir: str) -> dict:
     print(f'[{names.train}] resuming from step {start}', flush=True)
   else:
     pretrained, meta = common.load_pretrained(g)
-    info = common.model_info(config, meta)
+    info = common.model_info(config, meta, pretrained)
 
   dp = parallel.DataParallel(config.parallel.impl, parallel.make_mesh(), g.batch_size,
                              batch_key='seg.batch_size')
@@ -108,7 +108,8 @@ def run(config, workdir: str) -> dict:
                label_dir or 'the ground truth')
 
   module = common.build_model(config, info['caffe_layout'])
-  state, tx, learning_rates = create_state(config, module, pretrained, ckpt, start)
+  state, tx, learning_rates = create_state(config, module, pretrained, ckpt, start,
+                                           info.get('pretrained_head', ()))
   if jax.process_index() == 0:
     common.write_model_info(directory, info)
   train_step = dp.compile(trainer.make_train_step(make_loss_fn(module, g.msc), tx))
