@@ -1,6 +1,7 @@
 """The stage contract: each `gwsss_jax.stages.<name>.run(config, workdir) -> dict` reads what
 earlier stages left in `workdir`, skips work already done, and returns metrics that are merged
-into `<workdir>/metrics.json`."""
+into `<workdir>/metrics.json`. In a multi-process job every process runs every stage (each does
+its share, or nothing where process 0 does it all) and all meet at a barrier before the next."""
 
 import importlib
 import json
@@ -9,6 +10,7 @@ import time
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from gwsss_jax import config as config_lib
 from gwsss_jax.common import io as gio
@@ -32,6 +34,9 @@ def run(config, workdir: str, distributed: bool = False) -> dict:
     print(f'[{stage}] starting', flush=True)
     start = time.time()
     result = module.run(config, workdir) or {}
+    if jax.process_count() > 1:
+      # The next stage reads what every process wrote (CAMs, pseudo labels, checkpoints).
+      multihost_utils.sync_global_devices(f'gwsss_jax stage {stage} done')
     if jax.process_index() == 0:
       metrics = gio.update_metrics(workdir, result)
     print(f'[{stage}] done in {time.time() - start:.1f}s', flush=True)

@@ -37,7 +37,8 @@ case "$cmd" in
   setup)
     root=$(cd "$(dirname "$0")/.." && pwd)
     tarball=$(mktemp --suffix=.tar.gz)
-    tar -C "$root" --exclude=.venv --exclude=.git --exclude=runs -czf "$tarball" .
+    tar -C "$root" --exclude=.venv --exclude=.git --exclude=runs --exclude=.cache \
+      --exclude=__pycache__ --exclude=.pytest_cache -czf "$tarball" .
     gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME":gwsss_jax.tar.gz --zone="$ZONE" \
       $PROJECT_FLAG --worker=all
     rm -f "$tarball"
