@@ -1,13 +1,19 @@
 """Runs a sweep of config overrides and tabulates the results.
 
   python -m gwsss_jax.sweep --config=configs/demo.py --sweep=configs/sweeps/table3.py \
-      --workdir=runs/table3 [--stages=...] [--only=K3,T2] [--print_commands]
+      --workdir=runs/table3 [--stages=...] [--only=K3,T2] [--print_commands] [--table_only]
 
 A sweep file defines `get_sweep() -> [(name, {key: value}, reuse_or_None), ...]`. Each variant
 runs `gwsss_jax.main` in its own process and workdir (`<workdir>/<name>`), so a crashed variant
 does not take the others down and a rerun resumes where it stopped (every stage skips finished
 work). The table of the metrics each variant left in its metrics.json is written to
 `<workdir>/<sweep name>.md`.
+
+On a cluster, `--print_commands` prints one command per variant (one job each, e.g. the lines of
+a SLURM job array, `launch/sweep_slurm.sh`): `gwsss_jax.main` for a variant that trains its own
+classifier, and this sweep restricted to the variant (`--only=<name>`) for one that reuses
+another's classifier, which it copies first; those run after the variant they reuse.
+`--table_only` then writes the table from the finished workdirs.
 """
 
 import importlib.util
@@ -66,6 +72,17 @@ def variant_command(name: str, overrides: dict, stages: str) -> list:
   return args
 
 
+def reuse_command(name: str) -> list:
+  """This sweep restricted to `name` (it copies the reused classifier, then runs the variant)."""
+  args = [sys.executable, '-m', 'gwsss_jax.sweep', f'--config={FLAGS.config}',
+          f'--sweep={FLAGS.sweep}', f'--workdir={FLAGS.workdir}', f'--only={name}']
+  if FLAGS.stages:
+    args.append(f'--stages={FLAGS.stages}')
+  if FLAGS.set:
+    args.append(f'--set={",".join(FLAGS.set)}')
+  return args
+
+
 def _reuse_classifier(name: str, reuse: str, stages: str) -> str:
   """Copies the trained classifier of `reuse` into the variant; drops train_cls from stages."""
   src = os.path.join(FLAGS.workdir, reuse, CLASSIFIER_DIR)
@@ -107,8 +124,11 @@ def main(argv):
     default_stages = ','.join(config_lib.STAGES)
   for name, overrides, reuse in selected:
     stages = default_stages
+    if FLAGS.table_only:
+      break
     if FLAGS.print_commands:
-      print(shlex.join(variant_command(name, overrides, stages)))
+      command = reuse_command(name) if reuse else variant_command(name, overrides, stages)
+      print(shlex.join(command))
       continue
     if reuse:
       stages = _reuse_classifier(name, reuse, stages)
@@ -133,6 +153,7 @@ def _define_flags():
   flags.DEFINE_list('only', [], 'Run only these variants.')
   flags.DEFINE_list('set', [], 'Extra overrides for every variant, e.g. train.num_epochs=2.')
   flags.DEFINE_bool('print_commands', False, 'Print one command per variant and exit.')
+  flags.DEFINE_bool('table_only', False, 'Run nothing; write the table of the finished variants.')
   flags.mark_flags_as_required(['config', 'sweep', 'workdir'])
 
 

@@ -18,6 +18,7 @@ from gwsss_jax.stages import train_cls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU = os.path.join(ROOT, 'launch', 'gpu_multinode.sh')
+SWEEP = os.path.join(ROOT, 'launch', 'sweep_slurm.sh')
 TPU = os.path.join(ROOT, 'launch', 'tpu_vm.sh')
 OVERRIDES = {
     'data.synthetic.num_train': 24, 'data.synthetic.num_val': 8, 'data.synthetic.size': 48,
@@ -229,3 +230,29 @@ if [[ "$4" == scp ]]; then cp "$5" {tmp_path}/copied.tar.gz; fi
   assert not [n for n in names if n.startswith(('./.venv/', './.git/', './runs/'))]
   recorded = (tmp_path / 'gcloud.txt').read_text()
   assert "pip install -q -U 'jax[tpu]==0.10.2'" in recorded and '--worker=all' in recorded
+
+
+def test_sweep_array_task_runs_its_line_of_the_printed_commands(tmp_path):
+  printed = subprocess.run(
+      [sys.executable, '-m', 'gwsss_jax.sweep', '--config=configs/demo.py',
+       '--sweep=configs/sweeps/table3.py', f'--workdir={tmp_path}/runs', '--print_commands',
+       '--set=data.root=/data/my VOC'], cwd=ROOT, env=_env(1), capture_output=True, text=True,
+      check=True).stdout
+  commands = tmp_path / 'commands.txt'
+  commands.write_text(printed)
+  lines = printed.splitlines()
+  recorder = _executable(tmp_path / 'python', f"""#!/usr/bin/env bash
+printf '%s\\n' "$@" > {tmp_path}/task_args.txt
+""")
+  for task in (3, len(lines) - 1):
+    env = _env(1, SLURM_ARRAY_TASK_ID=str(task), SLURM_SUBMIT_DIR=ROOT, PYTHON=recorder)
+    run = subprocess.run(['bash', SWEEP, str(commands)], env=env, capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    import shlex  # pylint: disable=g-import-not-at-top
+    assert (tmp_path / 'task_args.txt').read_text().splitlines() == shlex.split(lines[task])[1:]
+  assert '--only=cam_ensemble' in lines[-1]
+  env = _env(1, SLURM_ARRAY_TASK_ID=str(len(lines)), SLURM_SUBMIT_DIR=ROOT)
+  run = subprocess.run(['bash', SWEEP, str(commands)], env=env, capture_output=True, text=True,
+                       check=False)
+  assert run.returncode == 2 and f'no line {len(lines) + 1}' in run.stderr

@@ -37,6 +37,24 @@ def test_print_commands_one_per_variant(tmp_path):
   assert len(lines) == 15
   assert f'--workdir={tmp_path}/K5' in result.stdout
   assert any('--config.model.num_nodes=5' in l and '/K5' in l for l in lines)
+  # Variants reusing a classifier run as this sweep restricted to them (it copies it first).
+  cam = [l for l in lines if 'cam_graph' in l]
+  assert len(cam) == 1 and '-m gwsss_jax.sweep' in cam[0] and '--only=cam_graph' in cam[0]
+  assert '--stages=train_cls' in cam[0]
+  assert sum('-m gwsss_jax.main' in l for l in lines) == 12
+
+
+def test_table_only_runs_nothing(tmp_path):
+  sweep_file = tmp_path / 'mini.py'
+  sweep_file.write_text("def get_sweep():\n  return [('a', {'model.num_nodes': 2}, None)]\n")
+  os.makedirs(tmp_path / 'a')
+  (tmp_path / 'a' / 'metrics.json').write_text(json.dumps({'seg_miou': 0.125}))
+  result = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}', f'--workdir={tmp_path}',
+                   '--table_only'])
+  assert result.returncode == 0, result.stderr
+  assert '[sweep] a' not in result.stdout and '0.1250' in result.stdout
+  assert '0.1250' in (tmp_path / 'mini.md').read_text()
+  assert os.listdir(tmp_path / 'a') == ['metrics.json']
 
 
 def test_table_from_finished_variants_and_unknown_variant(tmp_path):

@@ -5,7 +5,7 @@ Run on the built-in dataset (sequentially, one workdir per variant):
     --workdir=runs/table3
 
 On a cluster, `--print_commands` prints one `gwsss_jax.main` command per variant for
-`launch/sweep_slurm.sh` (one job each). Variants that only change how CAMs are read out
+`launch/sweep_slurm.sh` (one SLURM array task each). Variants that only change how CAMs are read out
 (`cam_*`) reuse the classifier trained by `reuse` instead of training again.
 """
 
