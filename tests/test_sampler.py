@@ -152,3 +152,14 @@ def test_greedy_structure_against_brute_force(monkeypatch, path):
     np.testing.assert_array_equal(level, levels, err_msg=f'trial {trial}')
     np.testing.assert_array_equal(np.stack([pr, pv, ov], 1), np.array(pairs).reshape(-1, 3),
                                   err_msg=f'trial {trial}')
+
+
+def test_unlabelled_images_still_form_groups_of_distinct_images():
+  # A split where no image has a class (every partner comes from the "any free image" step):
+  # both rules give K distinct images per group, and no edges besides the self-edges.
+  labels = np.zeros((7, 4), bool)
+  for rule in ('greedy', 'release'):
+    groups, adjacency = sampler.make_groups(labels, 3, seed=0, epoch=1, rule=rule)
+    assert groups.shape == (7, 3) and list(groups[:, 0]) == list(range(7))
+    assert all(len(set(g)) == 3 for g in groups.tolist()), rule
+    np.testing.assert_array_equal(adjacency, np.broadcast_to(np.eye(3), (7, 3, 3)))

@@ -391,7 +391,8 @@ def _release_partners(labels, need, rng):
     excl = np.where(has_cls, np.searchsorted(post_key, cls[:, None] * n + group)
                     - post_start[cls][:, None], -1)
     rank = _distinct_ranks(rng, post_size, excl, use_cls.astype(np.int64))
-    cls_pick = img_of[post_start[cls] + np.maximum(rank[:, 0] if rank.shape[1] else 0, 0)]
+    cls_pick = (img_of[post_start[cls] + np.maximum(rank[:, 0] if rank.shape[1] else 0, 0)]
+                if img_of.size else anchors)  # no labels at all: step 2 never applies
     # 3) Any image not yet in the group.
     use_any = ~hit & ~use_cls
     rank = _distinct_ranks(rng, np.full(n, n), group, use_any.astype(np.int64))
