@@ -33,7 +33,9 @@ if [[ -n "${SLURM_JOB_ID:-}" && -z "${SLURM_STEP_ID:-}" && -z "${GWSSS_IN_STEP:-
 fi
 
 if [[ -n "${SLURM_PROCID:-}" ]]; then
-  head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  # Not `| head -n 1`: under pipefail, scontrol's SIGPIPE when head exits early fails the job.
+  hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+  head=${hosts%%$'\n'*}
   export JAX_COORDINATOR_ADDRESS="$head:$PORT"
   export JAX_NUM_PROCESSES="$SLURM_NTASKS"
   export JAX_PROCESS_ID="$SLURM_PROCID"

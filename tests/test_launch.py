@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from demo_config import demo_config
 from gwsss_jax.stages import train_cls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,26 +105,11 @@ def test_gpu_script_two_processes_match_one_process(tmp_path):
   assert sorted(os.listdir(os.path.join(multi, 'pseudo_labels'))) == sorted(
       os.listdir(os.path.join(single, 'pseudo_labels')))
 
-  config = _config(data_root)
+  config = demo_config(OVERRIDES, data_root)
   _, p_multi = train_cls.load_trained(config, multi)
   _, p_single = train_cls.load_trained(config, single)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(p_multi), jax.tree.leaves(p_single)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
-
-
-def _config(data_root):
-  module = {}
-  with open(os.path.join(ROOT, 'configs', 'demo.py')) as f:
-    exec(compile(f.read(), 'configs/demo.py', 'exec'), module)  # pylint: disable=exec-used
-  config = module['get_config']()
-  for key, value in OVERRIDES.items():
-    *sections, name = key.split('.')
-    target = config
-    for part in sections:
-      target = target[part]
-    target[name] = value
-  config.data.root = data_root
-  return config
 
 
 def _recording_python(tmp_path):

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from demo_config import demo_config
 from gwsss_jax.data import datasets
 from gwsss_jax.stages import train_cls
 from gwsss_jax.train import checkpoint
@@ -28,18 +29,7 @@ TOTAL = 12  # 24 images / 4 groups per step = 6 steps per epoch, 2 epochs
 
 
 def _config(data_root):
-  module = {}
-  with open(os.path.join(ROOT, 'configs', 'demo.py')) as f:
-    exec(compile(f.read(), 'configs/demo.py', 'exec'), module)  # pylint: disable=exec-used
-  config = module['get_config']()
-  for key, value in OVERRIDES.items():
-    section, _, name = key.rpartition('.')
-    target = config
-    for part in filter(None, section.split('.')):
-      target = target[part]
-    target[name] = value
-  config.data.root = data_root
-  return config
+  return demo_config(OVERRIDES, data_root)
 
 
 @pytest.fixture(scope='module')
