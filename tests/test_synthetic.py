@@ -243,3 +243,22 @@ def test_cli(tmp_path):
                         check=False)
   assert proc.returncode == 2
   assert proc.stderr.count('\n') == 1 and str(out) in proc.stderr
+
+
+def test_training_seed_leaves_the_dataset_alone(tmp_path):
+  # `seed` varies the training; the built-in data follow `data.synthetic.seed` only.
+  from gwsss_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.data.name = 'synthetic'
+  config.data.num_classes = 6
+  config.data.synthetic.update(num_train=4, num_val=2, size=48)
+  for seed, data_seed in ((0, 0), (7, 0), (7, 3)):
+    config.seed, config.data.synthetic.seed = seed, data_seed
+    config.data.root = str(tmp_path / f'{seed}_{data_seed}')
+    datasets.prepare(config, str(tmp_path))
+    with open(os.path.join(config.data.root, synthetic.MANIFEST)) as f:
+      assert json.load(f)['seed'] == data_seed
+  same = [open(tmp_path / d / 'JPEGImages' / 'syn_000000.jpg', 'rb').read()
+          for d in ('0_0', '7_0')]
+  assert same[0] == same[1]

@@ -57,7 +57,7 @@ def prepare(config, workdir: str) -> None:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     from gwsss_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:  # one writer; the others wait for it (shared filesystem)
-      synthetic.ensure(d.root, seed=config.seed, num_train=d.synthetic.num_train,
+      synthetic.ensure(d.root, seed=d.synthetic.seed, num_train=d.synthetic.num_train,
                        num_val=d.synthetic.num_val, size=d.synthetic.size,
                        num_classes=d.num_classes)
     if jax.process_count() > 1:
