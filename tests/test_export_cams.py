@@ -13,6 +13,7 @@ from gwsss_jax import config as config_lib
 from gwsss_jax.cams import export
 from gwsss_jax.cams import oaa
 from gwsss_jax.data import datasets
+from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import sampler
 from gwsss_jax.models import classifier
 from gwsss_jax.models import convert
@@ -153,7 +154,7 @@ def test_group_inference_matches_a_plain_loop(tmp_path):
     for side in (32, 16):
       x = np.stack([cv2.resize(images[i], (side, side), interpolation=cv2.INTER_LINEAR)
                     for i in members])
-      x = convert.normalize(x, NORM)[None]
+      x = norm_lib.normalize(x, NORM)[None]
       for flip in (False, True):
         o = apply(variables, x[:, :, :, ::-1] if flip else x, adjacency[g:g + 1])
         gr, mid = np.asarray(o['cam_graph'])[0], np.asarray(o['cam_mid'])[0]  # [K, h, w, L]

@@ -9,6 +9,7 @@ import pytest
 from gwsss_jax import config as config_lib
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import input_pipeline as ip
+from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
 from gwsss_jax.data import sampler
 from gwsss_jax.data import voc
@@ -34,23 +35,23 @@ def _collect(it):
   return list(it)
 
 
-def test_normalize_np_matches_definitions():
+def test_normalize_matches_definitions():
   x = np.array([[[0, 128, 255]]], np.uint8)
-  rgb = ip.normalize_np(x, 'imagenet_rgb')
+  rgb = norm_lib.normalize(x, 'imagenet_rgb')
   np.testing.assert_allclose(rgb[0, 0], (np.array([0, 128, 255]) / 255.0 - [0.485, 0.456, 0.406])
                              / [0.229, 0.224, 0.225], rtol=1e-6)
   # Keras/Caffe VGG16's ILSVRC BGR mean (keras.applications.imagenet_utils, 'caffe' mode).
-  bgr = ip.normalize_np(x, 'caffe_bgr')
+  bgr = norm_lib.normalize(x, 'caffe_bgr')
   np.testing.assert_allclose(bgr[0, 0], [255 - 103.939, 128 - 116.779, 0 - 123.68], rtol=1e-6)
   # A spec stored with weights is applied as given: DeepLab's Caffe mean.
   deeplab = {'name': 'caffe_bgr', 'channel_order': 'bgr', 'mean': (104.008, 116.669, 122.675),
              'std': (1.0, 1.0, 1.0)}
-  np.testing.assert_allclose(ip.normalize_np(x, deeplab)[0, 0],
+  np.testing.assert_allclose(norm_lib.normalize(x, deeplab)[0, 0],
                              [255 - 104.008, 128 - 116.669, 0 - 122.675], rtol=1e-6)
   with pytest.raises(UserError, match='auto'):
-    ip.normalize_np(x, 'auto')
+    norm_lib.normalize(x, 'auto')
   with pytest.raises(UserError, match='channel_order'):
-    ip.normalize_np(x, {'mean': (0, 0, 0)})
+    norm_lib.normalize(x, {'mean': (0, 0, 0)})
 
 
 def test_pipeline_applies_a_stored_spec_like_its_numpy_twin(setup):
@@ -108,7 +109,7 @@ def test_train_images_are_the_decoded_pixels_without_augmentation(setup):
                              normalization='caffe_bgr', process_index=0, process_count=1))
   for img, i in zip(b['images'][:, 0], b['index'][:, 0]):
     pixels = np.asarray(Image.open(train.examples[i].image_path).convert('RGB'), np.float32)
-    ref = ip.normalize_np(pixels, 'caffe_bgr')
+    ref = norm_lib.normalize(pixels, 'caffe_bgr')
     # The crop is a window of the image: find it by exhaustive search.
     errs = [np.abs(ref[t:t + 24, l:l + 24] - img).mean() for t in range(13) for l in range(21)]
     assert min(errs) < 1e-3, min(errs)
@@ -129,7 +130,7 @@ def test_train_boxes_and_flips_locate_each_crop_in_its_image(setup):
       pixels = np.asarray(Image.open(train.examples[i].image_path).convert('RGB'), np.float32)
       top, left = int(round(box[0] * 36)), int(round(box[1] * 44))
       assert (round(box[2] * 36) - top, round(box[3] * 44) - left) == (24, 24)
-      ref = ip.normalize_np(pixels[top:top + 24, left:left + 24], 'caffe_bgr')
+      ref = norm_lib.normalize(pixels[top:top + 24, left:left + 24], 'caffe_bgr')
       np.testing.assert_allclose(img[:, ::-1] if flip else img, ref, atol=1e-3)
       seen_flip.add(bool(flip))
   assert seen_flip == {False, True}
@@ -175,7 +176,7 @@ def test_eval_batches_padded_masked_and_sharded(setup):
         assert (mask[h:] == 255).all() and (mask[:, w:] == 255).all()
         assert (img[h:] == 0).all()
         pixels = np.asarray(Image.open(val.examples[i].image_path).convert('RGB'))
-        np.testing.assert_allclose(img[:h, :w], ip.normalize_np(pixels, 'imagenet_rgb'),
+        np.testing.assert_allclose(img[:h, :w], norm_lib.normalize(pixels, 'imagenet_rgb'),
                                    atol=1e-5)
   assert sorted(seen) == list(range(6))
   # Default padding: the largest image; no masks requested -> all 255.

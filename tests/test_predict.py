@@ -13,7 +13,7 @@ from PIL import Image
 
 from gwsss_jax import config as config_lib
 from gwsss_jax.common.errors import UserError
-from gwsss_jax.data import input_pipeline
+from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
 from gwsss_jax import predict
 from gwsss_jax.seg import common
@@ -78,7 +78,7 @@ def test_predict_folder_round_trips_palette_pngs(tmp_path):
       np.testing.assert_array_equal(np.asarray(img.getpalette()[:768], np.uint8).reshape(-1, 3),
                                     palette.voc_colormap())
       label = np.array(img)
-    x = inference.pad_to(input_pipeline.normalize_np(photo, 'imagenet_rgb'), canvas)[None]
+    x = inference.pad_to(norm_lib.normalize(photo, 'imagenet_rgb'), canvas)[None]
     logits = module.apply(variables, jnp.asarray(x))
     up = inference.resize_bilinear(logits, canvas)
     want = np.asarray(jnp.argmax(up, -1))[0, :photo.shape[0], :photo.shape[1]]

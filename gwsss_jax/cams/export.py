@@ -312,13 +312,13 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   every host, each host loading its rows; the outputs are gathered and process 0 accumulates and
   writes. Resuming recomputes only the groups that contain an unfinished image.
   `normalization` is the input convention the classifier was trained with
-  (`train_cls.normalization`, a `models.convert` spec).
+  (`train_cls.normalization`, a `data.normalization` spec).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from gwsss_jax.data import sampler  # pylint: disable=g-import-not-at-top
-  from gwsss_jax.models import convert  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.data import normalization as norm_lib  # pylint: disable=g-import-not-at-top
   from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
 
   k = config.cams
@@ -365,7 +365,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
     for side in sides:
       x = np.stack([cv2.resize(im, (side, side), interpolation=cv2.INTER_LINEAR)
                     for im in images])
-      x = convert.normalize(x, normalization)
+      x = norm_lib.normalize(x, normalization)
       per_scale.append(x.reshape((len(mine), num_nodes) + x.shape[1:]))
     return per_scale, adjacency[mine].astype(np.float32)
 

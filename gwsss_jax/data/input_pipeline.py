@@ -35,21 +35,8 @@ _AUTOTUNE = tf.data.AUTOTUNE
 # from the named one's, e.g. DeepLab's Caffe mean), applied exactly as given.
 
 
-def _check_normalization(normalization) -> None:
-  norm_lib.resolve(normalization)
-
-
-def normalize_np(images_uint8_rgb, normalization) -> np.ndarray:
-  """The numpy twin of the pipeline's normalisation: uint8 RGB [..., 3] -> float32."""
-  bgr, mean, std = norm_lib.constants(normalization)
-  x = np.asarray(images_uint8_rgb, np.float32)
-  if bgr:
-    x = x[..., ::-1]
-  return (x - mean) / std
-
-
 def _normalize_tf(x, normalization):
-  """float32 RGB 0..255 -> normalised."""
+  """float32 RGB 0..255 -> normalised (`normalization.normalize` in TensorFlow)."""
   bgr, mean, std = norm_lib.constants(normalization)
   if bgr:
     x = x[..., ::-1]
@@ -181,7 +168,7 @@ def train_iterator(dataset, config, *, num_nodes: int, global_batch: int, epoch:
   'boxes' float32 [b, K, 4] (each crop's (y0, x0, y1, x1) in 0..1 of its image) and 'flips'
   bool [b, K].
   """
-  _check_normalization(normalization)
+  norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
   pi, pc = _process(process_index, process_count)
   b = _per_process(global_batch, pc, 'train.batch_size')
   groups, adjacency, order = epoch_groups(dataset, config, num_nodes=num_nodes, epoch=epoch)
@@ -238,7 +225,7 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
   uint8 [b, Hp, Wp] (255 in the padding, and everywhere when there is no ground truth or
   with_masks is False), 'hw' int32 [b, 2] original sizes, 'index' int32 [b], 'valid' bool [b].
   """
-  _check_normalization(normalization)
+  norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
   pi, pc = _process(process_index, process_count)
   sizes = image_sizes(dataset)
   largest = tuple(int(v) for v in sizes.max(0)) if len(sizes) else (1, 1)
@@ -305,7 +292,7 @@ def seg_train_iterator(dataset, config, *, label_dir=None, global_batch: int, st
   (image with the mean, label with 255), random crop config.seg.crop_size, horizontal flip.
   Yields 'images' float32 [b, C, C, 3] and 'labels' int32 [b, C, C].
   """
-  _check_normalization(normalization)
+  norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
   pi, pc = _process(process_index, process_count)
   b = _per_process(global_batch, pc, 'seg.batch_size')
   if label_dir is None:

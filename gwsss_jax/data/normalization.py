@@ -57,3 +57,16 @@ def constants(spec: Spec):
   s = resolve(spec)
   return (s['channel_order'] == 'bgr', np.asarray(s['mean'], np.float32),
           np.asarray(s['std'], np.float32))
+
+
+def normalize(images, spec: Spec):
+  """Maps RGB images with values 0..255 ([..., 3]) to the network's input convention.
+
+  Works on numpy arrays (or nested lists) and jax arrays alike and returns the same kind,
+  float32. The tf.data pipelines apply the same `constants` in TensorFlow.
+  """
+  bgr, mean, std = constants(spec)
+  x = images.astype(np.float32) if hasattr(images, 'astype') else np.asarray(images, np.float32)
+  if bgr:
+    x = x[..., ::-1]
+  return (x - mean) / std

@@ -60,20 +60,6 @@ Convert a weight file with `python -m gwsss_jax.models.convert --format=F --src 
 # Preprocessing conventions.
 
 
-def normalize(images, spec):
-  """Maps RGB images with values 0..255 ([..., 3]) to the network's input convention.
-
-  `spec` is a normalization name or a dict with `channel_order`, `mean`, `std` (as stored in a
-  pretrained file's metadata). Works on numpy and jax arrays alike; returns float32.
-  """
-  bgr, mean, std = norm_lib.constants(spec)
-  xp = jnp if isinstance(images, jax.Array) else np
-  x = images.astype(xp.float32)
-  if bgr:
-    x = x[..., ::-1]
-  return (x - xp.asarray(mean)) / xp.asarray(std)
-
-
 def normalization_for(config_value: str, pretrained: str) -> dict:
   """Resolves `data.normalization`: 'auto' takes the convention stored with the weights.
 
