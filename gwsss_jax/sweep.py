@@ -118,14 +118,14 @@ def main(argv):
   if unknown:
     raise UserError(f'--only names unknown variants {unknown}; the sweep has {names}')
   selected = [v for v in variants if not FLAGS.only or v[0] in FLAGS.only]
+  if FLAGS.table_only:
+    selected = []
   default_stages = FLAGS.stages
   if not default_stages:
     from gwsss_jax import config as config_lib  # pylint: disable=g-import-not-at-top
     default_stages = ','.join(config_lib.STAGES)
   for name, overrides, reuse in selected:
     stages = default_stages
-    if FLAGS.table_only:
-      break
     if FLAGS.print_commands:
       command = reuse_command(name) if reuse else variant_command(name, overrides, stages)
       print(shlex.join(command))

@@ -5,6 +5,7 @@ what they are given."""
 
 import json
 import os
+import shlex
 import socket
 import stat
 import subprocess
@@ -12,7 +13,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from demo_config import demo_config
 from gwsss_jax.stages import train_cls
@@ -235,7 +235,6 @@ printf '%s\\n' "$@" > {tmp_path}/task_args.txt
     run = subprocess.run(['bash', SWEEP, str(commands)], env=env, capture_output=True, text=True,
                          check=False)
     assert run.returncode == 0, run.stderr
-    import shlex  # pylint: disable=g-import-not-at-top
     assert (tmp_path / 'task_args.txt').read_text().splitlines() == shlex.split(lines[task])[1:]
   assert '--only=cam_ensemble' in lines[-1]
   env = _env(1, SLURM_ARRAY_TASK_ID=str(len(lines)), SLURM_SUBMIT_DIR=ROOT)

@@ -24,7 +24,6 @@ from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.models import convert
 from gwsss_jax.models import deeplab
-from gwsss_jax.models import vgg
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import optim
 from gwsss_jax.train import trainer
@@ -92,15 +91,13 @@ def pretrained_head(config, pretrained: Optional[dict]) -> list:
   """Head modules that the pretrained weights initialise and that then train at the trunk's
   rate: LargeFOV's fc6/fc7 when the weights carry VGG16's fully connected layers
   (`convert.LARGEFOV_FC`) in the model's shapes (full width)."""
-  g = config.seg
   fc = pretrained.get(convert.LARGEFOV_FC) if pretrained and 'backbone' in pretrained else None
-  if fc is None or g.model != 'deeplab_largefov_vgg16':
+  if fc is None or config.seg.model != 'deeplab_largefov_vgg16':
     return []
-  dim, cin = vgg.scaled(1024, g.width), vgg.scaled(512, g.width)
-  want = {'fc6': ((3, 3, cin, dim), (dim,)), 'fc7': ((1, 1, dim, dim), (dim,))}
+  module = build_model(config, caffe_layout=False)
+  model = jax.eval_shape(lambda: init_variables(module, config, 0))['params']
   return [name for name in ('fc6', 'fc7')
-          if (tuple(np.shape(fc[name]['kernel'])), tuple(np.shape(fc[name]['bias'])))
-          == want[name]]
+          if jax.tree.map(np.shape, fc[name]) == jax.tree.map(np.shape, model[name])]
 
 
 def build_model(config, caffe_layout: bool):
