@@ -25,6 +25,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
+from gwsss_jax.models import pooling
 from gwsss_jax.models.vgg import scaled
 
 # torch.nn.BatchNorm2d defaults (eps 1e-5, running-average momentum 0.1 -> decay 0.9).
@@ -115,7 +116,7 @@ def _max_pool_3x3_s2(x, ceil_mode: bool):
     if ceil_mode and (out - 1) * 2 >= size + 1:  # torch: the last window must start inside
       out -= 1
     pads.append((1, (out - 1) * 2 + 3 - size - 1))
-  return nn.max_pool(x, (3, 3), (2, 2), padding=pads)
+  return pooling.max_pool(x, 3, 2, pads)
 
 
 # Per output stride: (stride, dilation) of layer2, layer3, layer4.
