@@ -1,17 +1,20 @@
 """The release-sized training step in PyTorch CPU, as a same-machine, same-moment baseline.
 
-  .venv/bin/python benchmarks/torch_vgg_step.py [--steps=5] [--threads=2]
+  .venv/bin/python benchmarks/torch_vgg_step.py [--steps=5] [--threads=2] [--serve]
 
 VGG16 as the release builds it (pools 1-3 2x2/2, pool4 3x3/1, conv5 dilated 2), three 3x3
 convolutions of 512 + ReLU, a 1x1 class convolution (20 classes), global average pooling and
 the multilabel soft-margin loss; SGD with momentum. 3 images of 224x224 (one group of K=3).
 The release's graph over 20-channel class maps is omitted (well under 1% of the FLOPs).
-Prints JSON lines: the median training step and forward (no_grad) times.
+Prints JSON lines: the median training step and forward (no_grad) times. With `--serve` it
+builds the model once, then times one `step` or `forward` per line read from stdin and answers
+each with a JSON line (`benchmarks/versus_torch.py` interleaves it with the JAX step).
 """
 
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -42,6 +45,7 @@ def main():
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--threads', type=int, default=2)
   parser.add_argument('--batch', type=int, default=3)
+  parser.add_argument('--serve', action='store_true', help='time one step per stdin line')
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
@@ -61,6 +65,14 @@ def main():
     with torch.no_grad():
       model(x)
 
+  if args.serve:
+    fns = {'step': step, 'forward': forward}
+    for line in sys.stdin:
+      fn = fns[line.strip()]
+      t0 = time.perf_counter()
+      fn()
+      print(json.dumps({'op': line.strip(), 's': time.perf_counter() - t0}), flush=True)
+    return
   for name, fn in (('torch.train_step', step), ('torch.forward', forward)):
     fn()
     times = []

@@ -205,6 +205,11 @@ def compile_and_time(fn, args: tuple, *, steps: int, warmup: int,
           'flops': cost_flops(compiled)}
 
 
+def carry_state(args: tuple, result) -> tuple:
+  """`compile_and_time`'s carry for a train step `(state, batch) -> (state, ...)`."""
+  return (result[0],) + tuple(args[1:])
+
+
 def memory_figures(group: str, context: dict) -> None:
   """Peak host memory of the process so far and, where reported, of the first device."""
   maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -283,6 +288,18 @@ class Bench:
 
   def classifier_step(self, config) -> dict:
     """Compiles and times `train_cls`'s data-parallel training step for `config`."""
+    step, args, batch_size = self.build_classifier_step(config)
+    timing = compile_and_time(step, args, steps=self.steps, warmup=self.warmup,
+                              carry=carry_state)
+    timing['batch'] = batch_size
+    return timing
+
+  def build_classifier_step(self, config) -> tuple:
+    """`train_cls`'s data-parallel training step for `config`: (step, (state, batch), groups).
+
+    `step(state, batch)` returns the new state first; its input state is donated, so thread
+    it with `carry_state`.
+    """
     from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top
     from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import optim  # pylint: disable=g-import-not-at-top
@@ -300,10 +317,7 @@ class Bench:
         train_cls.make_loss_fn(model, config, with_cams=False), tx,
         update_batch_stats=bool(not config.model.freeze_bn and jax.tree.leaves(batch_stats))))
     batch = dp.shard_batch(self.classifier_batch(config, batch_size))
-    timing = compile_and_time(step, (dp.replicate(state), batch), steps=self.steps,
-                              warmup=self.warmup, carry=lambda args, out: (out[0], args[1]))
-    timing['batch'] = batch_size
-    return timing
+    return step, (dp.replicate(state), batch), batch_size
 
   def classifier_batch(self, config, batch_size: int) -> dict:
     k, size, num_classes = config.model.num_nodes, config.data.crop_size, config.data.num_classes
@@ -438,7 +452,7 @@ class Bench:
         'images': rng.standard_normal((batch_size, size, size, 3), np.float32),
         'labels': rng.integers(0, config.seg.num_classes, (batch_size, size, size), np.int32)})
     timing = compile_and_time(step, (dp.replicate(state), batch), steps=self.steps,
-                              warmup=self.warmup, carry=lambda args, out: (out[0], args[1]))
+                              warmup=self.warmup, carry=carry_state)
     ctx = dict(self.context, model=config.seg.model, crop_size=size, width=config.seg.width,
                batch=batch_size, msc=bool(config.seg.msc), dtype=config.seg.dtype)
     emit('train_seg.images_per_s', batch_size / timing['step_s'], 'images/s', **ctx)

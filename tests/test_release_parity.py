@@ -25,12 +25,14 @@ class TorchRelease:
   """The release's forward for one group of three images, node by node, in torch (NCHW)."""
 
   def __init__(self, params, drop_rate, drop_th, steps, dropout):
-    self.p, self.drop_rate, self.drop_th = params, drop_rate, drop_th
+    # The weights as torch leaves (flax's layout), so that autograd can differentiate them.
+    self.p = jax.tree_util.tree_map(lambda x: t(x).requires_grad_(True), params)
+    self.drop_rate, self.drop_th = drop_rate, drop_th
     self.steps, self.dropout = steps, dropout
 
   def conv(self, x, layer, dilation=1):
-    w = t(layer['kernel']).permute(3, 2, 0, 1)
-    b = t(layer['bias']) if 'bias' in layer else None
+    w = layer['kernel'].permute(3, 2, 0, 1)
+    b = layer['bias'] if 'bias' in layer else None
     pad = dilation * (w.shape[-1] // 2)
     return F.conv2d(x, w, b, padding=pad, dilation=dilation)
 
@@ -167,3 +169,43 @@ def test_release_drop_branch_frequency_and_one_draw_per_node():
   assert np.all(is_drop != is_imp)
   n = is_drop.size
   assert abs(is_drop.mean() - 0.8) < 4 * np.sqrt(0.8 * 0.2 / n)
+
+
+def test_release_gradients_match_torch_autograd():
+  """The training step's gradients (the max-pools' custom VJP and the graph's backward
+  included) against torch autograd of the same loss, for every parameter."""
+  cfg = config_lib.base_config().model
+  cfg.variant, cfg.width, cfg.num_nodes, cfg.num_steps = 'release', WIDTH, 3, 2
+  cfg.drop_rate = 0.0  # the importance map: graph dropout on, and differentiable
+  model = clf.build_classifier(cfg, L)
+  rs = np.random.RandomState(2)
+  images = rs.rand(1, 3, SIZE, SIZE, 3).astype(np.float32) * 2 - 1
+  labels = (rs.rand(1, 3, L) > 0.5).astype(np.float32)
+  adjacency = np.ones((1, 3, 3), bool)
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)}, images, adjacency,
+                                             False))
+  params = o1_params(shapes['params'], seed=1)
+
+  def loss(p):
+    logits, out = model.apply({'params': p}, images, adjacency, True,
+                              rngs={'dropout': jax.random.PRNGKey(3)})
+    return clf.loss_fn(logits, out, labels, cfg)[0]
+  grads = jax.jit(jax.grad(loss))(params)
+
+  ref = TorchRelease(jax.tree_util.tree_map(np.asarray, params), 0.0, cfg.drop_threshold, 2, True)
+  mids, graphs, _, _ = ref([t(images[0, i:i + 1]).permute(0, 3, 1, 2) for i in range(3)], False)
+  lab = [t(labels[0, i:i + 1]) for i in range(3)]
+  torch_loss = (0.4 * sum(F.multilabel_soft_margin_loss(mids[i], lab[i]) for i in range(3))
+                + sum(F.multilabel_soft_margin_loss(graphs[i], lab[i]) for i in range(3))) / 6
+  torch_loss.backward()
+  np.testing.assert_allclose(loss(params), torch_loss.item(), rtol=1e-5)
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  torch_leaves = jax.tree_util.tree_leaves(ref.p)
+  assert len(flat) == len(torch_leaves)
+  overall = max(float(leaf.grad.abs().max()) for leaf in torch_leaves)
+  for (path, g), leaf in zip(flat, torch_leaves):
+    # Per-leaf scale, floored: proj_b's bias shifts every softmax logit of a row equally, so
+    # its true gradient is 0 and both frameworks return rounding noise (~1e-12).
+    scale = max(float(leaf.grad.abs().max()), 1e-4 * overall)
+    np.testing.assert_allclose(np.asarray(g), leaf.grad.numpy(), rtol=1e-3, atol=1e-4 * scale,
+                               err_msg=jax.tree_util.keystr(path))

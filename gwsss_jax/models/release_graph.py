@@ -72,15 +72,16 @@ class ReleaseGraphStep(nn.Module):
     conv = lambda features, kernel, name, use_bias=True: nn.Conv(
         features, (kernel, kernel), padding='SAME', use_bias=use_bias, dtype=self.dtype,
         kernel_init=NEW_LAYER_INIT, name=name)
+    others = other_nodes(k)                                     # [K, K-1] senders j != i
     a = conv(c // 2, 1, 'extra_proja')(x).reshape(b, k, height * width, -1)
     p = conv(c // 2, 1, 'extra_projb')(x).reshape(b, k, height * width, -1)
-    affinity = jnp.einsum('bind,bjmd->bijnm', a, p).astype(jnp.float32)
+    # Only the K(K-1) pairs i != j: the release computes no self message.
+    affinity = jnp.einsum('bind,bijmd->bijnm', a, p[:, others]).astype(jnp.float32)
     attention = jax.nn.softmax(affinity, axis=-1).astype(self.dtype)
-    attended = jnp.einsum('bijnm,bjmc->bijnc', attention, x.reshape(b, k, height * width, c))
-    attended = attended.reshape(b, k, k, height, width, c)
-    gated = attended * nn.sigmoid(conv(1, 1, 'extra_gate', use_bias=False)(attended))
-    others = other_nodes(k)
-    incoming = gated[:, np.arange(k)[:, None], others]          # [B, K, K-1, H, W, C]
+    senders = x.reshape(b, k, height * width, c)[:, others]     # [B, K, K-1, HW, C]
+    attended = jnp.einsum('bijnm,bijmc->bijnc', attention, senders)
+    attended = attended.reshape(b, k, k - 1, height, width, c)
+    incoming = attended * nn.sigmoid(conv(1, 1, 'extra_gate', use_bias=False)(attended))
     incoming = jnp.moveaxis(incoming, 2, -2).reshape(b, k, height, width, (k - 1) * c)
     fused = conv(c, 3, 'extra_conv_fusion')(incoming.reshape(b * k, height, width, -1))
     x = ConvGRUCell(c, 1, dtype=self.dtype, name='extra_ConvGRU')(
