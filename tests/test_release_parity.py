@@ -103,6 +103,21 @@ def o1_params(params, seed=0):
   return jax.tree_util.tree_map_with_path(redraw, params)
 
 
+def release_setup(num_steps, drop_rate, dropout, groups, seed, params_seed):
+  """The release variant at test width with O(1) weights, and a batch of groups of three."""
+  cfg = config_lib.base_config().model
+  cfg.variant, cfg.width, cfg.num_nodes, cfg.num_steps = 'release', WIDTH, 3, num_steps
+  cfg.drop_rate, cfg.graph_dropout = drop_rate, dropout
+  model = clf.build_classifier(cfg, L)
+  rs = np.random.RandomState(seed)
+  images = rs.rand(groups, 3, SIZE, SIZE, 3).astype(np.float32) * 2 - 1
+  labels = (rs.rand(groups, 3, L) > 0.5).astype(np.float32)
+  adjacency = np.ones((groups, 3, 3), bool)
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)}, images, adjacency,
+                                             False))
+  return cfg, model, images, labels, adjacency, o1_params(shapes['params'], seed=params_seed)
+
+
 @pytest.mark.parametrize('train,drop_rate,dropout', [
     (True, 1.0, True),    # the drop mask for every node and round
     (True, 0.0, True),    # the importance map for every node and round
@@ -110,17 +125,8 @@ def o1_params(params, seed=0):
     (True, 0.8, False),   # graph dropout off
 ])
 def test_release_forward_and_loss_match_torch(train, drop_rate, dropout):
-  cfg = config_lib.base_config().model
-  cfg.variant, cfg.width, cfg.num_nodes, cfg.num_steps = 'release', WIDTH, 3, 3
-  cfg.drop_rate, cfg.graph_dropout = drop_rate, dropout
-  model = clf.build_classifier(cfg, L)
-  rs = np.random.RandomState(1)
-  images = rs.rand(2, 3, SIZE, SIZE, 3).astype(np.float32) * 2 - 1
-  labels = (rs.rand(2, 3, L) > 0.5).astype(np.float32)
-  adjacency = np.ones((2, 3, 3), bool)
-  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)}, images, adjacency,
-                                             False))
-  params = o1_params(shapes['params'])
+  cfg, model, images, labels, adjacency, params = release_setup(
+      num_steps=3, drop_rate=drop_rate, dropout=dropout, groups=2, seed=1, params_seed=0)
   logits, out = jax.jit(lambda p: model.apply(
       {'params': p}, images, adjacency, train, rngs={'dropout': jax.random.PRNGKey(3)}))(params)
   loss, _ = clf.loss_fn(logits, out, labels, cfg)
@@ -174,17 +180,9 @@ def test_release_drop_branch_frequency_and_one_draw_per_node():
 def test_release_gradients_match_torch_autograd():
   """The training step's gradients (the max-pools' custom VJP and the graph's backward
   included) against torch autograd of the same loss, for every parameter."""
-  cfg = config_lib.base_config().model
-  cfg.variant, cfg.width, cfg.num_nodes, cfg.num_steps = 'release', WIDTH, 3, 2
-  cfg.drop_rate = 0.0  # the importance map: graph dropout on, and differentiable
-  model = clf.build_classifier(cfg, L)
-  rs = np.random.RandomState(2)
-  images = rs.rand(1, 3, SIZE, SIZE, 3).astype(np.float32) * 2 - 1
-  labels = (rs.rand(1, 3, L) > 0.5).astype(np.float32)
-  adjacency = np.ones((1, 3, 3), bool)
-  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)}, images, adjacency,
-                                             False))
-  params = o1_params(shapes['params'], seed=1)
+  # drop_rate 0: the importance map, so graph dropout is on and differentiable.
+  cfg, model, images, labels, adjacency, params = release_setup(
+      num_steps=2, drop_rate=0.0, dropout=True, groups=1, seed=2, params_seed=1)
 
   def loss(p):
     logits, out = model.apply({'params': p}, images, adjacency, True,
