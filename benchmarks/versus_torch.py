@@ -1,12 +1,13 @@
 """The release-sized training step in JAX and in PyTorch, timed in alternation.
 
-  .venv/bin/python -m benchmarks.versus_torch [--rounds=8] [--pause=1.0]   (from the repo root)
+  .venv/bin/python -m benchmarks.versus_torch [--rounds=8] [--pause=1.0] [--torch_no_graph]
+  (from the repository root)
 
 On a shared machine the speed of both frameworks drifts by tens of percent within minutes, so
 figures taken one after the other compare badly. Here one process holds the compiled JAX step
 (`gwsss_jax.bench`'s `train_cls` step: `configs/voc.py` with `model.variant=release`, VGG16,
 K=3, 224x224, T=3) and a `benchmarks/torch_vgg_step.py --serve` subprocess holds the same
-network in PyTorch (2 threads; without the release's graph, under 1% of its FLOPs); each round
+network in PyTorch (2 threads; the release's graph included unless `--torch_no_graph`); each round
 times one JAX step and one torch step, in alternating order, with a pause between them so
 neither framework's idle threads spin during the other's step. Same for the forward pass
 (the JAX forward includes the graph). Prints one JSON line per round and the medians with the
@@ -40,9 +41,10 @@ TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torch_v
 class TorchServer:
   """`torch_vgg_step.py --serve` in a subprocess: one timed op per request."""
 
-  def __init__(self, threads: int):
+  def __init__(self, threads: int, no_graph: bool):
     self.proc = subprocess.Popen(
-        [sys.executable, TORCH_SCRIPT, '--serve', f'--threads={threads}'],
+        [sys.executable, TORCH_SCRIPT, '--serve', f'--threads={threads}']
+        + (['--no_graph'] if no_graph else []),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
   def time(self, op: str) -> float:
@@ -63,6 +65,8 @@ def main():
   parser.add_argument('--rounds', type=int, default=8)
   parser.add_argument('--pause', type=float, default=1.0, help='seconds between the timings')
   parser.add_argument('--threads', type=int, default=2, help='torch threads')
+  parser.add_argument('--torch_no_graph', action='store_true',
+                      help="torch without the release's graph (the JAX step keeps it)")
   args = parser.parse_args()
   flags.FLAGS(sys.argv[:1])  # bench's absl flags keep their defaults
   config = voc.get_config()
@@ -92,7 +96,7 @@ def main():
     bench._block(forward(variables, images, adjacency))  # pylint: disable=protected-access
     return time.perf_counter() - t0
 
-  torch_server = TorchServer(args.threads)
+  torch_server = TorchServer(args.threads, args.torch_no_graph)
   jax_ops = {'step': jax_step, 'forward': jax_forward}
   times = {(fw, op): [] for fw in ('jax', 'torch') for op in jax_ops}
   for op in jax_ops:  # warm-up, untimed
@@ -112,7 +116,8 @@ def main():
     torch_s = statistics.median(times[('torch', op)])
     print(json.dumps({'name': f'versus_torch.{op}', 'jax_s': round(jax_s, 3),
                       'torch_s': round(torch_s, 3), 'jax_over_torch': round(jax_s / torch_s, 3),
-                      'rounds': args.rounds, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+                      'rounds': args.rounds, 'torch_graph': not args.torch_no_graph,
+                      'xla_flags': os.environ.get('XLA_FLAGS', ''),
                       'date': time.strftime('%Y-%m-%d %H:%M')}), flush=True)
 
 
