@@ -178,8 +178,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(m.num_nodes >= 1, 'model.num_nodes', m.num_nodes, 'must be >= 1')
   _check(m.num_steps >= 0, 'model.num_steps', m.num_steps, 'must be >= 0')
   _check(m.reduction >= 1, 'model.reduction', m.reduction, 'must be >= 1')
-  _check(m.drop_mask in ('binary', 'eq10'), 'model.drop_mask', m.drop_mask,
-         "choose from 'binary', 'eq10'")
+  from gwsss_jax.models.graph import DROP_MASKS  # pylint: disable=g-import-not-at-top
+  _check(m.drop_mask in DROP_MASKS, 'model.drop_mask', m.drop_mask,
+         f'choose from {", ".join(map(repr, DROP_MASKS))}')
   _check(0.0 <= m.drop_rate <= 1.0, 'model.drop_rate', m.drop_rate, 'must lie in [0, 1]')
   _check(0.0 <= m.drop_threshold <= 1.0, 'model.drop_threshold', m.drop_threshold,
          'must lie in [0, 1]')

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 
-from absl import app
 from absl import flags
 
 from gwsss_jax.common import cli

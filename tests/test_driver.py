@@ -60,7 +60,7 @@ def test_validate_accepts_every_shipped_config():
     ('model.output_stride', 4), ('model.gru_kernel', 2), ('data.name', 'imagenet'),
     ('data.num_classes', 0), ('stages', 'train_cls,foo'), ('stages', ' , '),
     ('cams.scales', ()), ('seg.model', 'unet'), ('seg.scale_range', (1.5, 0.5)),
-    ('train.batch_size', 0), ('pseudo.conflict_threshold', 2.0),
+    ('train.batch_size', 0), ('pseudo.conflict_threshold', 2.0), ('model.drop_mask', 'eq11'),
 ])
 def test_validate_names_the_key(key, value):
   config = config_lib.base_config()

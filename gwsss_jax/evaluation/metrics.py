@@ -7,7 +7,6 @@ confusion matrix over all images (ignore label excluded), then IoU per class.
 
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
