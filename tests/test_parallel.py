@@ -96,6 +96,19 @@ def test_step_compiles_once(impl):
   assert len(counter) == 1
 
 
+@pytest.mark.parametrize('impl', ['shard_map', 'pmap'])
+def test_all_reduce_only_across_devices(impl):
+  """`parallel.pmean` emits the all-reduce on 4 devices and none on 1 (where it is a copy)."""
+  params, tx, loss_fn = _setup()
+  for num_devices, expected in ((1, False), (4, True)):
+    dp = parallel.DataParallel(impl, parallel.make_mesh(jax.devices()[:num_devices]),
+                               GLOBAL_BATCH)
+    step = dp.compile(trainer.make_train_step(loss_fn, tx))
+    state = dp.replicate(trainer.init_state(params, {}, tx, seed=0))
+    hlo = step.lower(state, dp.shard_batch(_batches(1)[0])).as_text()
+    assert ('all_reduce' in hlo or 'all-reduce' in hlo) == expected, (impl, num_devices)
+
+
 def test_device_keys_differ_and_follow_the_formula():
   root = jax.random.key_data(jax.random.key(7))
 

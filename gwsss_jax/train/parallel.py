@@ -32,6 +32,17 @@ AXIS = 'data'
 IMPLS = ('shard_map', 'pmap')
 
 
+def pmean(tree):
+  """`lax.pmean` of `tree` over the data axis, inside a `DataParallel.compile`d step.
+
+  On one device it returns `tree` as is: XLA:CPU still executes a one-participant all-reduce,
+  a copy of every gradient (13-25 ms of a VGG16 step at 224x224).
+  """
+  if jax.lax.axis_size(AXIS) == 1:
+    return tree
+  return jax.lax.pmean(tree, AXIS)
+
+
 def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh over all devices of all hosts (or `devices`), axis name `AXIS`."""
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))

@@ -56,7 +56,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
 
   `loss_fn` sees this device's rows of the batch and its own dropout key
   (`parallel.device_key`); gradients, scalars (and BatchNorm statistics when
-  `update_batch_stats`) are averaged over all devices with `lax.pmean`, so every device applies
+  `update_batch_stats`) are averaged over all devices with `parallel.pmean`, so every device applies
   the same update: the mean-loss gradient of the global batch.
   """
   def step(state, batch):
@@ -64,10 +64,10 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (scalars, batch_stats, per_example)), grads = grad_fn(
         state['params'], state['batch_stats'], batch, rng)
-    grads = jax.lax.pmean(grads, parallel.AXIS)
-    scalars = jax.lax.pmean(dict(scalars, loss=loss), parallel.AXIS)
+    grads = parallel.pmean(grads)
+    scalars = parallel.pmean(dict(scalars, loss=loss))
     if update_batch_stats:
-      batch_stats = jax.lax.pmean(batch_stats, parallel.AXIS)
+      batch_stats = parallel.pmean(batch_stats)
     else:
       batch_stats = state['batch_stats']
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
