@@ -147,6 +147,31 @@ def test_eq8_aggregation_masks_non_neighbours_and_diagonal():
       np.testing.assert_allclose(out[b, i], want, rtol=RTOL, atol=ATOL)
 
 
+def test_eqs5_7_8_over_the_off_diagonal_senders():
+  """The `senders=other_nodes(K)` path GraphStep takes: Eqs. (5), (7), (8) for the pairs j != i
+  only, against the same numpy statements."""
+  h, p, q = rand(2, 4, 5, 6), rand(6, 2, seed=1), rand(6, 2, seed=2)
+  adj = np.random.RandomState(3).rand(2, 4, 4) > 0.5
+  senders = G.other_nodes(4)
+  assert senders.tolist() == [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]]
+  e = G.edge_embeddings(jnp.asarray(h @ p), jnp.asarray(h @ q), senders)
+  m = G.neighbour_messages(e, jnp.asarray(h), senders)
+  own = rand(2, 4, 5, 6, seed=4)
+  out = np.asarray(G.aggregate_messages(m, jnp.asarray(own), jnp.asarray(adj), senders))
+  assert e.shape == (2, 4, 3, 5, 5) and m.shape == (2, 4, 3, 5, 6)
+  for b in range(2):
+    for i in range(4):
+      want_sum = own[b, i].copy()
+      for s_, j in enumerate(senders[i]):
+        e_ij = h[b, i] @ (p @ q.T) @ h[b, j].T
+        np.testing.assert_allclose(e[b, i, s_], e_ij, rtol=RTOL, atol=ATOL)
+        rows = np.exp(e_ij) / np.exp(e_ij).sum(1, keepdims=True)
+        np.testing.assert_allclose(m[b, i, s_], rows @ h[b, j], rtol=RTOL, atol=ATOL)
+        if adj[b, i, j]:
+          want_sum += rows @ h[b, j]
+      np.testing.assert_allclose(out[b, i], want_sum, rtol=RTOL, atol=ATOL)
+
+
 def test_eq6_self_edge():
   x = rand(2, 3, 6, 8)
   mod = G.SelfEdge(reduced=2)

@@ -1,9 +1,10 @@
 """The paper's group-wise graph: co-attention edges, self-edges, ConvGRU updates, graph dropout.
 
 Nodes are the K images of a group, batched as `h` of shape [B, K, H, W, C] (B groups). Every
-operation is a batched einsum over the K x K node pairs; the adjacency matrix [B, K, K] is an
-input, so training passes the label graph (two images are linked when they share a class) and
-inference may pass any graph. Notation follows the paper (Methodology section):
+operation is a batched einsum over the K(K-1) ordered node pairs i != j (the self-edge is its own
+term); the adjacency matrix [B, K, K] is an input, so training passes the label graph (two
+images are linked when they share a class) and inference may pass any graph. Notation follows
+the paper (Methodology section):
 
   e_ij = h_i P Q^T h_j^T                      Eq. (5)  `edge_embeddings`
   e_ii = softmax(f(h_i) g(h_i)^T) h(h_i) + h_i Eq. (6)  `SelfEdge`
@@ -35,51 +36,71 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The authors' release initialises every new convolution with N(0, 0.01) (REFERENCE_NOTES).
 NEW_LAYER_INIT = nn.initializers.normal(stddev=0.01)
 
 
-def edge_embeddings(p, q):
-  """Eq. (5): e_ij = (h_i P)(h_j Q)^T for every ordered node pair.
+def other_nodes(k: int) -> np.ndarray:
+  """[K, K-1] static indices: row i lists the nodes j != i in ascending order (the senders
+  whose messages node i may receive; its own enters through the self-edge)."""
+  return np.array([[j for j in range(k) if j != i] for i in range(k)], dtype=np.int32)
+
+
+def edge_embeddings(p, q, senders=None):
+  """Eq. (5): e_ij = (h_i P)(h_j Q)^T for every ordered node pair, or for i's `senders` only.
 
   Args:
     p: [B, K, N, c] the nodes projected by P (N = H * W positions, c = C / d).
     q: [B, K, N, c] the nodes projected by Q.
+    senders: optional [K, S] static indices; row i names the S senders j scored against i
+      (`other_nodes(K)`: every j != i, which skips the K diagonal pairs Eq. (8) masks anyway).
   Returns:
-    [B, K, K, N, N]: e[b, i, j, n, m] scores position n of node i against position m of node j.
+    [B, K, K, N, N]: e[b, i, j, n, m] scores position n of node i against position m of node j;
+    with `senders`, [B, K, S, N, N] with e[b, i, s] for j = senders[i, s].
   """
-  return jnp.einsum('bind,bjmd->bijnm', p, q)
+  if senders is None:
+    return jnp.einsum('bind,bjmd->bijnm', p, q)
+  return jnp.einsum('bind,bismd->bisnm', p, q[:, senders])
 
 
-def neighbour_messages(e, h):
+def neighbour_messages(e, h, senders=None):
   """Eq. (7): m_ji = softmax_r(e_ij) h_j, for every ordered pair (receiver i, sender j).
 
   The row-wise softmax normalises over the sender's positions m; it runs in float32.
 
   Args:
-    e: [B, K, K, N, N] edge embeddings (Eq. 5).
+    e: [B, K, K, N, N] edge embeddings (Eq. 5), or [B, K, S, N, N] for `senders` [K, S].
     h: [B, K, N, C] node states.
+    senders: the `senders` that `e` was computed for, if any (`edge_embeddings`).
   Returns:
-    [B, K, K, N, C]: out[b, i, j] is the message node j sends to node i.
+    [B, K, K, N, C]: out[b, i, j] is the message node j sends to node i ([B, K, S, N, C] with
+    `senders`: out[b, i, s] comes from node senders[i, s]).
   """
   attention = jax.nn.softmax(e.astype(jnp.float32), axis=-1).astype(h.dtype)
-  return jnp.einsum('bijnm,bjmc->bijnc', attention, h)
+  if senders is None:
+    return jnp.einsum('bijnm,bjmc->bijnc', attention, h)
+  return jnp.einsum('bisnm,bismc->bisnc', attention, h[:, senders])
 
 
-def aggregate_messages(messages, self_message, adjacency):
+def aggregate_messages(messages, self_message, adjacency, senders=None):
   """Eq. (8): m_i = sum over neighbours j != i of m_ji, plus the self-edge message m_ii.
 
   Args:
-    messages: [B, K, K, N, C] from `neighbour_messages`.
+    messages: [B, K, K, N, C] from `neighbour_messages` ([B, K, S, N, C] with `senders`).
     self_message: [B, K, N, C] the self-edge embedding e_ii (Eq. 6).
     adjacency: [B, K, K] (bool or 0/1); adjacency[b, i, j] links j to i. The diagonal is
       ignored: the self-edge always exists and enters once, through `self_message`.
+    senders: the [K, S] senders of `messages`, if any; they must not include i itself.
   Returns:
     [B, K, N, C].
   """
   k = adjacency.shape[-1]
-  mask = adjacency.astype(messages.dtype) * (1 - jnp.eye(k, dtype=messages.dtype))
+  if senders is None:
+    mask = adjacency.astype(messages.dtype) * (1 - jnp.eye(k, dtype=messages.dtype))
+  else:
+    mask = adjacency[:, np.arange(k)[:, None], senders].astype(messages.dtype)
   return jnp.einsum('bij,bijnc->binc', mask, messages) + self_message
 
 
@@ -210,9 +231,11 @@ class GraphStep(nn.Module):
     flat = h.reshape(b, k, height * width, c)
     dense = lambda name: nn.Dense(reduced, use_bias=False, dtype=self.dtype,
                                   kernel_init=NEW_LAYER_INIT, name=name)
-    e = edge_embeddings(dense('edge_p')(flat), dense('edge_q')(flat))
+    senders = other_nodes(k)  # the diagonal pairs would be masked out: not computed
+    e = edge_embeddings(dense('edge_p')(flat), dense('edge_q')(flat), senders)
     self_message = SelfEdge(reduced, dtype=self.dtype, name='self_edge')(flat)
-    message = aggregate_messages(neighbour_messages(e, flat), self_message, adjacency)
+    message = aggregate_messages(neighbour_messages(e, flat, senders), self_message, adjacency,
+                                 senders)
     message = message.reshape(h.shape)
     h = ConvGRUCell(c, self.gru_kernel, dtype=self.dtype, name='gru')(message, h)
     if self.dropout:

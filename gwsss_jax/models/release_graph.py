@@ -27,10 +27,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.models.graph import NEW_LAYER_INIT, ConvGRUCell, channel_mean, drop_threshold_mask
+from gwsss_jax.models.graph import other_nodes
 
 
 def release_graph_dropout(x, r, drop_rate, drop_threshold):
@@ -52,11 +52,6 @@ def release_graph_dropout(x, r, drop_rate, drop_threshold):
     s = jnp.where((r < drop_rate)[..., None, None], drop_threshold_mask(o, drop_threshold),
                   importance)
   return (x * s[..., None].astype(x.dtype) + x) / 2
-
-
-def other_nodes(k: int) -> np.ndarray:
-  """[K, K-1] static indices: row i lists the nodes j != i in ascending order."""
-  return np.array([[j for j in range(k) if j != i] for i in range(k)], dtype=np.int32)
 
 
 class ReleaseGraphStep(nn.Module):
