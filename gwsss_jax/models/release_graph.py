@@ -73,8 +73,8 @@ class ReleaseGraphStep(nn.Module):
     # Only the K(K-1) pairs i != j: the release computes no self message.
     affinity = jnp.einsum('bind,bijmd->bijnm', a, p[:, others]).astype(jnp.float32)
     attention = jax.nn.softmax(affinity, axis=-1).astype(self.dtype)
-    senders = x.reshape(b, k, height * width, c)[:, others]     # [B, K, K-1, HW, C]
-    attended = jnp.einsum('bijnm,bijmc->bijnc', attention, senders)
+    sender_maps = x.reshape(b, k, height * width, c)[:, others]  # [B, K, K-1, HW, C]
+    attended = jnp.einsum('bijnm,bijmc->bijnc', attention, sender_maps)
     attended = attended.reshape(b, k, k - 1, height, width, c)
     incoming = attended * nn.sigmoid(conv(1, 1, 'extra_gate', use_bias=False)(attended))
     incoming = jnp.moveaxis(incoming, 2, -2).reshape(b, k, height, width, (k - 1) * c)

@@ -1,8 +1,8 @@
 """Data parallelism: one per-device train step, run over every device of every host.
 
 A per-device step `step(state, batch) -> (state, metrics, per_example)` is written once, with
-`lax.pmean(..., AXIS)` where it averages gradients and metrics and `lax.axis_index(AXIS)` where
-it needs the device's index (its dropout key). Two wrappers run it:
+`pmean` (`lax.pmean` over AXIS, skipped on one device) where it averages gradients and metrics
+and `lax.axis_index(AXIS)` where it needs the device's index (its dropout key). Two wrappers run it:
 
 - `impl='shard_map'` (default): `jax.shard_map` over a 1-D `Mesh` of all devices of all hosts;
   the state is a replicated global `jax.Array`, the batch a global array sharded on its leading
