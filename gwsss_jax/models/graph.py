@@ -48,6 +48,11 @@ def other_nodes(k: int) -> np.ndarray:
   return np.array([[j for j in range(k) if j != i] for i in range(k)], dtype=np.int32)
 
 
+def _senders_or_all(senders, k: int) -> np.ndarray:
+  """`senders`, or [K, K] with every node as a sender of every node (row i = 0 .. K-1)."""
+  return np.tile(np.arange(k, dtype=np.int32), (k, 1)) if senders is None else senders
+
+
 def edge_embeddings(p, q, senders=None):
   """Eq. (5): e_ij = (h_i P)(h_j Q)^T for every ordered node pair, or for i's `senders` only.
 
@@ -56,12 +61,12 @@ def edge_embeddings(p, q, senders=None):
     q: [B, K, N, c] the nodes projected by Q.
     senders: optional [K, S] static indices; row i names the S senders j scored against i
       (`other_nodes(K)`: every j != i, which skips the K diagonal pairs Eq. (8) masks anyway).
+      None: every node, S = K.
   Returns:
-    [B, K, K, N, N]: e[b, i, j, n, m] scores position n of node i against position m of node j;
-    with `senders`, [B, K, S, N, N] with e[b, i, s] for j = senders[i, s].
+    [B, K, S, N, N]: e[b, i, s, n, m] scores position n of node i against position m of node
+    j = senders[i, s] (without `senders`, [B, K, K, N, N] with j = s).
   """
-  if senders is None:
-    return jnp.einsum('bind,bjmd->bijnm', p, q)
+  senders = _senders_or_all(senders, q.shape[1])
   return jnp.einsum('bind,bismd->bisnm', p, q[:, senders])
 
 
@@ -71,16 +76,14 @@ def neighbour_messages(e, h, senders=None):
   The row-wise softmax normalises over the sender's positions m; it runs in float32.
 
   Args:
-    e: [B, K, K, N, N] edge embeddings (Eq. 5), or [B, K, S, N, N] for `senders` [K, S].
+    e: [B, K, S, N, N] edge embeddings (Eq. 5) for the same `senders`.
     h: [B, K, N, C] node states.
-    senders: the `senders` that `e` was computed for, if any (`edge_embeddings`).
+    senders: the `senders` that `e` was computed for (`edge_embeddings`); None: every node.
   Returns:
-    [B, K, K, N, C]: out[b, i, j] is the message node j sends to node i ([B, K, S, N, C] with
-    `senders`: out[b, i, s] comes from node senders[i, s]).
+    [B, K, S, N, C]: out[b, i, s] is the message node senders[i, s] sends to node i.
   """
   attention = jax.nn.softmax(e.astype(jnp.float32), axis=-1).astype(h.dtype)
-  if senders is None:
-    return jnp.einsum('bijnm,bjmc->bijnc', attention, h)
+  senders = _senders_or_all(senders, h.shape[1])
   return jnp.einsum('bisnm,bismc->bisnc', attention, h[:, senders])
 
 
@@ -88,19 +91,19 @@ def aggregate_messages(messages, self_message, adjacency, senders=None):
   """Eq. (8): m_i = sum over neighbours j != i of m_ji, plus the self-edge message m_ii.
 
   Args:
-    messages: [B, K, K, N, C] from `neighbour_messages` ([B, K, S, N, C] with `senders`).
+    messages: [B, K, S, N, C] from `neighbour_messages` for the same `senders`.
     self_message: [B, K, N, C] the self-edge embedding e_ii (Eq. 6).
     adjacency: [B, K, K] (bool or 0/1); adjacency[b, i, j] links j to i. The diagonal is
       ignored: the self-edge always exists and enters once, through `self_message`.
-    senders: the [K, S] senders of `messages`, if any; they must not include i itself.
+    senders: the [K, S] senders of `messages`; None: every node.
   Returns:
     [B, K, N, C].
   """
   k = adjacency.shape[-1]
-  if senders is None:
-    mask = adjacency.astype(messages.dtype) * (1 - jnp.eye(k, dtype=messages.dtype))
-  else:
-    mask = adjacency[:, np.arange(k)[:, None], senders].astype(messages.dtype)
+  senders = _senders_or_all(senders, k)
+  receivers = np.arange(k)[:, None]
+  not_self = senders != receivers  # j == i enters through the self-edge
+  mask = adjacency[:, receivers, senders].astype(messages.dtype) * not_self.astype(messages.dtype)
   return jnp.einsum('bij,bijnc->binc', mask, messages) + self_message
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.models.graph import NEW_LAYER_INIT, ConvGRUCell, channel_mean, drop_threshold_mask
-from gwsss_jax.models.graph import other_nodes
+from gwsss_jax.models.graph import edge_embeddings, neighbour_messages, other_nodes
 
 
 def release_graph_dropout(x, r, drop_rate, drop_threshold):
@@ -67,14 +67,13 @@ class ReleaseGraphStep(nn.Module):
     conv = lambda features, kernel, name, use_bias=True: nn.Conv(
         features, (kernel, kernel), padding='SAME', use_bias=use_bias, dtype=self.dtype,
         kernel_init=NEW_LAYER_INIT, name=name)
+    # Only the K(K-1) pairs i != j: the release computes no self message. The co-attention is
+    # the paper graph's Eqs. (5) and (7) with the C/2 projections (unprojected senders).
     others = other_nodes(k)                                     # [K, K-1] senders j != i
     a = conv(c // 2, 1, 'extra_proja')(x).reshape(b, k, height * width, -1)
     p = conv(c // 2, 1, 'extra_projb')(x).reshape(b, k, height * width, -1)
-    # Only the K(K-1) pairs i != j: the release computes no self message.
-    affinity = jnp.einsum('bind,bijmd->bijnm', a, p[:, others]).astype(jnp.float32)
-    attention = jax.nn.softmax(affinity, axis=-1).astype(self.dtype)
-    sender_maps = x.reshape(b, k, height * width, c)[:, others]  # [B, K, K-1, HW, C]
-    attended = jnp.einsum('bijnm,bijmc->bijnc', attention, sender_maps)
+    attended = neighbour_messages(edge_embeddings(a, p, others),
+                                  x.reshape(b, k, height * width, c), others)
     attended = attended.reshape(b, k, k - 1, height, width, c)
     incoming = attended * nn.sigmoid(conv(1, 1, 'extra_gate', use_bias=False)(attended))
     incoming = jnp.moveaxis(incoming, 2, -2).reshape(b, k, height, width, (k - 1) * c)
