@@ -40,16 +40,16 @@ def _reduce_window(x, window: int, stride: int, padding):
 
 
 def _taps(x, window: int, stride: int, padding):
-  """Yields (tap index, row offset, column offset, strided view of the padded input)."""
+  """Yields (tap index k, the strided view of the padded input at offset divmod(k, window))."""
   xp = _padded(x, padding)
   n, _, _, c = xp.shape
   ho = _out_size(x.shape[1], window, stride, padding[0])
   wo = _out_size(x.shape[2], window, stride, padding[1])
   for k in range(window * window):
     di, dj = divmod(k, window)
-    yield k, di, dj, lax.slice(xp, (0, di, dj, 0),
-                               (n, di + stride * (ho - 1) + 1, dj + stride * (wo - 1) + 1, c),
-                               (1, stride, stride, 1))
+    yield k, lax.slice(xp, (0, di, dj, 0),
+                       (n, di + stride * (ho - 1) + 1, dj + stride * (wo - 1) + 1, c),
+                       (1, stride, stride, 1))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -59,7 +59,7 @@ def _max_pool(x, window, stride, padding):
 
 def _max_pool_fwd(x, window, stride, padding):
   value = index = None
-  for k, _, _, tap in _taps(x, window, stride, padding):
+  for k, tap in _taps(x, window, stride, padding):
     if value is None:
       value, index = tap, jnp.zeros(tap.shape, jnp.int8 if window * window < 128 else jnp.int32)
     else:
