@@ -31,7 +31,6 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 from gwsss_jax import bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import voc  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -77,9 +76,9 @@ def main():
   step = step.lower(*step_args).compile()
 
   model = classifier.build_classifier(config.model, config.data.num_classes)
-  batch = runner.classifier_batch(config, 1)
-  images, adjacency = jax.numpy.asarray(batch['images']), jax.numpy.asarray(batch['adjacency'])
-  variables = train_cls.init_variables(model, config, jax.random.key(0))
+  images, adjacency = step_args[1]['images'], step_args[1]['adjacency']  # the step's batch
+  # The step's own initial weights (copied: the step donates its state, not its batch).
+  variables = {'params': jax.tree.map(jax.numpy.copy, step_args[0]['params'])}
   forward = jax.jit(lambda v, x, a: model.apply(v, x, a, train=False)).lower(
       variables, images, adjacency).compile()
 
