@@ -12,8 +12,14 @@ same step with none), `input_pipeline` (groups/s of `input_pipeline.train_iterat
 (`getrusage` maxrss: a running maximum over the whole process, so run one group per process for
 a per-group figure) and, where the runtime reports it, the device's peak memory.
 
+Each compiled step also gives `<group>.mfu`: XLA's FLOP count of the step over its time, as a
+fraction of the device's peak for `model.dtype` (`--config.model.dtype=bfloat16` for bf16
+activations; parameters, optimizer state and loss stay float32). `--per_device_batch=N` runs N
+groups on each device (the global batch is N x devices).
+
 Each line is `{"name", "value", "unit", ...context}`; a figure that cannot be measured (no data
-for the input pipeline, an unknown peak) gets `"value": null` and a `"note"`. `--quick` shrinks
+for the input pipeline, an unknown peak, no device memory statistics) gets `"value": null` and
+a `"note"`. Only the `input_pipeline` group imports TensorFlow: the step groups run without it. `--quick` shrinks
 widths and sizes so that every group runs in seconds (the smoke test); its figures say nothing
 about speed. Timings are the median of `--steps` steps after `--warmup` steps, on
 `--num_devices` devices (the global batch is the configured one rounded up to a multiple).
@@ -57,8 +63,11 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Tiny widths and sizes (smoke test; n
                            'figure).')
 _BACKBONES = flags.DEFINE_list('backbones', ['vgg16', 'resnet101'], 'train_cls backbones.')
 _KS = flags.DEFINE_list('ks', ['3', '4'], 'train_cls group sizes K.')
-_GRAPH_KS = flags.DEFINE_list('graph_ks', [str(k) for k in range(2, 9)],
-                              'graph_share group sizes K (2,3 by default with --quick).')
+_GRAPH_KS = flags.DEFINE_list('graph_ks', None,
+                              'graph_share group sizes K (default 2..8; 2,3 with --quick).')
+_PER_DEVICE_BATCH = flags.DEFINE_integer(
+    'per_device_batch', 0, 'Groups per device for train_cls and graph_share (0 = '
+    'train.batch_size rounded up to a multiple of the device count).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (median reported).')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compilation.')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 1, 'Devices to run on (0 = all).')
@@ -210,28 +219,71 @@ def carry_state(args: tuple, result) -> tuple:
   return (result[0],) + tuple(args[1:])
 
 
+def device_memory_peak_gib(device=None) -> Optional[float]:
+  """The device's peak bytes in use so far (GiB), or None where `memory_stats()` has none."""
+  try:
+    stats = (device or jax.devices()[0]).memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if stats and 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 1024**3
+  return None
+
+
 def memory_figures(group: str, context: dict) -> None:
   """Peak host memory of the process so far and, where reported, of the first device."""
   maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   emit('host_memory_peak', maxrss_kib / 1024**2, 'GiB', after=group,
        scope='process maximum so far (getrusage maxrss)', **context)
-  stats = None
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:  # pylint: disable=broad-except
-    stats = None
-  if stats and 'peak_bytes_in_use' in stats:
-    emit('device_memory_peak', stats['peak_bytes_in_use'] / 1024**3, 'GiB', after=group,
+  peak = device_memory_peak_gib()
+  if peak is not None:
+    emit('device_memory_peak', peak, 'GiB', after=group,
          scope='device 0, process maximum so far', **context)
+  else:
+    emit('device_memory_peak', None, 'GiB', after=group, note='n/a: the runtime reports no '
+         'memory_stats() for this device', **context)
+
+
+def flops_figures(device, prefix: str, flops, step_s: float, dtype: str,
+                  context: dict) -> Optional[float]:
+  """Emits `<prefix>.flops_per_step`, `.achieved_flops_per_s` and `.mfu`; returns the MFU.
+
+  MFU here is XLA's FLOP count of the compiled step (per device) over the step time, as a
+  fraction of the device's dense peak for `dtype` (`device_peak_flops`). XLA counts the
+  convolutions and matmuls the step really runs, so the figure is comparable across
+  frameworks only for the same network and batch.
+  """
+  if flops is None:
+    emit(f'{prefix}.achieved_flops_per_s', None, 'FLOP/s', note='no XLA cost analysis',
+         **context)
+    emit(f'{prefix}.mfu', None, 'fraction of peak', note='no XLA cost analysis', **context)
+    return None
+  emit(f'{prefix}.flops_per_step', flops, 'FLOP', source='XLA cost_analysis (per device)',
+       **context)
+  peak, source = device_peak_flops(device, dtype)
+  achieved = flops / step_s
+  mfu = (achieved / peak) if peak else None
+  emit(f'{prefix}.achieved_flops_per_s', achieved, 'FLOP/s', peak_flops_per_s=peak,
+       fraction_of_peak=mfu, peak_source=source, **context)
+  emit(f'{prefix}.mfu', mfu, 'fraction of peak', peak_flops_per_s=peak, peak_source=source,
+       **({} if peak else {'note': source}), **context)
+  return mfu
 
 
 class Bench:
   """Holds the configuration, devices and shared context of one benchmark run."""
 
-  def __init__(self, config, quick: bool, num_devices: int, steps: int, warmup: int):
+  def __init__(self, config, quick: bool, num_devices: int, steps: int, warmup: int, *,
+               backbones=('vgg16', 'resnet101'), ks=(3, 4), graph_ks=None,
+               per_device_batch: int = 0):
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
     self.config = config
     self.quick = quick
+    self.backbones = tuple(backbones)
+    self.ks = tuple(int(k) for k in ks)
+    self.graph_ks = tuple(int(k) for k in (
+        graph_ks if graph_ks is not None else ((2, 3) if quick else range(2, 9))))
+    self.per_device_batch = per_device_batch
     devices = jax.devices()
     self.devices = devices[:num_devices] if num_devices > 0 else devices
     self.mesh = parallel.make_mesh(self.devices)
@@ -243,8 +295,11 @@ class Bench:
                     'date': time.strftime('%Y-%m-%d'), 'quick': quick,
                     'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
-  def global_batch(self, configured: int) -> int:
+  def global_batch(self, configured: int, per_device: int = 0) -> int:
+    """`per_device` x devices when given, else `configured` rounded up to a multiple."""
     n = len(self.devices)
+    if per_device > 0:
+      return per_device * n
     return -(-configured // n) * n
 
   def model_config(self, backbone: str, num_nodes: int, num_steps: Optional[int] = None):
@@ -262,16 +317,8 @@ class Bench:
     return c
 
   def flops_figures(self, prefix: str, flops, step_s: float, dtype: str, context: dict):
-    if flops is None:
-      emit(f'{prefix}.achieved_flops_per_s', None, 'FLOP/s', note='no XLA cost analysis',
-           **context)
-      return
-    emit(f'{prefix}.flops_per_step', flops, 'FLOP', source='XLA cost_analysis (per device)',
-         **context)
-    peak, source = device_peak_flops(self.devices[0], dtype)
-    achieved = flops / step_s
-    emit(f'{prefix}.achieved_flops_per_s', achieved, 'FLOP/s', peak_flops_per_s=peak,
-         fraction_of_peak=(achieved / peak) if peak else None, peak_source=source, **context)
+    """FLOPs per step, achieved FLOP/s and MFU (achieved / the device's peak for `dtype`)."""
+    return flops_figures(self.devices[0], prefix, flops, step_s, dtype, context)
 
   def matmul_ceiling(self, n: int = 2048):
     """The FLOP/s of one large float32 matmul: a practical ceiling next to the peak."""
@@ -301,20 +348,20 @@ class Bench:
     it with `carry_state`.
     """
     from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top
-    from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import optim  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
+    from gwsss_jax.train import steps  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import trainer  # pylint: disable=g-import-not-at-top
     model = classifier.build_classifier(config.model, config.data.num_classes)
-    variables = train_cls.init_variables(model, config, jax.random.key(config.seed))
+    variables = steps.init_classifier(model, config, jax.random.key(config.seed))
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
     tx, _ = optim.classifier_optimizer(config.train, params, batch_stats, config.model.freeze_bn,
                                        steps_per_epoch=1000)
     state = trainer.init_state(params, batch_stats, tx, config.seed)
-    batch_size = self.global_batch(config.train.batch_size)
-    dp = parallel.DataParallel('shard_map', self.mesh, batch_size)
+    batch_size = self.global_batch(config.train.batch_size, self.per_device_batch)
+    dp = parallel.DataParallel(config.parallel.impl, self.mesh, batch_size)
     step = dp.compile(trainer.make_train_step(
-        train_cls.make_loss_fn(model, config, with_cams=False), tx,
+        steps.classifier_loss_fn(model, config, with_cams=False), tx,
         update_batch_stats=bool(not config.model.freeze_bn and jax.tree.leaves(batch_stats))))
     batch = dp.shard_batch(self.classifier_batch(config, batch_size))
     return step, (dp.replicate(state), batch), batch_size
@@ -330,8 +377,8 @@ class Bench:
             'labels': labels, 'adjacency': adjacency}
 
   def train_cls(self):
-    for backbone in _BACKBONES.value:
-      for k in (int(v) for v in _KS.value):
+    for backbone in self.backbones:
+      for k in self.ks:
         config = self.model_config(backbone, k)
         timing = self.classifier_step(config)
         ctx = dict(self.context, backbone=backbone, K=k, T=config.model.num_steps,
@@ -348,7 +395,7 @@ class Bench:
 
   def graph_share(self):
     backbone = self.config.model.backbone
-    for k in (int(v) for v in _GRAPH_KS.value):
+    for k in self.graph_ks:
       with_graph = self.model_config(backbone, k)
       without = self.model_config(backbone, k, num_steps=0)
       full = self.classifier_step(with_graph)
@@ -396,12 +443,12 @@ class Bench:
   def cam_export(self):
     from gwsss_jax.cams import export  # pylint: disable=g-import-not-at-top
     from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top
-    from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
+    from gwsss_jax.train import steps  # pylint: disable=g-import-not-at-top
     from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
     config = self.model_config(self.config.model.backbone, self.config.model.num_nodes)
     model = classifier.build_classifier(config.model, config.data.num_classes)
-    variables = train_cls.init_variables(model, config, jax.random.key(0))
+    variables = steps.init_classifier(model, config, jax.random.key(0))
     k, base = config.model.num_nodes, config.data.crop_size
     scales = tuple(config.cams.scales)
     sides = export.scale_sides(base, scales)
@@ -431,8 +478,8 @@ class Bench:
 
   def train_seg(self):
     from gwsss_jax.seg import common  # pylint: disable=g-import-not-at-top
-    from gwsss_jax.stages import train_seg  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
+    from gwsss_jax.train import steps  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import trainer  # pylint: disable=g-import-not-at-top
     config = self.config.copy_and_resolve_references()
     if self.quick:
@@ -445,7 +492,8 @@ class Bench:
     state = trainer.init_state(variables['params'], variables['batch_stats'], tx, config.seed)
     batch_size = self.global_batch(config.seg.batch_size)
     dp = parallel.DataParallel('shard_map', self.mesh, batch_size, 'seg.batch_size')
-    step = dp.compile(trainer.make_train_step(train_seg.make_loss_fn(module, config.seg.msc), tx))
+    step = dp.compile(trainer.make_train_step(steps.segmentation_loss_fn(module, config.seg.msc),
+                                              tx))
     size = config.seg.crop_size
     rng = np.random.default_rng(0)
     batch = dp.shard_batch({
@@ -463,13 +511,16 @@ class Bench:
 
 
 def run(config, groups, *, quick: bool = False, num_devices: int = 1, steps: int = 5,
-        warmup: int = 1) -> None:
-  """Runs the benchmark `groups` (names from GROUPS) for `config`, printing JSON lines."""
+        warmup: int = 1, **options) -> None:
+  """Runs the benchmark `groups` (names from GROUPS) for `config`, printing JSON lines.
+
+  `options`: `Bench`'s keyword arguments (backbones, ks, graph_ks, per_device_batch).
+  """
   unknown = [g for g in groups if g not in GROUPS]
   if unknown:
     raise UserError(f'--only={",".join(groups)}: unknown group(s) {unknown}; choose from '
                     f'{", ".join(GROUPS)}')
-  bench = Bench(config, quick, num_devices, steps, warmup)
+  bench = Bench(config, quick, num_devices, steps, warmup, **options)
   bench.matmul_ceiling()
   for group in groups:
     getattr(bench, group)()
@@ -481,12 +532,13 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _YNN_CONV.value:
     xla_flags.configure_cpu()
-  if _QUICK.value and not flags.FLAGS['graph_ks'].present:
-    _GRAPH_KS.value = ['2', '3']
+  if _PER_DEVICE_BATCH.value < 0:
+    raise app.UsageError(f'--per_device_batch={_PER_DEVICE_BATCH.value}: must be >= 0')
   try:
     run(_CONFIG.value, [g.strip() for g in _ONLY.value if g.strip()], quick=_QUICK.value,
         num_devices=_NUM_DEVICES.value, steps=max(_STEPS.value, 1),
-        warmup=max(_WARMUP.value, 0))
+        warmup=max(_WARMUP.value, 0), backbones=_BACKBONES.value, ks=_KS.value,
+        graph_ks=_GRAPH_KS.value, per_device_batch=_PER_DEVICE_BATCH.value)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

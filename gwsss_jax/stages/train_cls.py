@@ -31,12 +31,18 @@ from gwsss_jax.models import convert
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import optim
 from gwsss_jax.train import parallel
+from gwsss_jax.train import steps
 from gwsss_jax.train import trainer
 from gwsss_jax.train import writers
 
 NAME = 'train_cls'
 CHECKPOINT_DIR = 'cls_checkpoints'
 INFO_FILE = 'model_info.json'
+
+# The model's variables and loss live in train.steps, which imports no TensorFlow (the
+# benchmarks and the device check run the step where TensorFlow is not installed).
+init_variables = steps.init_classifier
+make_loss_fn = steps.classifier_loss_fn
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -53,18 +59,6 @@ def schedule(config, num_examples: int) -> tuple[int, int]:
   if config.train.max_steps > 0:
     total = min(total, config.train.max_steps)
   return spe, total
-
-
-def init_variables(model, config, rng) -> dict:
-  """Fresh variables at the training input size ({'params', ['batch_stats']}), shapes only
-  being computed when `rng` is None (a restore template)."""
-  k, c = config.model.num_nodes, config.data.crop_size
-  images = jnp.zeros((1, k, c, c, 3), jnp.float32)
-  adjacency = jnp.ones((1, k, k), jnp.float32)
-  init = lambda r: model.init(r, images, adjacency, train=False)
-  if rng is None:
-    return jax.eval_shape(init, jax.random.key(0))
-  return trainer.run_init(init, rng)
 
 
 def _pretrained(config, variables) -> dict:
@@ -94,30 +88,6 @@ def normalization(config, workdir: str) -> dict:
       return norm_lib.resolve(json.load(f)['normalization'])
   return norm_lib.resolve(
       convert.normalization_for(config.data.normalization, config.model.pretrained))
-
-
-def make_loss_fn(model, config, with_cams: bool):
-  """`loss_fn(params, batch_stats, batch, rng)` of `trainer.make_train_step` (Eq. 12).
-
-  Per-example outputs: sigmoid probabilities of the graph readout [b, K, L] and, for OAA,
-  the export CAMs [b, K, h, w, L] (`classifier.cams_for_export`).
-  """
-  train_bn = bool(not config.model.freeze_bn)
-
-  def loss_fn(params, batch_stats, batch, rng):
-    variables = {'params': params}
-    if batch_stats:
-      variables['batch_stats'] = batch_stats
-    mutable = ['batch_stats'] if (train_bn and batch_stats) else False
-    result = model.apply(variables, batch['images'], batch['adjacency'], train=True,
-                         rngs={'dropout': rng}, mutable=mutable)
-    (logits, out), new_stats = result if mutable else (result, {})
-    loss, terms = classifier.loss_fn(logits, out, batch['labels'], config.model)
-    per_example = {'probs': jax.nn.sigmoid(logits)}
-    if with_cams:
-      per_example['cams'] = classifier.cams_for_export(out, batch['labels'])
-    return loss, (terms, new_stats.get('batch_stats', batch_stats), per_example)
-  return loss_fn
 
 
 def make_eval_fn(model, num_nodes: int):
