@@ -23,6 +23,8 @@ a `"note"`. Only the `input_pipeline` group imports TensorFlow: the step groups 
 widths and sizes so that every group runs in seconds (the smoke test); its figures say nothing
 about speed. Timings are the median of `--steps` steps after `--warmup` steps, on
 `--num_devices` devices (the global batch is the configured one rounded up to a multiple).
+`--quick` defaults to one step without warm-up and, on a CPU, compiles without XLA's backend
+optimisations (`xla_flags.configure_quick_cpu`).
 
 On XLA:CPU the command first takes convolutions off YNNPACK (`common.xla_flags.configure_cpu`,
 about 3x faster training there); `--ynn_conv` measures jaxlib's default instead. Each line
@@ -80,26 +82,27 @@ _WORKDIR = flags.DEFINE_string('workdir', '', 'Where the built-in dataset is gen
                                "(data.name='synthetic' with an empty data.root); '' = a "
                                'temporary directory.')
 
-# Per-device dense peaks in FLOP/s, (float32, bfloat16), keyed by a substring of
-# `device.device_kind` (first match wins). TPU v2/v3 devices are single cores, v4+ chips.
+# Per-device dense peaks in FLOP/s, (float32, TF32 tensor cores, bfloat16), keyed by a substring
+# of `device.device_kind` (first match wins). TPU v2/v3 devices are single cores, v4+ chips.
+# V100 and T4 have no bf16 units: their third figure is FP16, their TF32 None.
 ACCELERATOR_PEAKS = (
-    ('H200', (67e12, 989e12)),
-    ('H100 PCIe', (51e12, 756e12)),
-    ('H100', (67e12, 989e12)),
-    ('A100', (19.5e12, 312e12)),
-    ('A10G', (31.2e12, 125e12)),
-    ('L4', (30.3e12, 121e12)),
-    ('V100', (15.7e12, 125e12)),
-    ('T4', (8.1e12, 65e12)),
-    ('TPU v2', (None, 22.5e12)),
-    ('TPU v3', (None, 61.5e12)),
-    ('TPU v4', (None, 275e12)),
-    ('TPU v5 lite', (None, 197e12)),
-    ('TPU v5e', (None, 197e12)),
-    ('TPU v5p', (None, 459e12)),
-    ('TPU v5', (None, 459e12)),
-    ('TPU v6 lite', (None, 918e12)),
-    ('TPU v6e', (None, 918e12)),
+    ('H200', (67e12, 494.7e12, 989.4e12)),
+    ('H100 PCIe', (51e12, 378e12, 756e12)),
+    ('H100', (67e12, 494.7e12, 989.4e12)),
+    ('A100', (19.5e12, 156e12, 312e12)),
+    ('A10G', (31.2e12, 62.5e12, 125e12)),
+    ('L4', (30.3e12, 60e12, 121e12)),
+    ('V100', (15.7e12, None, 125e12)),
+    ('T4', (8.1e12, None, 65e12)),
+    ('TPU v2', (None, None, 22.5e12)),
+    ('TPU v3', (None, None, 61.5e12)),
+    ('TPU v4', (None, None, 275e12)),
+    ('TPU v5 lite', (None, None, 197e12)),
+    ('TPU v5e', (None, None, 197e12)),
+    ('TPU v5p', (None, None, 459e12)),
+    ('TPU v5', (None, None, 459e12)),
+    ('TPU v6 lite', (None, None, 918e12)),
+    ('TPU v6e', (None, None, 918e12)),
 )
 
 
@@ -160,16 +163,26 @@ def cpu_peak_flops(num_cores: Optional[int] = None) -> tuple[Optional[float], st
 
 
 def device_peak_flops(device, dtype: str) -> tuple[Optional[float], str]:
-  """(peak FLOP/s of one device for `dtype`, source) or (None, why)."""
+  """(peak FLOP/s of one device for `dtype`, source) or (None, why).
+
+  float32 on a GPU with TF32 units counts against the TF32 peak unless
+  `jax_default_matmul_precision` asks for full float32: at JAX's default precision XLA runs
+  float32 convolutions and matmuls on the TF32 tensor cores there, as PyTorch does its
+  convolutions.
+  """
   if device.platform == 'cpu':
     return cpu_peak_flops()
   kind = getattr(device, 'device_kind', '')
-  for key, (fp32, bf16) in ACCELERATOR_PEAKS:
+  for key, (fp32, tf32, bf16) in ACCELERATOR_PEAKS:
     if key.lower() in kind.lower():
-      peak = bf16 if dtype == 'bfloat16' else fp32
-      if peak is None:
+      if dtype == 'bfloat16':
+        return bf16, f'data sheet ({key}, dense bfloat16)'
+      precision = str(jax.config.jax_default_matmul_precision or '').lower()
+      if device.platform == 'gpu' and tf32 and precision not in ('highest', 'float32'):
+        return tf32, f'data sheet ({key}, dense TF32: float32 at JAX\'s default precision)'
+      if fp32 is None:
         return None, f'{kind}: no FP32 peak listed (matmuls run in bf16 passes)'
-      return peak, f'data sheet ({key}, dense {dtype})'
+      return fp32, f'data sheet ({key}, dense float32)'
   return None, f'unknown device kind {kind!r}'
 
 
@@ -211,7 +224,23 @@ def compile_and_time(fn, args: tuple, *, steps: int, warmup: int,
     if carry is not None:
       args = carry(args, result)
   return {'compile_s': compile_s, 'step_s': statistics.median(times), 'step_all': times,
-          'flops': cost_flops(compiled)}
+          'flops': cost_flops(compiled), 'memory': compiled_memory(compiled)}
+
+
+def compiled_memory(compiled) -> Optional[dict]:
+  """XLA's memory analysis of a compiled function in bytes ({'arguments', 'outputs',
+  'aliased', 'temp'}), or None where the backend gives none."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if m is None:
+    return None
+  try:
+    return {'arguments': int(m.argument_size_in_bytes), 'outputs': int(m.output_size_in_bytes),
+            'aliased': int(m.alias_size_in_bytes), 'temp': int(m.temp_size_in_bytes)}
+  except AttributeError:
+    return None
 
 
 def carry_state(args: tuple, result) -> tuple:
@@ -284,6 +313,7 @@ class Bench:
     self.graph_ks = tuple(int(k) for k in (
         graph_ks if graph_ks is not None else ((2, 3) if quick else range(2, 9))))
     self.per_device_batch = per_device_batch
+    self._init_cache = {}
     devices = jax.devices()
     self.devices = devices[:num_devices] if num_devices > 0 else devices
     self.mesh = parallel.make_mesh(self.devices)
@@ -353,7 +383,13 @@ class Bench:
     from gwsss_jax.train import steps  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import trainer  # pylint: disable=g-import-not-at-top
     model = classifier.build_classifier(config.model, config.data.num_classes)
-    variables = steps.init_classifier(model, config, jax.random.key(config.seed))
+    # The same network at another batch reuses its host copy of the initial variables (an
+    # init compiles for seconds on a CPU; the step's state is donated, so the copy stays here).
+    key = (config.model.to_json(), config.data.crop_size, config.data.num_classes, config.seed)
+    if key not in self._init_cache:
+      self._init_cache[key] = jax.device_get(
+          steps.init_classifier(model, config, jax.random.key(config.seed)))
+    variables = self._init_cache[key]
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
     tx, _ = optim.classifier_optimizer(config.train, params, batch_stats, config.model.freeze_bn,
                                        steps_per_epoch=1000)
@@ -441,6 +477,14 @@ class Bench:
          threads=os.cpu_count(), **ctx)
 
   def cam_export(self):
+    timing, ctx = self.cam_export_timing()
+    emit('cam_export.images_per_s', ctx['images'] / timing['step_s'], 'images/s',
+         note='model forward over all scales and flips; file writing not included', **ctx)
+    emit('cam_export.compile_time', timing['compile_s'], 's', **ctx)
+    self.flops_figures('cam_export', timing['flops'], timing['step_s'], ctx['dtype'], ctx)
+
+  def cam_export_timing(self) -> tuple[dict, dict]:
+    """Times the group-inference forward of `export_cams`: (timing, context with 'images')."""
     from gwsss_jax.cams import export  # pylint: disable=g-import-not-at-top
     from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import steps  # pylint: disable=g-import-not-at-top
@@ -470,13 +514,19 @@ class Bench:
                               warmup=self.warmup)
     ctx = dict(self.context, backbone=config.model.backbone, K=k, image_size=base,
                scales=list(scales), flip=bool(config.cams.flip), width=config.model.width,
-               batch_groups=batch, dtype=config.model.dtype)
-    emit('cam_export.images_per_s', batch * k / timing['step_s'], 'images/s',
-         note='model forward over all scales and flips; file writing not included', **ctx)
-    emit('cam_export.compile_time', timing['compile_s'], 's', **ctx)
-    self.flops_figures('cam_export', timing['flops'], timing['step_s'], config.model.dtype, ctx)
+               batch_groups=batch, dtype=config.model.dtype, images=batch * k)
+    return timing, ctx
 
   def train_seg(self):
+    timing, ctx = self.train_seg_timing()
+    emit('train_seg.images_per_s', ctx['batch'] / timing['step_s'], 'images/s', **ctx)
+    emit('train_seg.step_time', timing['step_s'], 's',
+         all_steps_s=[round(t, 4) for t in timing['step_all']], **ctx)
+    emit('train_seg.compile_time', timing['compile_s'], 's', **ctx)
+    self.flops_figures('train_seg', timing['flops'], timing['step_s'], ctx['dtype'], ctx)
+
+  def train_seg_timing(self) -> tuple[dict, dict]:
+    """Times the DeepLab training step of `train_seg`: (timing, context with 'batch')."""
     from gwsss_jax.seg import common  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import steps  # pylint: disable=g-import-not-at-top
@@ -487,7 +537,7 @@ class Bench:
       config.seg.crop_size = 33
       config.seg.batch_size = 2
     module = common.build_model(config, caffe_layout=False)
-    variables = common.init_variables(module, config, jax.random.key(config.seed))
+    variables = common.init_variables(module, config, config.seed)  # int: the fast 'rbg' init
     tx, _ = common.optimizer(config, variables['params'])
     state = trainer.init_state(variables['params'], variables['batch_stats'], tx, config.seed)
     batch_size = self.global_batch(config.seg.batch_size)
@@ -503,11 +553,7 @@ class Bench:
                               warmup=self.warmup, carry=carry_state)
     ctx = dict(self.context, model=config.seg.model, crop_size=size, width=config.seg.width,
                batch=batch_size, msc=bool(config.seg.msc), dtype=config.seg.dtype)
-    emit('train_seg.images_per_s', batch_size / timing['step_s'], 'images/s', **ctx)
-    emit('train_seg.step_time', timing['step_s'], 's',
-         all_steps_s=[round(t, 4) for t in timing['step_all']], **ctx)
-    emit('train_seg.compile_time', timing['compile_s'], 's', **ctx)
-    self.flops_figures('train_seg', timing['flops'], timing['step_s'], config.seg.dtype, ctx)
+    return timing, ctx
 
 
 def run(config, groups, *, quick: bool = False, num_devices: int = 1, steps: int = 5,
@@ -532,12 +578,17 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _YNN_CONV.value:
     xla_flags.configure_cpu()
+  if _QUICK.value:
+    xla_flags.configure_quick_cpu()
   if _PER_DEVICE_BATCH.value < 0:
     raise app.UsageError(f'--per_device_batch={_PER_DEVICE_BATCH.value}: must be >= 0')
   try:
+    steps, warmup = _STEPS.value, _WARMUP.value
+    if _QUICK.value:  # one step without warm-up unless --steps/--warmup say otherwise
+      steps = steps if flags.FLAGS['steps'].present else 1
+      warmup = warmup if flags.FLAGS['warmup'].present else 0
     run(_CONFIG.value, [g.strip() for g in _ONLY.value if g.strip()], quick=_QUICK.value,
-        num_devices=_NUM_DEVICES.value, steps=max(_STEPS.value, 1),
-        warmup=max(_WARMUP.value, 0), backbones=_BACKBONES.value, ks=_KS.value,
+        num_devices=_NUM_DEVICES.value, steps=max(steps, 1), warmup=max(warmup, 0), backbones=_BACKBONES.value, ks=_KS.value,
         graph_ks=_GRAPH_KS.value, per_device_batch=_PER_DEVICE_BATCH.value)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)

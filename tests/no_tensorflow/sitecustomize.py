@@ -1,25 +1,24 @@
-"""Makes TensorFlow, tfds, clu and pycocotools unimportable, as on the GPU machine.
+"""Hides TensorFlow, tfds, clu and pycocotools, as on the GPU machine that has none of them.
 
 A process started with this folder first on PYTHONPATH loads it at start-up (Python imports
-`sitecustomize` from sys.path): any import of the blocked packages then fails with
-ModuleNotFoundError, even where they are installed. tests/test_no_tensorflow.py and the device
-check's smoke test run under it; child processes inherit PYTHONPATH and so the block.
+`sitecustomize` from sys.path). The path finder then finds none of the hidden packages, so
+`import tensorflow` raises ModuleNotFoundError and `importlib.util.find_spec('tensorflow')` is
+None, exactly as where they are not installed (libraries such as torch probe with find_spec).
+tests/test_no_tensorflow.py and the device check's smoke test run under it; child processes
+inherit PYTHONPATH and so the same view.
 """
 
-import sys
+import importlib.machinery
 
-BLOCKED = ('tensorflow', 'tensorflow_datasets', 'clu', 'pycocotools')
+HIDDEN = ('tensorflow', 'tensorflow_datasets', 'clu', 'pycocotools')
+
+_find_spec = importlib.machinery.PathFinder.find_spec
 
 
-class _Blocker:
-  """A meta-path finder that refuses the blocked top-level packages and their submodules."""
-
-  def find_spec(self, fullname, path=None, target=None):  # pylint: disable=unused-argument
-    if fullname.split('.')[0] in BLOCKED:
-      raise ModuleNotFoundError(f'No module named {fullname!r} (blocked by '
-                                f'{__file__} to mimic a machine without TensorFlow)',
-                                name=fullname)
+def _hiding_find_spec(cls, fullname, path=None, target=None):  # pylint: disable=unused-argument
+  if fullname.split('.')[0] in HIDDEN:
     return None
+  return _find_spec(fullname, path, target)
 
 
-sys.meta_path.insert(0, _Blocker())
+importlib.machinery.PathFinder.find_spec = classmethod(_hiding_find_spec)
