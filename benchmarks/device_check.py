@@ -63,8 +63,8 @@ def run_part(part: str, limit_s: float, quick: bool, extra_env: dict) -> list:
   A part that exits non-zero or runs out of time adds a record saying so (its figures printed
   until then are kept).
   """
-  cmd = [sys.executable, '-m', 'benchmarks.device_check', f'--part={part}'] + (
-      ['--quick'] if quick else [])
+  cmd = [sys.executable, '-m', 'benchmarks.device_check', f'--part={part}',
+         f'--part_limit_s={limit_s:.0f}'] + (['--quick'] if quick else [])
   env = dict(os.environ, PYTHONUNBUFFERED='1', **extra_env)
   t0 = time.monotonic()
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -318,8 +318,9 @@ class TorchServer:
     self.proc.wait()
 
 
-def release_part(quick: bool) -> None:
-  """The release step in JAX against PyTorch eager and torch.compile, in rotating order."""
+def release_part(quick: bool, deadline: float) -> None:
+  """The release step in JAX against PyTorch eager, then against torch.compile, each pair
+  timed in alternating order round after round; nothing waits past `deadline` (monotonic)."""
   p = Part(quick)
   p.config.model.variant = 'release'
   config = p.harness.model_config('vgg16', 3)
@@ -344,56 +345,60 @@ def release_part(quick: bool) -> None:
     return elapsed
 
   device = 'cuda' if p.device.platform == 'gpu' else 'cpu'
-  sides = {'jax': jax_step}
-  first_timeout = 20 if quick else 90  # the first call of torch.compile compiles
-  for name, compiled_torch in (('torch_eager', False), ('torch_compile', True)):
-    if compiled_torch and quick:
-      p.emit('release_step_torch_compile', None, 'images/s', config=text,
-             error='skipped with --quick (inductor compiles for minutes on a CPU)')
-      continue
-    try:
-      server = TorchServer(quick, device, compiled_torch)
-      t0 = time.perf_counter()
-      server.time('step', first_timeout)  # warm-up (and compilation)
-      warm_s = time.perf_counter() - t0
-      sides[name] = (server, warm_s)
-    except Exception as e:  # pylint: disable=broad-except
-      p.failed(f'release_step_{name}', text, e)
+  rounds = 2 if quick else 10
   for _ in range(2):
     jax_step()  # warm-up
-  rounds = 2 if quick else 10
-  times = {name: [] for name in sides}
-  names = list(sides)
-  for r in range(rounds):
-    order = names[r % len(names):] + names[:r % len(names)]
-    for name in order:
-      if name not in sides:
-        continue
-      time.sleep(0.05)
-      try:
-        if name == 'jax':
-          times[name].append(jax_step())
+
+  def rotate(server) -> tuple[list, list]:
+    """`rounds` rounds of one JAX step and one torch step, the order alternating."""
+    jax_times, torch_times = [], []
+    for r in range(rounds):
+      if time.monotonic() > deadline - 2:
+        break
+      for side in (('jax', 'torch') if r % 2 == 0 else ('torch', 'jax')):
+        time.sleep(0.05)
+        if side == 'jax':
+          jax_times.append(jax_step())
         else:
-          times[name].append(sides[name][0].time('step', 30))
-      except Exception as e:  # pylint: disable=broad-except
-        p.failed(f'release_step_{name}', text, e)
-        sides.pop(name)[0].close()
-  jax_s = statistics.median(times['jax'])
-  p.step_figure('release_step_jax', text, {'step_s': jax_s, 'compile_s': compile_s,
-                                           'flops': flops, 'step_all': times['jax']}, 3,
-                'float32', rounds=rounds)
+          torch_times.append(server.time('step', max(deadline - time.monotonic(), 1)))
+    return jax_times, torch_times
+
+  jax_emitted = False
   for name in ('torch_eager', 'torch_compile'):
-    if name not in sides or not times[name]:
+    label = f'release_step_{name}'
+    if name == 'torch_compile' and quick:
+      p.emit(label, None, 'images/s', config=text,
+             error='skipped with --quick (inductor compiles for minutes on a CPU)')
       continue
-    server, warm_s = sides[name]
-    torch_s = statistics.median(times[name])
-    p.step_figure(f'release_step_{name}', text + ', PyTorch ' + name.split('_')[1],
+    server = None
+    try:
+      server = TorchServer(quick, device, compiled=name == 'torch_compile')
+      t0 = time.perf_counter()
+      # The first call builds (torch.compile: compiles); leave time for a few rounds.
+      server.time('step', max(deadline - time.monotonic() - 10, 1))
+      warm_s = time.perf_counter() - t0
+      jax_times, torch_times = rotate(server)
+    except Exception as e:  # pylint: disable=broad-except
+      p.failed(label, text, e)
+      continue
+    finally:
+      if server is not None:
+        server.close()
+    if not torch_times or not jax_times:
+      p.emit(label, None, 'images/s', config=text, error='no time left for a timed round')
+      continue
+    jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
+    if not jax_emitted:  # the JAX figure of the rounds against eager
+      p.step_figure('release_step_jax', text, {'step_s': jax_s, 'compile_s': compile_s,
+                                               'flops': flops, 'step_all': jax_times}, 3,
+                    'float32', rounds=len(jax_times))
+      jax_emitted = True
+    p.step_figure(label, f'{text}, PyTorch {name.split("_")[1]}',
                   {'step_s': torch_s, 'compile_s': warm_s, 'flops': flops,
-                   'step_all': times[name]}, 3, 'float32', rounds=rounds,
-                  jax_speedup=torch_s / jax_s,
-                  note=(f'JAX is {torch_s / jax_s:.2f}x the images/s of this; MFU uses the '
-                        'JAX step\'s FLOP count; compile = first call'))
-    server.close()
+                   'step_all': torch_times}, 3, 'float32', rounds=len(torch_times),
+                  jax_speedup=torch_s / jax_s, jax_step_s_these_rounds=jax_s,
+                  note=(f'JAX is {torch_s / jax_s:.2f}x the images/s of this, in alternating '
+                        "rounds; MFU uses the JAX step's FLOP count; compile = first call"))
 
 
 def deeplab_part(quick: bool) -> None:
@@ -433,13 +438,13 @@ def cam_export_part(quick: bool) -> None:
     p.failed('cam_export', text, e)
 
 
-def run_one(part: str, quick: bool) -> None:
+def run_one(part: str, quick: bool, limit_s: float) -> None:
   if part == 'paper_bf16':
     paper_part(quick, 'bfloat16')
   elif part == 'paper_fp32':
     paper_part(quick, 'float32')
   elif part == 'release':
-    release_part(quick)
+    release_part(quick, time.monotonic() + limit_s - 5)
   elif part == 'deeplab':
     deeplab_part(quick)
   elif part == 'cam_export':
@@ -456,10 +461,12 @@ def main(argv=None) -> int:
   parser.add_argument('--parts', default='', help='comma-separated subset of the parts')
   parser.add_argument('--out', default='', help="output folder ('' = $OUT, else "
                       'runs/device_check)')
-  parser.add_argument('--part', default='', help=argparse.SUPPRESS)  # one part, in-process
+  # Internal: one part in this process, within --part_limit_s (the driver's limit for it).
+  parser.add_argument('--part', default='', help=argparse.SUPPRESS)
+  parser.add_argument('--part_limit_s', type=float, default=600, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.part:
-    run_one(args.part, args.quick)
+    run_one(args.part, args.quick, args.part_limit_s)
     return 0
   return drive(args)
 
