@@ -4,7 +4,7 @@
   agree with the float32 step to a stated tolerance;
 - several groups per device (train.batch_size a multiple of the device count, here 2 groups on
   each of 4 simulated devices), fed through the trainer's sharded prefetch, give the same
-  losses and parameters as the same global batch on one device.
+  losses and parameters as the same global batch on one device, under shard_map and pmap.
 """
 
 import jax
@@ -53,9 +53,9 @@ def _setup(config, params=None):
   return params, tx, step
 
 
-def _run(config, num_devices, global_batch, batches, params=None):
+def _run(config, num_devices, global_batch, batches, params=None, impl='shard_map'):
   params, tx, step_fn = _setup(config, params)
-  dp = parallel.DataParallel('shard_map', parallel.make_mesh(jax.devices()[:num_devices]),
+  dp = parallel.DataParallel(impl, parallel.make_mesh(jax.devices()[:num_devices]),
                              global_batch)
   step = dp.compile(step_fn)
   state = dp.replicate(trainer.init_state(params, {}, tx, seed=0))
@@ -92,12 +92,14 @@ def test_bfloat16_step_agrees_with_float32():
 
 
 def test_several_groups_per_device_match_one_device():
-  """8 groups per step: 2 on each of 4 devices against 8 on one; two steps, float32."""
+  """8 groups per step: 2 on each of 4 devices (shard_map and pmap) against 8 on one; two
+  steps, float32, through the sharded prefetch."""
   batches = [_batch(8, seed) for seed in range(2)]
   params, s1, l1 = _run(_config(), 1, 8, batches)
-  _, s4, l4 = _run(_config(), 4, 8, batches, params=params)
-  # Only the order of the reductions over groups differs (a mean over 8 against pmean of
-  # four means of 2).
-  np.testing.assert_allclose(l4, l1, rtol=1e-5)
-  assert _rel(s4['params'], s1['params']) < 1e-5
-  assert int(s4['step']) == 2
+  for impl in ('shard_map', 'pmap'):
+    _, s4, l4 = _run(_config(), 4, 8, batches, params=params, impl=impl)
+    # Only the order of the reductions over groups differs (a mean over 8 against pmean of
+    # four means of 2).
+    np.testing.assert_allclose(l4, l1, rtol=1e-5)
+    assert _rel(s4['params'], s1['params']) < 1e-5
+    assert int(s4['step']) == 2
