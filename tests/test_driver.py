@@ -45,6 +45,23 @@ def test_cli_errors_are_one_line(tmp_path, args, named):
   assert 'Traceback' not in stderr
 
 
+@pytest.mark.parametrize('overrides, hint', [
+    # cams.crf exists: the unknown flag is the second one, whose section does not exist.
+    (['--config.cams.crf=True', '--config.crf.impl=jax'],
+     '--config.crf.impl: unknown config key (did you mean --config.cams.crf or --config.seg.crf?)'),
+    (['--config.seed=1', '--config.model.num_nodez=2'],
+     '--config.model.num_nodez: unknown config key (did you mean --config.model.num_nodes?)'),
+    (['--config.modle.num_nodes=2'],
+     '--config.modle.num_nodes: unknown config key (did you mean --config.model.num_nodes?)'),
+    (['--config.model.width.x=2'],
+     '--config.model.width.x: unknown config key (did you mean --config.model.width or '
+     '--config.seg.width?)'),
+])
+def test_unknown_key_names_the_flag_and_the_closest_key(tmp_path, overrides, hint):
+  returncode, stderr = _main(tmp_path, '--config=configs/demo.py', *overrides)
+  assert (returncode, stderr) == (2, f'error: {hint}\n')
+
+
 def test_validate_accepts_every_shipped_config():
   import importlib.util  # pylint: disable=g-import-not-at-top
   for name in ('voc', 'coco', 'demo'):
