@@ -21,6 +21,9 @@ config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', l
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, CAMs, labels and metrics.')
 flags.DEFINE_bool('jax_distributed', False,
                   'Call jax.distributed.initialize() (multi-host TPU/GPU jobs).')
+flags.DEFINE_enum('discard_from', None, list(config_lib.STAGES),
+                  'Delete the outputs of this stage and of the stages that read them before the '
+                  'run (to make them again after a change of the config keys they depend on).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -30,7 +33,8 @@ def main(argv):
   config_lib.validate(FLAGS.config)  # before JAX is imported: a bad value fails at once
   xla_flags.configure_cpu()  # before JAX starts: convolutions off YNNPACK (README, speed)
   from gwsss_jax import pipeline  # pylint: disable=g-import-not-at-top
-  pipeline.run(FLAGS.config, FLAGS.workdir, distributed=FLAGS.jax_distributed)
+  pipeline.run(FLAGS.config, FLAGS.workdir, distributed=FLAGS.jax_distributed,
+               discard_from=FLAGS.discard_from or '')
 
 
 def _config_path(argv):
