@@ -172,6 +172,7 @@ def test_discard_from_deletes_a_stage_and_the_stages_after_it(tmp_path, fake_sta
   pipeline.run(oracle, workdir)
 
 
+@pytest.mark.slow  # two command-line runs that import JAX and generate data
 def test_cli_refuses_a_changed_config_and_discards_on_request(tmp_path):
   workdir = str(tmp_path / 'wd')
   config = _tiny_config(workdir)
