@@ -55,6 +55,7 @@ def _run_locked(config, workdir: str, discard_from: str) -> dict:
     _barrier('discard done')  # before the others check the records
   workdir_lib.check(workdir, config, records.values())
   if jax.process_index() == 0:
+    workdir_lib.clean_stale_tmp(workdir)
     metrics = gio.rebuild_metrics(workdir, workdir_lib.RECORDS)
     gio.atomic_write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(
         indent=2, sort_keys=True) + '\n')

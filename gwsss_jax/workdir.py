@@ -251,9 +251,13 @@ def discard_from(workdir: str, stage: str, config) -> list:
   return gone
 
 
-def clean_stale_tmp(workdir: str, record: str) -> int:
-  """Removes the temporary files of unfinished atomic writes in the outputs of `record` (left
-  by a killed run; only one run holds the workdir). Returns how many."""
+def clean_stale_tmp(workdir: str, record: str = '') -> int:
+  """Removes the temporary files of unfinished atomic writes (left by a killed run; only one
+  run holds the workdir) in the outputs of `record`, or with '' in the driver's own files
+  (config.json, metrics, stage records). Returns how many."""
+  if not record:
+    return sum(gio.remove_stale_tmp(path, recursive=False) for path in (
+        workdir, os.path.join(workdir, gio.STAGE_METRICS_DIR), os.path.join(workdir, RECORD_DIR)))
   removed = 0
   for path in outputs(workdir, record):
     if os.path.isdir(path):

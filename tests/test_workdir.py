@@ -251,6 +251,12 @@ def test_stale_temporary_files_are_removed_when_the_stage_starts_again(tmp_path,
   keep = [os.path.join(predictions, name) for name in ('im0.png', '.notes.tmp', 'x.tmp')]
   for path in keep:
     open(path, 'w').close()
+  for directory, name in ((workdir, 'metrics.json'), (os.path.join(workdir, 'metrics'),
+                                                      'eval_seg.json')):  # the driver's own
+    os.makedirs(directory, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=directory, prefix=f'.{name}.', suffix='.tmp')
+    os.close(fd)
+    stale.append(path)
   others = os.path.join(workdir, 'pseudo_labels')  # a stage this run does not start
   os.makedirs(others)
   fd, other_tmp = tempfile.mkstemp(dir=others, prefix='.im0.png.', suffix='.tmp')
@@ -262,5 +268,5 @@ def test_stale_temporary_files_are_removed_when_the_stage_starts_again(tmp_path,
     return {}
   monkeypatch.setattr(importlib.import_module('gwsss_jax.stages.eval_seg'), 'run', eval_seg_run)
   pipeline.run(_tiny_config(workdir, stages='eval_seg'), workdir)
-  assert seen == [[False, False, True, True, True]]
+  assert seen == [[False] * 4 + [True] * 3]
   assert os.path.exists(other_tmp)

@@ -36,15 +36,18 @@ def atomic_path(path: str):
       os.remove(tmp)
 
 
-def remove_stale_tmp(directory: str) -> int:
-  """Removes the temporary files that `atomic_path` left under `directory` (a killed writer);
-  returns how many. Only for directories no other process is writing to."""
+def remove_stale_tmp(directory: str, recursive: bool = True) -> int:
+  """Removes the temporary files that `atomic_path` left in `directory` (and below it when
+  `recursive`) when their writer was killed; returns how many. Only for directories no other
+  process is writing to."""
   removed = 0
   for root, _, files in os.walk(directory):
     for name in files:
       if _TMP_NAME.match(name):
         os.remove(os.path.join(root, name))
         removed += 1
+    if not recursive:
+      break
   return removed
 
 
