@@ -208,6 +208,18 @@ def test_depends_on_leaves_out_locations_and_run_settings():
   assert 'cams.bg_threshold' in workdir_lib.depends_on('pseudo_labels', config)
 
 
+def test_an_unreadable_stage_record_is_named(tmp_path):
+  workdir = str(tmp_path)
+  path = workdir_lib.record_path(workdir, 'train_cls')
+  os.makedirs(os.path.dirname(path))
+  with open(path, 'w') as f:
+    f.write('{"config": {"model.num_nodes": 3')
+  with pytest.raises(UserError) as e:
+    workdir_lib.check(workdir, config_lib.base_config(), ['eval_cams'])  # reads train_cls's
+  assert str(e.value).startswith(f'unreadable stage record {path}: ')
+  assert '--discard_from=train_cls' in str(e.value) and '\n' not in str(e.value)
+
+
 # ------------------------------------------------------------------------------------------
 # 6. Per-stage metrics through the pipeline.
 
