@@ -45,15 +45,17 @@ def saliency_root(config) -> str:
   return d if os.path.isabs(d) else os.path.join(config.data.root, d)
 
 
-def read_saliency(path: str) -> np.ndarray:
-  """uint8 [H, W] saliency (0..255; RGB maps are converted to grey); UserError naming the file
-  when it is missing or unreadable."""
+def read_saliency(path: str, header_only: bool = False):
+  """uint8 [H, W] saliency (0..255; RGB maps are converted to grey), or its (H, W) from the
+  header alone; UserError naming the file when it is missing or unreadable."""
   if not os.path.exists(path):
     raise UserError(f'saliency map not found: {path} (config.data.saliency_dir needs '
                     '<name>.png for every training image; set it to \'\' to use the CAM '
                     'background threshold instead)')
   try:
     with Image.open(path) as img:
+      if header_only:
+        return img.size[::-1]
       img.load()
       return np.asarray(img.convert('L'), np.uint8)
   except (OSError, SyntaxError, ValueError) as e:
@@ -70,10 +72,7 @@ def label_image(task) -> tuple:
   name, cam_file, saliency_file, out_file, params = task
   if os.path.exists(out_file):
     label = palette.read_label_png(out_file)
-    resized = False
-    if saliency_file:
-      with Image.open(saliency_file) as img:  # the header only
-        resized = img.size[::-1] != label.shape
+    resized = bool(saliency_file) and read_saliency(saliency_file, header_only=True) != label.shape
     return name, _coverage(label), resized, False
   record = export.load_record(cam_file)
   cams = np.asarray(record['high_res'], np.float32)
