@@ -46,8 +46,8 @@ TORCH_SCRIPT = os.path.join(ROOT, 'benchmarks', 'torch_vgg_step.py')
 # left of it.
 PARTS = (('paper_bf16', 120), ('release', 110), ('deeplab', 85), ('paper_fp32', 70),
          ('cam_export', 50))
-# --quick takes about 50 s of CPU time in all on a 2-core machine; the limit per part is loose
-# so that a busy machine does not fail the smoke test.
+# --quick's parts take seconds of CPU time each; the limit is loose so that a busy machine does
+# not fail the smoke test.
 QUICK_LIMIT_S = 150
 
 

@@ -8,10 +8,11 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Exactly as README.md ("Benchmarks") and docs/accelerators.md write it; `python` is this
-# interpreter.
+# Exactly as docs/benchmarks.md and docs/accelerators.md write it; `python` is this interpreter.
 QUICK_COMMAND = 'python -m gwsss_jax.bench --config=configs/demo.py --quick'
 
 EXPECTED = {
@@ -24,7 +25,11 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 def test_documented_quick_bench_prints_json_lines(tmp_path):
+  for doc in ('benchmarks.md', 'accelerators.md'):
+    with open(os.path.join(ROOT, 'docs', doc)) as f:
+      assert QUICK_COMMAND in f.read(), doc
   argv = shlex.split(QUICK_COMMAND)
   assert argv[0] == 'python'
   # --quick itself compiles without XLA's backend optimisations on a CPU (nothing added here).
@@ -122,6 +127,7 @@ json.dump({'x': x.tolist(), 'w1': w1.tolist(), 'w2': w2.tolist(),
 '''
 
 
+@pytest.mark.slow
 def test_eigen_convolution_gradients_match_torch():
   """The flag of `xla_flags.configure_cpu` changes which library runs the convolutions, not
   their math: input and weight gradients (plain and dilated) against torch autograd."""

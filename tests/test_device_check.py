@@ -8,6 +8,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_COMMAND = 'bash benchmarks/device_check.sh --quick'  # as in docs/accelerators.md
 
@@ -16,6 +18,7 @@ FIGURES = {'paper_step_bf16', 'paper_step_bf16_max_batch', 'paper_step_fp32',
            'deeplab_step_bf16', 'cam_export'}
 
 
+@pytest.mark.slow
 def test_documented_quick_device_check(tmp_path):
   with open(os.path.join(ROOT, 'docs', 'accelerators.md')) as f:
     assert QUICK_COMMAND in f.read()

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCKER = os.path.join(ROOT, 'tests', 'no_tensorflow')
 
@@ -59,6 +61,7 @@ def test_hidden_packages_are_not_found():
   assert proc.returncode != 0 and 'ModuleNotFoundError' in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_train_cls_step_runs_without_tensorflow():
   proc = subprocess.run([sys.executable, '-c', _SCRIPT], cwd=ROOT, capture_output=True,
                         text=True, timeout=600, env=_env())
