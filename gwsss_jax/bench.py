@@ -19,10 +19,11 @@ groups on each device (the global batch is N x devices).
 
 Each line is `{"name", "value", "unit", ...context}`; a figure that cannot be measured (no data
 for the input pipeline, an unknown peak, no device memory statistics) gets `"value": null` and
-a `"note"`. Only the `input_pipeline` group imports TensorFlow: the step groups run without it. `--quick` shrinks
-widths and sizes so that every group runs in seconds (the smoke test); its figures say nothing
-about speed. Timings are the median of `--steps` steps after `--warmup` steps, on
-`--num_devices` devices (the global batch is the configured one rounded up to a multiple).
+a `"note"`. Only the `input_pipeline` group imports TensorFlow: the step groups run without it.
+`--quick` shrinks widths and sizes so that every group runs in seconds (the smoke test); its
+figures say nothing about speed. Timings are the median of `--steps` steps after `--warmup`
+steps, on `--num_devices` devices (the global batch is the configured one rounded up to a
+multiple).
 `--quick` defaults to one step without warm-up and, on a CPU, compiles without XLA's backend
 optimisations (`xla_flags.configure_quick_cpu`).
 
@@ -588,8 +589,9 @@ def main(argv):
       steps = steps if flags.FLAGS['steps'].present else 1
       warmup = warmup if flags.FLAGS['warmup'].present else 0
     run(_CONFIG.value, [g.strip() for g in _ONLY.value if g.strip()], quick=_QUICK.value,
-        num_devices=_NUM_DEVICES.value, steps=max(steps, 1), warmup=max(warmup, 0), backbones=_BACKBONES.value, ks=_KS.value,
-        graph_ks=_GRAPH_KS.value, per_device_batch=_PER_DEVICE_BATCH.value)
+        num_devices=_NUM_DEVICES.value, steps=max(steps, 1), warmup=max(warmup, 0),
+        backbones=_BACKBONES.value, ks=_KS.value, graph_ks=_GRAPH_KS.value,
+        per_device_batch=_PER_DEVICE_BATCH.value)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -1,4 +1,4 @@
-"""The per-device losses and initialisation of the two trained models, for `trainer.make_train_step`.
+"""Per-device losses and initialisation of the two trained models (`trainer.make_train_step`).
 
 The stages (`stages/train_cls.py`, `stages/train_seg.py`) read data and so import the input
 pipeline (TensorFlow); this module imports only JAX and the models, so `gwsss_jax.bench` and
