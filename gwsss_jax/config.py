@@ -18,6 +18,7 @@ STAGES = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
 DATASETS = ('voc', 'coco', 'synthetic', 'tfds_voc', 'tfds_coco')
 BACKBONES = ('vgg16', 'resnet101')
 VARIANTS = ('paper', 'release')
+OAA_MEMBERS = ('anchor', 'all')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
 
 
@@ -102,6 +103,12 @@ def base_config() -> ml_collections.ConfigDict:
   k.method = 'oaa'             # 'oaa' (accumulated in train_cls) or 'group_inference'
   k.source = 'ensemble'        # 'ensemble', 'graph' or 'intermediate'
   k.prob_threshold = 0.1       # OAA: skip a class while its probability is below
+  # OAA: whose maps a step accumulates. 'anchor' = item 0 of each group, so every image gets
+  # one update per epoch (its own anchor turn), as in OAA and the release; 'all' = every
+  # member, so images often chosen as partners get more max-updates and their maps spread.
+  k.oaa_members = 'anchor'
+  k.oaa_first_epoch = 0        # OAA: first epoch (0-based) that accumulates; OAA and the release: 1
+  k.oaa_fill_last_epoch = True  # OAA: the last epoch writes missing maps whatever the probability
   k.scales = (1.0, 0.5, 1.5, 2.0)
   k.flip = True
   k.batch_size = 1             # groups per step in group inference
@@ -207,6 +214,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "choose from 'oaa', 'group_inference'")
   _check(k.source in ('ensemble', 'graph', 'intermediate'), 'cams.source', k.source,
          "choose from 'ensemble', 'graph', 'intermediate'")
+  _check(k.oaa_members in OAA_MEMBERS, 'cams.oaa_members', k.oaa_members,
+         f'choose from {", ".join(map(repr, OAA_MEMBERS))}')
+  _check(0 <= k.oaa_first_epoch < t.num_epochs, 'cams.oaa_first_epoch', k.oaa_first_epoch,
+         f'must lie in [0, train.num_epochs={t.num_epochs}): no epoch would accumulate OAA maps')
   _check(0.0 <= k.bg_threshold <= 1.0, 'cams.bg_threshold', k.bg_threshold, 'must lie in [0, 1]')
   _check(len(k.scales) >= 1 and all(s > 0 for s in k.scales), 'cams.scales', k.scales,
          'needs at least one positive scale')

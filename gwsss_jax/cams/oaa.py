@@ -7,6 +7,13 @@ by its max) is scaled to 0..255 and merged into an accumulated map by an element
 whose predicted probability is below a threshold (0.1 in the release) is skipped, except in the
 last epoch, which writes the map of a class that has none yet.
 
+Which maps a training step feeds in (`accumulate_groups`, the keys `cams.oaa_*`): the maps of
+the group's anchor only (`oaa_members='anchor'`: every image is updated once per epoch, at its
+own anchor turn, as OAA does for single images and the release for its item 0), or of all K
+members ('all': images often drawn as partners are updated many times per epoch); from epoch
+`oaa_first_epoch` on (OAA and the release start at 1: `epoch > 0`); and whether the last epoch
+writes the maps still missing (`oaa_fill_last_epoch`).
+
 Storage. One memory-mapped uint8 array of shape [S, h, w] over the (image, positive class) slots,
 S = number of positive entries of the [N, L] label matrix (COCO: ~240k slots of 28x28 = 190 MB,
 never an [N, L, h, w] array), plus a [S] "written" byte per slot:
@@ -256,3 +263,32 @@ class MergedOAA:
       if maps:
         out[int(c)] = np.max(np.stack(maps), axis=0)
     return out
+
+
+def accumulate_groups(store: OAAStore, cams_config, epoch: int, last_epoch: int, index, cams,
+                      probs, boxes=None, flips=None) -> None:
+  """One training step's update of the store under the `cams.oaa_*` policy.
+
+  Args:
+    store: the process's `OAAStore`.
+    cams_config: `config.cams` (prob_threshold, oaa_members, oaa_first_epoch,
+      oaa_fill_last_epoch).
+    epoch: the step's epoch (0-based); last_epoch: the run's last epoch.
+    index: [b, K] dataset indices of the group members (column 0 the anchor).
+    cams: [b, K', h, w, L] export maps (`classifier.cams_for_export`) of the first K' members:
+      K' = K, or 1 when only the anchors' maps were computed.
+    probs: [b, K, L] class probabilities (the graph readout).
+    boxes, flips: optional [b, K, 4] and [b, K] (the training crops, `OAAStore.update`).
+  """
+  if epoch < cams_config.oaa_first_epoch:
+    return
+  index, probs = np.asarray(index), np.asarray(probs)
+  cams = np.asarray(cams)
+  members = 1 if cams_config.oaa_members == 'anchor' else index.shape[1]
+  if cams.shape[1] < members:
+    raise ValueError(f'cams hold {cams.shape[1]} members per group, the policy needs {members}')
+  take = lambda x: None if x is None else np.asarray(x)[:, :members].reshape(
+      (-1,) + np.shape(x)[2:])
+  store.update(take(index), take(cams), take(probs), threshold=cams_config.prob_threshold,
+               last_epoch=bool(cams_config.oaa_fill_last_epoch) and epoch == last_epoch,
+               boxes=take(boxes), flips=take(flips))

@@ -2,8 +2,9 @@
 
 Per step, a global batch of `train.batch_size` groups of K images (split over all devices of all
 hosts) goes through the classifier; the loss is Eq. (12); SGD as in the paper and the release
-(`train.optim.classifier_optimizer`). With `cams.method='oaa'` each step's self-ensembled CAMs are
-merged into the OAA store (online attention accumulation), which the `export_cams` stage reads.
+(`train.optim.classifier_optimizer`). With `cams.method='oaa'` each step's self-ensembled CAMs (of
+the anchors, or of every member: `cams.oaa_*`) are merged into the OAA store (online attention
+accumulation, `cams.oaa.accumulate_groups`), which the `export_cams` stage reads.
 
 Resumable: checkpoints go to `<workdir>/cls_checkpoints` every `train.checkpoint_every_steps`, at
 each epoch end and at the end; a restarted run continues from the latest one (the input pipeline
@@ -100,8 +101,11 @@ def make_loss_fn(model, config, with_cams: bool):
   """`loss_fn(params, batch_stats, batch, rng)` of `trainer.make_train_step` (Eq. 12).
 
   Per-example outputs: sigmoid probabilities of the graph readout [b, K, L] and, for OAA,
-  the export CAMs [b, K, h, w, L] (`classifier.cams_for_export`).
+  the export CAMs (`classifier.cams_for_export`) of the members OAA reads: [b, 1, h, w, L] for
+  the anchors (`cams.oaa_members='anchor'`), else [b, K, h, w, L].
   """
+  anchors_only = config.cams.oaa_members == 'anchor'
+
   train_bn = bool(not config.model.freeze_bn)
 
   def loss_fn(params, batch_stats, batch, rng):
@@ -115,7 +119,8 @@ def make_loss_fn(model, config, with_cams: bool):
     loss, terms = classifier.loss_fn(logits, out, batch['labels'], config.model)
     per_example = {'probs': jax.nn.sigmoid(logits)}
     if with_cams:
-      per_example['cams'] = classifier.cams_for_export(out, batch['labels'])
+      cams = classifier.cams_for_export(out, batch['labels'])
+      per_example['cams'] = cams[:, :1] if anchors_only else cams
     return loss, (terms, new_stats.get('batch_stats', batch_stats), per_example)
   return loss_fn
 
@@ -274,15 +279,13 @@ def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
   last_epoch = (total - 1) // spe
 
   def on_step(step, host_batch, per_example):
+    epoch = (step - 1) // spe
+    if epoch < config.cams.oaa_first_epoch:
+      return  # nothing to accumulate: skip the device-to-host copy
     rows = dp.local_rows(per_example)
-    num_classes = rows['probs'].shape[-1]
-    store.update(np.asarray(host_batch['index']).reshape(-1),
-                 rows['cams'].reshape((-1,) + rows['cams'].shape[2:]),
-                 rows['probs'].reshape(-1, num_classes),
-                 threshold=config.cams.prob_threshold,
-                 last_epoch=(step - 1) // spe == last_epoch,
-                 boxes=np.asarray(host_batch['boxes']).reshape(-1, 4),
-                 flips=np.asarray(host_batch['flips']).reshape(-1))
+    oaa.accumulate_groups(store, config.cams, epoch, last_epoch, host_batch['index'],
+                          rows['cams'], rows['probs'], boxes=host_batch['boxes'],
+                          flips=host_batch['flips'])
   return store, on_step, store.flush
 
 
