@@ -109,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
   k.oaa_members = 'anchor'
   k.oaa_first_epoch = 0        # OAA: first epoch (0-based) that accumulates; OAA and the release: 1
   k.oaa_fill_last_epoch = True  # OAA: the last epoch writes missing maps whatever the probability
+  # OAA: accumulate the graph, intermediate and ensemble readouts in one run (False: cams.source
+  # only), so that export_cams can write any of them (Table 3's readout rows) from one store.
+  k.oaa_all_readouts = False
   k.scales = (1.0, 0.5, 1.5, 2.0)
   k.flip = True
   k.batch_size = 1             # groups per step in group inference

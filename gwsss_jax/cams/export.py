@@ -209,8 +209,9 @@ def todo(workdir: str, dataset) -> np.ndarray:
                   bool)
 
 
-def export_oaa(workdir: str, dataset, save_png: bool) -> dict:
-  """CAM files from the OAA store that train_cls accumulated (the ensemble readout only).
+def export_oaa(workdir: str, dataset, save_png: bool, source: str = 'ensemble') -> dict:
+  """CAM files from the OAA store that train_cls accumulated: `source` as 'cam'/'high_res', and
+  every readout of a store with several (`cams.oaa_all_readouts`) as 'cam_<readout>'.
 
   Each class map is the stored 0..255 max over epochs, divided by 255 (feature resolution of
   the training input, covering the whole image) and resized to the image size. A class that was
@@ -218,20 +219,26 @@ def export_oaa(workdir: str, dataset, save_png: bool) -> dict:
   epoch never reached) is exported as a zero map and counted in 'export_cams/missing_maps'.
   """
   merged = oaa.MergedOAA(workdir, dataset.label_matrix())
+  if source not in merged.readouts:
+    raise UserError(f'config.cams.source={source!r}: the OAA store of {workdir} holds the '
+                    f'readouts {list(merged.readouts)}; train with config.cams.source={source!r} '
+                    'or config.cams.oaa_all_readouts=True')
   pending = np.flatnonzero(todo(workdir, dataset))
   writer = Writer(workdir, len(pending), save_png, 'export_cams (oaa)')
   missing = 0
   for i in pending:
     ex = dataset.examples[i]
-    stored = merged.get(int(i))
     keys = merged.index.classes(int(i))
-    maps = np.zeros((len(keys),) + merged.map_hw, np.float32)
-    for k, c in enumerate(keys):
-      if int(c) in stored:
-        maps[k] = stored[int(c)].astype(np.float32) / 255.0
-      else:
-        missing += 1
-    writer.submit(ex.name, keys, {'ensemble': maps}, ex.image_path, 'ensemble', 'oaa')
+    maps = {}
+    for r in merged.readouts:
+      stored = merged.get(int(i), r)
+      maps[r] = np.zeros((len(keys),) + merged.map_hw, np.float32)
+      for k, c in enumerate(keys):
+        if int(c) in stored:
+          maps[r][k] = stored[int(c)].astype(np.float32) / 255.0
+        elif r == source:
+          missing += 1
+    writer.submit(ex.name, keys, maps, ex.image_path, source, 'oaa')
   writer.close()
   return {'export_cams/images': int(len(pending)),
           'export_cams/skipped': int(len(dataset) - len(pending)),

@@ -188,13 +188,16 @@ def class_activation_maps(out: dict, input_hw: Sequence[int],
   return maps
 
 
-def cams_for_export(out: dict, labels) -> jax.Array:
-  """The OAA export maps: [B, K, h, w, L] float32 in [0, 1] at feature resolution.
+def cams_for_export(out: dict, labels, readout: str = 'ensemble') -> jax.Array:
+  """The OAA export maps of `readout`: [B, K, h, w, L] float32 in [0, 1] at feature resolution.
 
-  The self-ensemble (graph + intermediate) / 2 with negatives clipped to 0, divided by its
-  maximum per image and class (+1e-8, so an all-zero map stays 0), as the release writes them
-  (scaled to 0..255 there). Classes absent from `labels` [B, K, L] are zeroed.
+  The readout's map ('ensemble': the self-ensemble (graph + intermediate) / 2; 'graph';
+  'intermediate') with negatives clipped to 0, divided by its maximum per image and class
+  (+1e-8, so an all-zero map stays 0), as the release writes the ensemble (scaled to 0..255
+  there). Classes absent from `labels` [B, K, L] are zeroed.
   """
-  cam = jnp.maximum((out['cam_graph'] + out['cam_mid']) / 2, 0.0)
+  maps = {'graph': out['cam_graph'], 'intermediate': out['cam_mid']}
+  cam = maps[readout] if readout in maps else (maps['graph'] + maps['intermediate']) / 2
+  cam = jnp.maximum(cam, 0.0)
   cam = cam / (jnp.max(cam, axis=(2, 3), keepdims=True) + 1e-8)
   return cam * labels.astype(jnp.float32)[:, :, None, None, :]

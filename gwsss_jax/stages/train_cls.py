@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from gwsss_jax.cams import export
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
@@ -97,14 +98,21 @@ def normalization(config, workdir: str) -> dict:
       convert.normalization_for(config.data.normalization, config.model.pretrained))
 
 
+def oaa_readouts(config) -> tuple:
+  """The readouts the OAA store accumulates: `cams.source`, or all three."""
+  return export.READOUTS if config.cams.oaa_all_readouts else (config.cams.source,)
+
+
 def make_loss_fn(model, config, with_cams: bool):
   """`loss_fn(params, batch_stats, batch, rng)` of `trainer.make_train_step` (Eq. 12).
 
   Per-example outputs: sigmoid probabilities of the graph readout [b, K, L] and, for OAA,
-  the export CAMs (`classifier.cams_for_export`) of the members OAA reads: [b, 1, h, w, L] for
-  the anchors (`cams.oaa_members='anchor'`), else [b, K, h, w, L].
+  {readout: export CAMs} (`classifier.cams_for_export`, the readouts of `oaa_readouts`) of the
+  members OAA reads: [b, 1, h, w, L] for the anchors (`cams.oaa_members='anchor'`), else
+  [b, K, h, w, L].
   """
   anchors_only = config.cams.oaa_members == 'anchor'
+  readouts = oaa_readouts(config)
 
   train_bn = bool(not config.model.freeze_bn)
 
@@ -119,8 +127,9 @@ def make_loss_fn(model, config, with_cams: bool):
     loss, terms = classifier.loss_fn(logits, out, batch['labels'], config.model)
     per_example = {'probs': jax.nn.sigmoid(logits)}
     if with_cams:
-      cams = classifier.cams_for_export(out, batch['labels'])
-      per_example['cams'] = cams[:, :1] if anchors_only else cams
+      members = slice(0, 1) if anchors_only else slice(None)
+      per_example['cams'] = {r: classifier.cams_for_export(out, batch['labels'], r)[:, members]
+                             for r in readouts}
     return loss, (terms, new_stats.get('batch_stats', batch_stats), per_example)
   return loss_fn
 
@@ -275,7 +284,8 @@ def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
                             jnp.ones((1, config.model.num_nodes, config.model.num_nodes)),
                             train=False), init_variables(model, config, None))
   map_hw = shapes[1]['cam_mid'].shape[2:4]
-  store = oaa.OAAStore.open(workdir, dataset.label_matrix(), map_hw, reset=start == 0)
+  store = oaa.OAAStore.open(workdir, dataset.label_matrix(), map_hw, reset=start == 0,
+                            readouts=oaa_readouts(config))
   last_epoch = (total - 1) // spe
 
   def on_step(step, host_batch, per_example):
