@@ -10,6 +10,7 @@ enumerations) and raises `UserError` naming the key.
 
 import ml_collections
 
+from gwsss_jax.cams.pseudo import CAM_NORMS
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data.normalization import NORMALIZATIONS
 
@@ -19,6 +20,8 @@ DATASETS = ('voc', 'coco', 'synthetic', 'tfds_voc', 'tfds_coco')
 BACKBONES = ('vgg16', 'resnet101')
 VARIANTS = ('paper', 'release')
 OAA_MEMBERS = ('anchor', 'all')
+RESIZE_MODES = ('shorter_side', 'square')
+ANCHOR_ORDERS = ('shuffle', 'list')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
 
 
@@ -38,10 +41,15 @@ def base_config() -> ml_collections.ConfigDict:
   d.saliency_dir = ''          # saliency maps (DSS) <name>.png, absolute or under root; '' = CAM background cue
   d.tfds_data_dir = ''         # for tfds_* sources
   d.num_classes = 20           # without background
-  d.crop_size = 224
-  d.resize = 256               # shorter side before the crop (release)
+  # Classifier input. Paper: 224 x 224 (its only statement). Default: the shorter side resized
+  # to `resize`, a random `crop_size` crop, colour jitter and a random flip. The authors' release
+  # (configs/release.py): a `resize` x `resize` square (aspect ratio not kept), colour jitter,
+  # no crop (its crop-size argument is never used) and no flip.
+  d.resize_mode = 'shorter_side'  # 'shorter_side' or 'square' (both sides to `resize`)
+  d.resize = 256
+  d.crop_size = 224            # random crop side; 0 = no crop (needs resize_mode='square')
   d.color_jitter = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
-  d.flip = True
+  d.flip = True                # random horizontal flip
   d.normalization = 'auto'     # 'auto' (from the weights), 'imagenet_rgb', 'caffe_bgr'
   d.skip_bad = False
   d.deterministic = True
@@ -94,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_every_epochs = 1      # held-out mAP/F1
   t.profile_steps = 0          # > 0 traces that many steps with jax.profiler
   t.group_rule = 'greedy'      # 'greedy' (paper) or 'release'
+  t.anchor_order = 'shuffle'   # groups of an epoch: 'shuffle' (a permutation), 'list' (release)
 
   c.parallel = p = ml_collections.ConfigDict()
   p.impl = 'shard_map'         # 'shard_map' or 'pmap'
@@ -126,6 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
   q.saliency_bg_threshold = 32  # background but saliency >= this -> ignore
   q.fg_ignore_threshold = 0.8  # background but some class map above -> ignore
   q.min_fg_fraction = 0.01     # less valid foreground -> whole image ignored
+  q.cam_norm = 'max'           # class maps to 0..1: 'max' (/ max) or 'minmax' (release)
   q.num_workers = 0            # 0 = all CPU cores
 
   # --- segmentation (train_seg, eval_seg) -------------------------------------------
@@ -177,7 +187,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.data.name in DATASETS, 'data.name', config.data.name,
          f'choose from {", ".join(DATASETS)}')
   _check(config.data.num_classes >= 1, 'data.num_classes', config.data.num_classes, 'must be >= 1')
-  _check(config.data.crop_size >= 16, 'data.crop_size', config.data.crop_size, 'must be >= 16')
+  d = config.data
+  _check(d.resize_mode in RESIZE_MODES, 'data.resize_mode', d.resize_mode,
+         f'choose from {", ".join(map(repr, RESIZE_MODES))}')
+  _check(d.resize >= 16, 'data.resize', d.resize, 'must be >= 16')
+  _check(d.crop_size == 0 or d.crop_size >= 16, 'data.crop_size', d.crop_size,
+         'must be 0 (no crop) or >= 16')
+  _check(d.crop_size > 0 or d.resize_mode == 'square', 'data.crop_size', d.crop_size,
+         "0 (no crop) needs data.resize_mode='square': images of other shapes do not batch")
+  _check(d.resize_mode != 'square' or d.crop_size <= d.resize, 'data.crop_size', d.crop_size,
+         f'larger than the square data.resize={d.resize}')
   normalizations = ('auto',) + tuple(NORMALIZATIONS)
   _check(config.data.normalization in normalizations, 'data.normalization',
          config.data.normalization, f'choose from {", ".join(map(repr, normalizations))}')
@@ -210,6 +229,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.base_lr > 0, 'train.base_lr', t.base_lr, 'must be > 0')
   _check(t.group_rule in ('greedy', 'release'), 'train.group_rule', t.group_rule,
          "choose from 'greedy', 'release'")
+  _check(t.anchor_order in ANCHOR_ORDERS, 'train.anchor_order', t.anchor_order,
+         f'choose from {", ".join(map(repr, ANCHOR_ORDERS))}')
   _check(config.parallel.impl in ('shard_map', 'pmap'), 'parallel.impl', config.parallel.impl,
          "choose from 'shard_map', 'pmap'")
   k = config.cams
@@ -227,6 +248,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   q = config.pseudo
   _check(0.0 <= q.conflict_threshold <= 1.0, 'pseudo.conflict_threshold', q.conflict_threshold,
          'must lie in [0, 1]')
+  _check(q.cam_norm in CAM_NORMS, 'pseudo.cam_norm', q.cam_norm,
+         f'choose from {", ".join(map(repr, CAM_NORMS))}')
   _check(0.0 <= q.min_fg_fraction <= 1.0, 'pseudo.min_fg_fraction', q.min_fg_fraction,
          'must lie in [0, 1]')
   g = config.seg

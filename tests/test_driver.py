@@ -47,7 +47,7 @@ def test_cli_errors_are_one_line(tmp_path, args, named):
 
 def test_validate_accepts_every_shipped_config():
   import importlib.util  # pylint: disable=g-import-not-at-top
-  for name in ('voc', 'coco', 'demo'):
+  for name in ('voc', 'coco', 'demo', 'release'):
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -313,7 +313,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   """CAM files by group inference: every image's maps averaged over all groups, scales and flips
   it appears in (groups from the training sampler, `make_groups(seed, epoch=0)`).
 
-  Inputs are the whole image resized to a square of `data.crop_size * scale` (the CAMs are
+  Inputs are the whole image resized to a square of `input_size * scale` (the CAMs are
   resized back to the image's own aspect). Batches of `cams.batch_size` groups (rounded up to a
   multiple of the device count) run data-parallel: one jit over a 1-D mesh of every device of
   every host, each host loading its rows; the outputs are gathered and process 0 accumulates and
@@ -324,6 +324,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from gwsss_jax.data import sampler  # pylint: disable=g-import-not-at-top
   from gwsss_jax.data import normalization as norm_lib  # pylint: disable=g-import-not-at-top
   from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
@@ -351,8 +352,8 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
     raise UserError(f'config.cams.batch_size={k.batch_size}: {global_batch} groups per step do '
                     f'not split over {num_proc} processes')
   local_batch = global_batch // num_proc
-  sides = scale_sides(config.data.crop_size, k.scales)
-  base = scale_sides(config.data.crop_size, (1.0,))[0]
+  sides = scale_sides(input_pipeline.input_size(config), k.scales)
+  base = scale_sides(input_pipeline.input_size(config), (1.0,))[0]
   sample = np.zeros((1, num_nodes, base, base, 3), np.float32)
   feature_hw = jax.eval_shape(lambda v, x, a: model.apply(v, x, a, train=False)[1]['cam_graph'],
                               variables, sample, np.zeros((1, num_nodes, num_nodes),

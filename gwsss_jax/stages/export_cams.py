@@ -11,6 +11,7 @@ import jax
 
 from gwsss_jax.cams import export
 from gwsss_jax.data import datasets
+from gwsss_jax.data import input_pipeline
 
 
 def settings(config) -> dict:
@@ -19,7 +20,7 @@ def settings(config) -> dict:
   out = {'method': k.method, 'source': k.source, 'train_split': config.data.train_split}
   if k.method == 'group_inference':
     out.update(scales=list(k.scales), flip=bool(k.flip), num_nodes=config.model.num_nodes,
-               crop_size=config.data.crop_size, seed=config.seed)
+               crop_size=input_pipeline.input_size(config), seed=config.seed)
   return out
 
 

@@ -60,7 +60,7 @@ def schedule(config, num_examples: int) -> tuple[int, int]:
 def init_variables(model, config, rng) -> dict:
   """Fresh variables at the training input size ({'params', ['batch_stats']}), shapes only
   being computed when `rng` is None (a restore template)."""
-  k, c = config.model.num_nodes, config.data.crop_size
+  k, c = config.model.num_nodes, input_pipeline.input_size(config)
   images = jnp.zeros((1, k, c, c, 3), jnp.float32)
   adjacency = jnp.ones((1, k, k), jnp.float32)
   init = lambda r: model.init(r, images, adjacency, train=False)
@@ -278,9 +278,9 @@ def _batches(config, dataset, dp, start: int, spe: int, norm):
 def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
   """The OAA store and the fit callbacks that feed and flush it."""
   from gwsss_jax.cams import oaa  # pylint: disable=g-import-not-at-top
+  size = input_pipeline.input_size(config)
   shapes = jax.eval_shape(
-      lambda v: model.apply(v, jnp.zeros((1, config.model.num_nodes, config.data.crop_size,
-                                          config.data.crop_size, 3)),
+      lambda v: model.apply(v, jnp.zeros((1, config.model.num_nodes, size, size, 3)),
                             jnp.ones((1, config.model.num_nodes, config.model.num_nodes)),
                             train=False), init_variables(model, config, None))
   map_hw = shapes[1]['cam_mid'].shape[2:4]
