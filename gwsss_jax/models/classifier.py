@@ -34,11 +34,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gwsss_jax.models.graph import NEW_LAYER_INIT, GroupGraph
+from gwsss_jax.models.graph import NEW_LAYER_INIT, GroupGraph, torch_default_bias
 
-# The three extra 3x3 convolutions continue the ReLU trunk: He initialisation, so that the
-# network also trains from scratch (the demo). The release's N(0, 0.01) for them shrinks the
-# signal ~100x over the three layers, which a pretrained backbone survives and a random one not.
+# The paper variant's three extra 3x3 convolutions continue the ReLU trunk: He initialisation
+# (zero biases), so that the network also trains from scratch (the demo). The release variant
+# keeps the release's N(0, 0.01) weights and PyTorch's default biases for them and for its class
+# layer: that shrinks the signal ~100x over the three layers, which a pretrained backbone
+# survives and a random one not.
 TRUNK_INIT = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 from gwsss_jax.models.release_graph import ReleaseGraph
 from gwsss_jax.models.resnet import ResNet101
@@ -73,9 +75,10 @@ class GroupClassifier(nn.Module):
                        freeze_bn=self.freeze_bn, dtype=self.dtype, name='backbone')
     return resnet(x, train)['layer4']
 
-  def _conv(self, features, kernel, name, dtype=None, kernel_init=NEW_LAYER_INIT):
+  def _conv(self, features, kernel, name, dtype=None, kernel_init=NEW_LAYER_INIT,
+            bias_init=nn.initializers.zeros):
     return nn.Conv(features, (kernel, kernel), padding='SAME', dtype=dtype or self.dtype,
-                   kernel_init=kernel_init, name=name)
+                   kernel_init=kernel_init, bias_init=bias_init, name=name)
 
   @nn.compact
   def __call__(self, images, adjacency, train: bool) -> Tuple[jax.Array, dict]:
@@ -93,8 +96,10 @@ class GroupClassifier(nn.Module):
       cam_graph = self._conv(self.num_classes, 1, 'classifier_graph', jnp.float32)(h_final)
     elif self.variant == 'release':
       for i in range(3):
-        x = nn.relu(self._conv(hidden, 3, f'extra_convs_{2 * i}', kernel_init=TRUNK_INIT)(x))
-      x = self._conv(self.num_classes, 1, 'extra_convs_6', jnp.float32)(x)
+        x = nn.relu(self._conv(hidden, 3, f'extra_convs_{2 * i}',
+                               bias_init=torch_default_bias(x.shape[-1] * 9))(x))
+      x = self._conv(self.num_classes, 1, 'extra_convs_6', jnp.float32,
+                     bias_init=torch_default_bias(x.shape[-1]))(x)
       cam_mid = x.reshape((b, k) + x.shape[1:])
       h0 = cam_mid.astype(self.dtype)
       h_final = ReleaseGraph(self.num_steps, self.graph_dropout, self.drop_rate,
