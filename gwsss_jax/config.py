@@ -26,7 +26,7 @@ SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Paper defaults for PASCAL VOC 2012 (VGG16, K=4, T=3)."""
+  """Paper defaults for PASCAL VOC 2012 (VGG16 classifier, K=4, T=3; DeepLab-v2 ResNet-101)."""
   c = ml_collections.ConfigDict()
   c.stages = ','.join(STAGES)
   c.seed = 0
@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   # --- the group-wise classification network ----------------------------------------
   c.model = m = ml_collections.ConfigDict()
   m.variant = 'paper'          # 'paper' (equations) or 'release' (the authors' code)
-  m.backbone = 'vgg16'
+  m.backbone = 'vgg16'          # the paper's classifier in every row; 'resnet101' is an extension
   m.width = 1.0                # channel multiplier (tests, CPU demo)
   m.output_stride = 8          # ResNet-101: 8 or 16
   m.freeze_bn = True           # ResNet-101: BatchNorm statistics frozen
@@ -140,6 +140,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- segmentation (train_seg, eval_seg) -------------------------------------------
   c.seg = g = ml_collections.ConfigDict()
+  # The paper's Table 1 / Table 3 "ResNet-101" rows (68.2 val) use DeepLab-v2 ResNet-101; its
+  # "VGG16" row (63.3) 'deeplab_largefov_vgg16'. The classifier is VGG16 in both.
   g.model = 'deeplab_v2_resnet101'
   g.width = 1.0
   g.output_stride = 8
