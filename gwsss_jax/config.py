@@ -112,11 +112,12 @@ def base_config() -> ml_collections.ConfigDict:
   k.method = 'oaa'             # 'oaa' (accumulated in train_cls) or 'group_inference'
   k.source = 'ensemble'        # 'ensemble', 'graph' or 'intermediate'
   k.prob_threshold = 0.1       # OAA: skip a class while its probability is below
-  # OAA: whose maps a step accumulates. 'anchor' = item 0 of each group, so every image gets
-  # one update per epoch (its own anchor turn), as in OAA and the release; 'all' = every
-  # member, so images often chosen as partners get more max-updates and their maps spread.
+  # OAA ("following OAA", the paper): the defaults are OAA's schedule, which the release keeps.
+  # Whose maps a step accumulates: 'anchor' = item 0 of each group, so every image gets one
+  # update per epoch (its own anchor turn); 'all' = every member, so images often chosen as
+  # partners get more max-updates and their maps spread.
   k.oaa_members = 'anchor'
-  k.oaa_first_epoch = 0        # OAA: first epoch (0-based) that accumulates; OAA and the release: 1
+  k.oaa_first_epoch = 1        # OAA: first epoch (0-based) that accumulates (OAA: `epoch > 0`)
   k.oaa_fill_last_epoch = True  # OAA: the last epoch writes missing maps whatever the probability
   # OAA: accumulate the graph, intermediate and ensemble readouts in one run (False: cams.source
   # only), so that export_cams can write any of them (Table 3's readout rows) from one store.

@@ -21,7 +21,9 @@ Variants (`model.variant`):
   x^0 (the nodes, C = L) -> T rounds of `release_graph.ReleaseGraph` -> x^T. As in the release,
   logits_mid = GAP(x^0) (its per-image outputs x11, x22, x33), logits = GAP(x^T) (x1, x2, x3),
   cam_mid = x^0 (its `self.map`), cam_graph = x^T (its `self.map1`): there is no class conv
-  after the graph, whose nodes already are class maps.
+  after the graph, whose nodes already are class maps. New layers are initialised as the
+  release does: weights N(0, 0.01), biases PyTorch's default U(+-1/sqrt(fan_in)).
+  docs/release.md lists every difference between the variants and the release.
 
 The backbone submodule is named `backbone`; every other parameter is a new layer. Activations
 run in `model.dtype`; parameters, the class convolutions, logits, CAMs and the loss are float32.
