@@ -243,7 +243,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "choose from 'ensemble', 'graph', 'intermediate'")
   _check(k.oaa_members in OAA_MEMBERS, 'cams.oaa_members', k.oaa_members,
          f'choose from {", ".join(map(repr, OAA_MEMBERS))}')
-  _check(0 <= k.oaa_first_epoch < t.num_epochs, 'cams.oaa_first_epoch', k.oaa_first_epoch,
+  _check(k.oaa_first_epoch >= 0 and (k.method != 'oaa' or k.oaa_first_epoch < t.num_epochs),
+         'cams.oaa_first_epoch', k.oaa_first_epoch,
          f'must lie in [0, train.num_epochs={t.num_epochs}): no epoch would accumulate OAA maps')
   _check(0.0 <= k.bg_threshold <= 1.0, 'cams.bg_threshold', k.bg_threshold, 'must lie in [0, 1]')
   _check(len(k.scales) >= 1 and all(s > 0 for s in k.scales), 'cams.scales', k.scales,
