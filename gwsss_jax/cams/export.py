@@ -209,6 +209,14 @@ def todo(workdir: str, dataset) -> np.ndarray:
                   bool)
 
 
+def _report(method: str, written: int, total: int, images_per_s: float) -> dict:
+  """Prints what this run wrote; returns the figures of the whole export, the same whether it
+  ran at once or was resumed (what one run wrote and how fast are not among them)."""
+  print(f'[export_cams] {written} CAM files written ({images_per_s:.1f} img/s), '
+        f'{total - written} kept from an earlier run ({method})', flush=True)
+  return {'export_cams/images': int(total)}
+
+
 def export_oaa(workdir: str, dataset, save_png: bool, source: str = 'ensemble') -> dict:
   """CAM files from the OAA store that train_cls accumulated: `source` as 'cam'/'high_res', and
   every readout of a store with several (`cams.oaa_all_readouts`) as 'cam_<readout>'.
@@ -216,7 +224,8 @@ def export_oaa(workdir: str, dataset, save_png: bool, source: str = 'ensemble') 
   Each class map is the stored 0..255 max over epochs, divided by 255 (feature resolution of
   the training input, covering the whole image) and resized to the image size. A class that was
   never written (below the probability threshold in every epoch before the last, and the last
-  epoch never reached) is exported as a zero map and counted in 'export_cams/missing_maps'.
+  epoch never reached) is exported as a zero map and counted in 'export_cams/missing_maps'
+  (over the whole store, files written by an earlier run included).
   """
   merged = oaa.MergedOAA(workdir, dataset.label_matrix())
   if source not in merged.readouts:
@@ -225,7 +234,6 @@ def export_oaa(workdir: str, dataset, save_png: bool, source: str = 'ensemble') 
                     'or config.cams.oaa_all_readouts=True')
   pending = np.flatnonzero(todo(workdir, dataset))
   writer = Writer(workdir, len(pending), save_png, 'export_cams (oaa)')
-  missing = 0
   for i in pending:
     ex = dataset.examples[i]
     keys = merged.index.classes(int(i))
@@ -236,14 +244,11 @@ def export_oaa(workdir: str, dataset, save_png: bool, source: str = 'ensemble') 
       for k, c in enumerate(keys):
         if int(c) in stored:
           maps[r][k] = stored[int(c)].astype(np.float32) / 255.0
-        elif r == source:
-          missing += 1
     writer.submit(ex.name, keys, maps, ex.image_path, source, 'oaa')
   writer.close()
-  return {'export_cams/images': int(len(pending)),
-          'export_cams/skipped': int(len(dataset) - len(pending)),
-          'export_cams/missing_maps': int(missing),
-          'export_cams/images_per_s': writer.images_per_s()}
+  out = _report('oaa', len(pending), len(dataset), writer.images_per_s())
+  out['export_cams/missing_maps'] = merged.num_missing()
+  return out
 
 
 def load_rgb(path: str) -> np.ndarray:
@@ -341,8 +346,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   remaining = np.bincount(groups[rows].reshape(-1), minlength=len(dataset)) * unfinished
   num_todo = int(unfinished.sum())
   if num_todo == 0:
-    return {'export_cams/images': 0, 'export_cams/skipped': len(dataset),
-            'export_cams/images_per_s': 0.0}
+    return _report('group inference', 0, len(dataset), 0.0)
 
   mesh = parallel.make_mesh()
   num_devices = mesh.devices.size
@@ -419,5 +423,4 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   if writer is None:
     return {}
   writer.close()
-  return {'export_cams/images': num_todo, 'export_cams/skipped': int(len(dataset) - num_todo),
-          'export_cams/images_per_s': writer.images_per_s()}
+  return _report('group inference', num_todo, len(dataset), writer.images_per_s())

@@ -13,10 +13,10 @@ Nodes are the L-channel class-score maps x_i [H, W, L] of the K images (C = L). 
   x_i  = ConvGRU(f_i, x_i)                           1x1 kernels, hidden state = the node map
   x_i  = (x_i * s + x_i) / 2                         graph dropout of the release (ADL-style)
 
-Differences from the paper variant (all listed in docs/release.md): no self-edge; the messages
-are concatenated and fused instead of summed; every pair exchanges messages whatever the labels
-(the adjacency input is ignored: the release samples partners that share a class with the
-anchor and never masks); 1x1 ConvGRU kernels; the dropout output is (x * s + x) / 2; the drop
+Differences from the paper variant (all listed in docs/model.md and docs/release.md): no
+self-edge; the messages are concatenated and fused instead of summed; every pair exchanges
+messages whatever the labels (the adjacency input is ignored: the release samples partners that
+share a class with the anchor and never masks); 1x1 ConvGRU kernels; the dropout output is (x * s + x) / 2; the drop
 mask is binary and is chosen with probability `drop_rate` (the release's ADL computes
 floor(U + drop_rate)), so at drop_rate 0.8 it is the drop mask, not the importance map, that is
 taken 80% of the time; one draw per ADL call, and the release calls it once per node per round.
