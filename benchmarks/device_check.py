@@ -228,13 +228,15 @@ def is_oom(error: BaseException) -> bool:
 
 def paper_part(quick: bool, dtype: str) -> None:
   """The paper-variant step at 1 group per device, then at the largest batch that fits."""
+  from gwsss_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   p = Part(quick)
   short = 'bf16' if dtype == 'bfloat16' else 'fp32'
   config = p.harness.model_config('vgg16', 4)
   config.model.dtype = dtype
+  size = config_lib.input_size(config)
   describe = lambda b: (f'VGG16 paper variant, K={config.model.num_nodes}, '
-                        f'T={config.model.num_steps}, {config.data.crop_size}x'
-                        f'{config.data.crop_size}, {short}, {b} group(s)/device')
+                        f'T={config.model.num_steps}, {size}x{size}, {short}, '
+                        f'{b} group(s)/device')
 
   def measure(batch: int) -> dict:
     p.harness.per_device_batch = batch
@@ -323,10 +325,11 @@ class TorchServer:
 def release_part(quick: bool, deadline: float) -> None:
   """The release step in JAX against PyTorch eager, then against torch.compile, each pair
   timed in alternating order round after round; nothing waits past `deadline` (monotonic)."""
+  from gwsss_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   p = Part(quick)
   p.config.model.variant = 'release'
   config = p.harness.model_config('vgg16', 3)
-  size = config.data.crop_size
+  size = config_lib.input_size(config)
   text = f'VGG16 release variant, K=3, T={config.model.num_steps}, {size}x{size}, fp32, 1 group'
   try:
     step, step_args, _ = p.harness.build_classifier_step(config)

@@ -4,7 +4,7 @@
 
 Groups (`--only`, default all): `train_cls` (classifier training step: images/s, step time,
 compile time, FLOPs and achieved FLOP/s against the device's peak, for each backbone of
-`--backbones` and K of `--ks` at `data.crop_size`), `graph_share` (the graph's share of the
+`--backbones` and K of `--ks` at the classifier's input size), `graph_share` (the graph's share of the
 step for K in `--graph_ks`: the step with `model.num_steps` message-passing rounds against the
 same step with none), `input_pipeline` (groups/s of `input_pipeline.train_iterator`),
 `cam_export` (the group-inference forward of `export_cams` over `cams.scales` and flips),
@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from gwsss_jax import config as config_lib
 from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
 
@@ -386,7 +387,8 @@ class Bench:
     model = classifier.build_classifier(config.model, config.data.num_classes)
     # The same network at another batch reuses its host copy of the initial variables (an
     # init compiles for seconds on a CPU; the step's state is donated, so the copy stays here).
-    key = (config.model.to_json(), config.data.crop_size, config.data.num_classes, config.seed)
+    key = (config.model.to_json(), config_lib.input_size(config), config.data.num_classes,
+           config.seed)
     if key not in self._init_cache:
       self._init_cache[key] = jax.device_get(
           steps.init_classifier(model, config, jax.random.key(config.seed)))
@@ -404,7 +406,8 @@ class Bench:
     return step, (dp.replicate(state), batch), batch_size
 
   def classifier_batch(self, config, batch_size: int) -> dict:
-    k, size, num_classes = config.model.num_nodes, config.data.crop_size, config.data.num_classes
+    k, num_classes = config.model.num_nodes, config.data.num_classes
+    size = config_lib.input_size(config)
     rng = np.random.default_rng(0)
     labels = np.zeros((batch_size, k, num_classes), np.float32)
     labels[:, :, 0] = 1  # the group's common class
@@ -419,7 +422,7 @@ class Bench:
         config = self.model_config(backbone, k)
         timing = self.classifier_step(config)
         ctx = dict(self.context, backbone=backbone, K=k, T=config.model.num_steps,
-                   image_size=config.data.crop_size, width=config.model.width,
+                   image_size=config_lib.input_size(config), width=config.model.width,
                    variant=config.model.variant, dtype=config.model.dtype,
                    batch_groups=timing['batch'])
         images = timing['batch'] * k
@@ -443,7 +446,7 @@ class Bench:
         flops_share = (full['flops'] - base['flops']) / full['flops']
       emit('graph_share', share, 'fraction of step time', **dict(
           self.context, backbone=backbone, K=k, T=with_graph.model.num_steps,
-          image_size=with_graph.data.crop_size, width=with_graph.model.width,
+          image_size=config_lib.input_size(with_graph), width=with_graph.model.width,
           variant=with_graph.model.variant, step_time_s=full['step_s'],
           step_time_without_graph_s=base['step_s'], flops_share=flops_share))
 
@@ -494,7 +497,7 @@ class Bench:
     config = self.model_config(self.config.model.backbone, self.config.model.num_nodes)
     model = classifier.build_classifier(config.model, config.data.num_classes)
     variables = steps.init_classifier(model, config, jax.random.key(0))
-    k, base = config.model.num_nodes, config.data.crop_size
+    k, base = config.model.num_nodes, config_lib.input_size(config)
     scales = tuple(config.cams.scales)
     sides = export.scale_sides(base, scales)
     side1 = export.scale_sides(base, (1.0,))[0]

@@ -2,8 +2,9 @@
 
 Per step, a global batch of `train.batch_size` groups of K images (split over all devices of all
 hosts) goes through the classifier; the loss is Eq. (12); SGD as in the paper and the release
-(`train.optim.classifier_optimizer`). With `cams.method='oaa'` each step's self-ensembled CAMs are
-merged into the OAA store (online attention accumulation), which the `export_cams` stage reads.
+(`train.optim.classifier_optimizer`). With `cams.method='oaa'` each step's self-ensembled CAMs (of
+the anchors, or of every member: `cams.oaa_*`) are merged into the OAA store (online attention
+accumulation, `cams.oaa.accumulate_groups`), which the `export_cams` stage reads.
 
 Resumable: checkpoints go to `<workdir>/cls_checkpoints` every `train.checkpoint_every_steps`, at
 each epoch end and at the end; a restarted run continues from the latest one (the input pipeline
@@ -42,6 +43,7 @@ INFO_FILE = 'model_info.json'
 # The model's variables and loss live in train.steps, which imports no TensorFlow (the
 # benchmarks and the device check run the step where TensorFlow is not installed).
 init_variables = steps.init_classifier
+oaa_readouts = steps.oaa_readouts
 make_loss_fn = steps.classifier_loss_fn
 
 
@@ -233,25 +235,24 @@ def _batches(config, dataset, dp, start: int, spe: int, norm):
 def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
   """The OAA store and the fit callbacks that feed and flush it."""
   from gwsss_jax.cams import oaa  # pylint: disable=g-import-not-at-top
+  size = input_pipeline.input_size(config)
   shapes = jax.eval_shape(
-      lambda v: model.apply(v, jnp.zeros((1, config.model.num_nodes, config.data.crop_size,
-                                          config.data.crop_size, 3)),
+      lambda v: model.apply(v, jnp.zeros((1, config.model.num_nodes, size, size, 3)),
                             jnp.ones((1, config.model.num_nodes, config.model.num_nodes)),
                             train=False), init_variables(model, config, None))
   map_hw = shapes[1]['cam_mid'].shape[2:4]
-  store = oaa.OAAStore.open(workdir, dataset.label_matrix(), map_hw, reset=start == 0)
+  store = oaa.OAAStore.open(workdir, dataset.label_matrix(), map_hw, reset=start == 0,
+                            readouts=oaa_readouts(config))
   last_epoch = (total - 1) // spe
 
   def on_step(step, host_batch, per_example):
+    epoch = (step - 1) // spe
+    if epoch < config.cams.oaa_first_epoch:
+      return  # nothing to accumulate: skip the device-to-host copy
     rows = dp.local_rows(per_example)
-    num_classes = rows['probs'].shape[-1]
-    store.update(np.asarray(host_batch['index']).reshape(-1),
-                 rows['cams'].reshape((-1,) + rows['cams'].shape[2:]),
-                 rows['probs'].reshape(-1, num_classes),
-                 threshold=config.cams.prob_threshold,
-                 last_epoch=(step - 1) // spe == last_epoch,
-                 boxes=np.asarray(host_batch['boxes']).reshape(-1, 4),
-                 flips=np.asarray(host_batch['flips']).reshape(-1))
+    oaa.accumulate_groups(store, config.cams, epoch, last_epoch, host_batch['index'],
+                          rows['cams'], rows['probs'], boxes=host_batch['boxes'],
+                          flips=host_batch['flips'])
   return store, on_step, store.flush
 
 

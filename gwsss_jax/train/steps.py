@@ -9,6 +9,8 @@ TensorFlow, tfds or clu (tests/test_no_tensorflow.py holds that).
 import jax
 import jax.numpy as jnp
 
+from gwsss_jax import config as config_lib
+from gwsss_jax.cams import export
 from gwsss_jax.models import classifier
 from gwsss_jax.seg import losses
 from gwsss_jax.train import trainer
@@ -17,7 +19,7 @@ from gwsss_jax.train import trainer
 def init_classifier(model, config, rng) -> dict:
   """Fresh variables at the training input size ({'params', ['batch_stats']}), shapes only
   being computed when `rng` is None (a restore template)."""
-  k, c = config.model.num_nodes, config.data.crop_size
+  k, c = config.model.num_nodes, config_lib.input_size(config)
   images = jnp.zeros((1, k, c, c, 3), jnp.float32)
   adjacency = jnp.ones((1, k, k), jnp.float32)
   init = lambda r: model.init(r, images, adjacency, train=False)
@@ -26,12 +28,21 @@ def init_classifier(model, config, rng) -> dict:
   return trainer.run_init(init, rng)
 
 
+def oaa_readouts(config) -> tuple:
+  """The readouts the OAA store accumulates: `cams.source`, or all three."""
+  return export.READOUTS if config.cams.oaa_all_readouts else (config.cams.source,)
+
+
 def classifier_loss_fn(model, config, with_cams: bool):
   """`loss_fn(params, batch_stats, batch, rng)` of `trainer.make_train_step` (Eq. 12).
 
   Per-example outputs: sigmoid probabilities of the graph readout [b, K, L] and, for OAA,
-  the export CAMs [b, K, h, w, L] (`classifier.cams_for_export`).
+  {readout: export CAMs} (`classifier.cams_for_export`, the readouts of `oaa_readouts`) of the
+  members OAA reads: [b, 1, h, w, L] for the anchors (`cams.oaa_members='anchor'`), else
+  [b, K, h, w, L].
   """
+  anchors_only = config.cams.oaa_members == 'anchor'
+  readouts = oaa_readouts(config)
   train_bn = bool(not config.model.freeze_bn)
 
   def loss_fn(params, batch_stats, batch, rng):
@@ -45,7 +56,9 @@ def classifier_loss_fn(model, config, with_cams: bool):
     loss, terms = classifier.loss_fn(logits, out, batch['labels'], config.model)
     per_example = {'probs': jax.nn.sigmoid(logits)}
     if with_cams:
-      per_example['cams'] = classifier.cams_for_export(out, batch['labels'])
+      members = slice(0, 1) if anchors_only else slice(None)
+      per_example['cams'] = {r: classifier.cams_for_export(out, batch['labels'], r)[:, members]
+                             for r in readouts}
     return loss, (terms, new_stats.get('batch_stats', batch_stats), per_example)
   return loss_fn
 
