@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from gwsss_jax import config as config_lib
 from gwsss_jax import workdir as workdir_lib
+from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
 from gwsss_jax.data import datasets
 from gwsss_jax.evaluation import metrics as metrics_lib
@@ -78,7 +79,8 @@ def _run_locked(config, workdir: str, discard_from: str) -> dict:
       gio.write_stage_metrics(workdir, record, result)
       metrics = gio.rebuild_metrics(workdir, workdir_lib.RECORDS)
     print(f'[{stage}] done in {time.time() - start:.1f}s', flush=True)
-    logging.info('%s: %s', stage, json.dumps(result, default=float)[:2000])
+    if console.verbose():  # the same figures as the summary table and metrics/<stage>.json
+      logging.info('%s: %s', stage, json.dumps(result, default=float)[:2000])
   if jax.process_index() != 0:
     return {}
   print(summary_table(metrics), flush=True)
