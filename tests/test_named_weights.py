@@ -203,21 +203,36 @@ def test_published_table():
     assert f'`{name}`' in doc and entry.file in doc, name
 
 
-@pytest.mark.slow
-def test_driver_trains_from_a_name(weights, server, cache, tmp_path):
-  table = server.table('/good', tmp_path, weights[2])
-  overrides = {
-      'data.synthetic.num_train': 8, 'data.synthetic.num_val': 4, 'data.synthetic.size': 48,
-      'data.crop_size': 32, 'data.resize': 40, 'model.width': WIDTH, 'model.node_dim': 16,
-      'train.batch_size': 4, 'train.max_steps': 2, 'train.log_every_steps': 1,
-      'stages': 'train_cls', 'model.pretrained': NAME,
-  }
+OVERRIDES = {
+    'data.synthetic.num_train': 8, 'data.synthetic.num_val': 4, 'data.synthetic.size': 48,
+    'data.crop_size': 32, 'data.resize': 40, 'model.width': WIDTH, 'model.node_dim': 16,
+    'train.batch_size': 4, 'train.max_steps': 2, 'train.log_every_steps': 1,
+    'stages': 'train_cls', 'model.pretrained': NAME,
+}
+
+
+def _driver(tmp_path, cache, table):
   env = dict(os.environ, GWSSS_CACHE=str(cache), GWSSS_WEIGHTS_TABLE=table,
              PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p))
-  proc = subprocess.run(
+  return subprocess.run(
       [sys.executable, '-m', 'gwsss_jax.main', f'--config={ROOT}/configs/demo.py',
-       f'--workdir={tmp_path / "wd"}'] + [f'--config.{k}={v}' for k, v in overrides.items()],
+       f'--workdir={tmp_path / "wd"}'] + [f'--config.{k}={v}' for k, v in OVERRIDES.items()],
       cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+
+
+def test_driver_stops_at_its_start_on_a_failed_download(weights, server, cache, tmp_path):
+  proc = _driver(tmp_path, cache, server.table('/cut', tmp_path, weights[2]))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  error = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert len(error) == 1 and 'transfer interrupted' in error[0] and 'put it at' in error[0]
+  assert '[train_cls] starting' not in proc.stdout and 'Traceback' not in proc.stderr
+  assert _files(cache) == []
+
+
+@pytest.mark.slow
+def test_driver_trains_from_a_name(weights, server, cache, tmp_path):
+  overrides = OVERRIDES
+  proc = _driver(tmp_path, cache, server.table('/good', tmp_path, weights[2]))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert server.requests == ['/good']
   assert os.path.isfile(cache / 'weights' / 'torchvision_vgg16' / convert.META_FILE)

@@ -384,8 +384,11 @@ def resolve_pretrained(value: str, config_key: str = 'model.pretrained', log=pri
     convert(entry.fmt, src, tmp)
     if os.path.isdir(out) and not os.path.isfile(os.path.join(out, META_FILE)):
       shutil.rmtree(out)  # not ours to keep: a conversion is complete only with its META_FILE
-    if not os.path.isdir(out):  # else another process finished the same conversion first
+    try:
       os.rename(tmp, out)
+    except OSError:  # another process (host) finished the same conversion first
+      if not os.path.isfile(os.path.join(out, META_FILE)):
+        raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return out
