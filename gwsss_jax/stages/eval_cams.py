@@ -18,6 +18,7 @@ import numpy as np
 from gwsss_jax.cams import export
 from gwsss_jax.cams import pseudo
 from gwsss_jax.cams import vis
+from gwsss_jax.common import console
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import palette
@@ -61,21 +62,24 @@ def evaluate_image(task) -> dict:
 def accumulate(tasks, workers: int) -> dict:
   """Runs `evaluate_image` over the tasks (on `workers` processes) and sums its outputs."""
   total = {'images': 0, 'pseudo_images': 0}
+  bar = console.progress(len(tasks), 'eval_cams')
 
   def add(res):
+    bar.update(1)
     total['images'] += 1
     total['source'] = res.pop('source')
     total['pseudo_images'] += 'pseudo' in res
     for k, v in res.items():
       total[k] = total[k] + v if k in total else v
 
-  if workers <= 1:
-    for res in map(evaluate_image, tasks):
-      add(res)
-    return total
-  with multiprocessing.get_context('spawn').Pool(workers) as pool:
-    for res in pool.imap_unordered(evaluate_image, tasks, chunksize=8):
-      add(res)
+  with bar:
+    if workers <= 1:
+      for res in map(evaluate_image, tasks):
+        add(res)
+      return total
+    with multiprocessing.get_context('spawn').Pool(workers) as pool:
+      for res in pool.imap_unordered(evaluate_image, tasks, chunksize=8):
+        add(res)
   return total
 
 

@@ -23,8 +23,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm import tqdm
 
+from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
@@ -131,8 +131,7 @@ def run(config, workdir: str) -> dict:
     predict = make_predict_fn(module, tuple(g.eval_scales), g.eval_flip)
     data_sharding, replicated = _local_sharding(g.eval_batch_size)
     variables = jax.device_put(variables, replicated)
-    bar = tqdm(total=len(todo), desc=names.miou.replace('_miou', '_eval'), unit='img',
-               dynamic_ncols=True, disable=jax.process_index() != 0)
+    bar = console.progress(len(todo), names.miou.replace('_miou', '_eval'))
     for batch in batches:
       out = np.asarray(predict(variables, jax.device_put(batch['images'], data_sharding)))
       for i in np.flatnonzero(np.asarray(batch['valid'])):

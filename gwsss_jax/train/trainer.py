@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from gwsss_jax.common import console
 from gwsss_jax.train import parallel
 from gwsss_jax.train import writers
 
@@ -182,6 +183,7 @@ def fit(dp: parallel.DataParallel, train_step: Callable, state, batches: Iterabl
         hook(step)
       loop.after_step(step, state)
   finally:  # a save in flight holds a good state: let it finish, also on errors
+    loop.bar.close()
     writer.flush()
     checkpointer.wait()
   if step < spec.total_steps:
@@ -198,9 +200,11 @@ class _Loop:
     self.meter = writers.MeanMeter()
     self.last = {}
     self._tick, self._tick_step = time.time(), step
+    self.bar = console.progress(spec.total_steps, spec.name, unit='step', initial=step)
 
   def after_step(self, step: int, state) -> None:
     spec = self.spec
+    self.bar.update(1)
     epoch_end = spec.steps_per_epoch > 0 and step % spec.steps_per_epoch == 0
     final = step == spec.total_steps
     if step % spec.log_every == 0 or final:
@@ -213,7 +217,7 @@ class _Loop:
 
   def _print(self, name: str, step: int, scalars: dict) -> None:
     if jax.process_index() == 0:
-      print(writers.progress_line(name, step, self.spec.total_steps, scalars), flush=True)
+      console.line(writers.progress_line(name, step, self.spec.total_steps, scalars))
 
   def _log(self, step: int) -> None:
     self.guard.check(self.dp.unreplicate)

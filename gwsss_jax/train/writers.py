@@ -14,9 +14,13 @@ from gwsss_jax.common.errors import UserError
 
 
 def create_writer(logdir: str):
-  """TensorBoard events under `logdir` plus the console (absl logging) on process 0."""
+  """TensorBoard events under `logdir` on process 0, nothing on the others. No console writer:
+  the training loop prints its own line per interval (`progress_line`), and clu's
+  `LoggingWriter` would print the same numbers a second time."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(logdir)])
 
 
 def periodic_hooks(logdir: str, writer, *, num_train_steps: int, profile_steps: int) -> list:
