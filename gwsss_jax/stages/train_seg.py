@@ -61,22 +61,24 @@ def label_source(config, workdir: str, dataset) -> str | None:
   return directory
 
 
-def create_state(config, module, pretrained, ckpt, start: int, pretrained_head=()):
-  """(host train state, tx, {group: schedule}): fresh (with the pretrained weights) at step 0,
-  else restored from the checkpoint at `start`."""
-  if start:
-    variables = jax.eval_shape(lambda: common.init_variables(module, config, 0))
-  else:
-    variables = common.init_variables(module, config, config.seed)
-    if pretrained is not None:
-      variables = common.apply_pretrained(variables, pretrained, pretrained_head)
+def create_state(config, module, pretrained, pretrained_head=()):
+  """(host train state, tx, {group: schedule}) at step 0, with the pretrained weights."""
+  variables = common.init_variables(module, config, config.seed)
+  if pretrained is not None:
+    variables = common.apply_pretrained(variables, pretrained, pretrained_head)
   tx, learning_rates = common.optimizer(config, variables['params'], pretrained_head)
-  if start:
-    state = ckpt.restore(trainer.abstract_state(variables['params'], variables['batch_stats'],
-                                                tx), start)
-  else:
-    state = trainer.init_state(variables['params'], variables['batch_stats'], tx, config.seed)
-  return state, tx, learning_rates
+  return trainer.init_state(variables['params'], variables['batch_stats'], tx,
+                            config.seed), tx, learning_rates
+
+
+def restore_state(config, module, ckpt, info: dict):
+  """(step, host train state, tx, {group: schedule}) of the newest readable checkpoint (a
+  corrupt newer one is set aside with a warning); step 0 and no state when none reads back."""
+  shapes = jax.eval_shape(lambda: common.init_variables(module, config, 0))
+  tx, learning_rates = common.optimizer(config, shapes['params'], info.get('pretrained_head', ()))
+  step, state = ckpt.restore_latest(
+      trainer.abstract_state(shapes['params'], shapes['batch_stats'], tx))
+  return step or 0, state, tx, learning_rates
 
 
 def run(config, workdir: str) -> dict:
@@ -84,17 +86,23 @@ def run(config, workdir: str) -> dict:
   names = common.run_names(g.oracle)
   directory = common.checkpoint_dir(config, workdir)
   ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.train.max_to_keep)
-  start = ckpt.latest_step() or 0
+  start = 0
+  if ckpt.all_steps():  # weights from the checkpoint; the run's conventions from its record
+    info = common.read_model_info(directory)
+    module = common.build_model(config, info['caffe_layout'])
+    start, state, tx, learning_rates = restore_state(config, module, ckpt, info)
   if start >= g.num_steps:
     print(f'[{names.train}] complete at step {start}; skipping', flush=True)
     ckpt.close()
     return {}
-  if start:  # the weights come from the checkpoint; the run's conventions from its record
-    pretrained, info = None, common.read_model_info(directory)
+  if start:
     print(f'[{names.train}] resuming from step {start}', flush=True)
   else:
     pretrained, meta = common.load_pretrained(g)
     info = common.model_info(config, meta, pretrained)
+    module = common.build_model(config, info['caffe_layout'])
+    state, tx, learning_rates = create_state(config, module, pretrained,
+                                             info.get('pretrained_head', ()))
 
   dp = parallel.DataParallel(config.parallel.impl, parallel.make_mesh(), g.batch_size,
                              batch_key='seg.batch_size')
@@ -107,18 +115,17 @@ def run(config, workdir: str) -> dict:
   logging.info('%s: %d images, labels from %s', names.train, len(dataset),
                label_dir or 'the ground truth')
 
-  module = common.build_model(config, info['caffe_layout'])
-  state, tx, learning_rates = create_state(config, module, pretrained, ckpt, start,
-                                           info.get('pretrained_head', ()))
   if jax.process_index() == 0:
     common.write_model_info(directory, info)
-  train_step = dp.compile(trainer.make_train_step(make_loss_fn(module, g.msc), tx))
+  loss_fn = make_loss_fn(module, g.msc)
+  train_step = dp.compile(trainer.make_train_step(loss_fn, tx))
   logdir = os.path.join(workdir, 'tensorboard', names.train)
   writer = writers.create_writer(logdir)
   spec = trainer.Fit(name=names.train, lr_key='seg.base_lr',
                      total_steps=g.num_steps, log_every=g.log_every_steps,
                      checkpoint_every=g.checkpoint_every_steps, images_per_step=g.batch_size,
-                     learning_rates=learning_rates)
+                     learning_rates=learning_rates,
+                     check_step=dp.compile(trainer.make_check_step(loss_fn), donate=False))
   batches = ({'images': b['images'], 'labels': b['labels']} for b in batches)
   _, last = trainer.fit(dp, train_step, trainer.from_checkpoint(dp, state), batches, spec, ckpt,
                         writer, logdir)
