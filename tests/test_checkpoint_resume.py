@@ -237,8 +237,28 @@ def test_checkpoint_of_another_model_is_a_mismatch_naming_the_leaf(tmp_path):
   ckpt.close()
 
 
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_earlier_one(small_disk):
+  # About 2 MB of state (params and momentum) on a 3 MB disk: the save of step 3 fits, that
+  # of step 5 does not.
+  proc = subprocess.run([sys.executable, __file__, str(small_disk)], capture_output=True,
+                        text=True, env=_worker_env(), timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and errors[0].startswith(
+      f'error: no space left on device writing the checkpoint of step 5 to '
+      f'{small_disk}/ckpt ('), proc.stderr[-3000:]
+  assert 'left there, about 2.0 MB needed' in errors[0]
+  ckpt = checkpoint.Checkpointer(str(small_disk / 'ckpt'))
+  assert ckpt.all_steps() == [3]
+  params, tx, _ = _setup()
+  assert int(ckpt.restore(trainer.abstract_state(params, {}, tx))['step']) == 3
+  ckpt.close()
+
+
 if __name__ == '__main__':
-  train(sys.argv[1])
+  from gwsss_jax.common import cli  # pylint: disable=g-import-not-at-top
+  cli.run(lambda argv: train(argv[1]))
 
 
 def test_unfinished_step_directories_are_removed_before_the_manager_opens(tmp_path):

@@ -101,6 +101,35 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
   assert path.read_text() == 'new' and os.listdir(tmp_path) == ['out.txt']
 
 
+def test_disk_full_names_the_file_and_the_space_left(small_disk):
+  path = small_disk / 'cams' / 'img.npy'
+  gio.atomic_write_bytes(str(path), b'old')
+  with pytest.raises(UserError) as e:
+    gio.atomic_write_bytes(str(path), bytes(4 << 20))
+  assert str(e.value).startswith(f'no space left on device writing img.npy to {path.parent} (')
+  assert 'left there, about 4.0 MB needed)' in str(e.value)
+  assert path.read_bytes() == b'old' and os.listdir(path.parent) == ['img.npy']
+
+
+def test_disk_full_injected(tmp_path, monkeypatch):
+  def full(fd):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(gio.os, 'fsync', full)
+  with pytest.raises(UserError, match=f'no space left on device writing x.png to {tmp_path} '):
+    gio.atomic_write_bytes(str(tmp_path / 'x.png'), b'data')
+  assert not os.listdir(tmp_path)
+
+
+def test_disk_full_without_a_file_name_is_one_line():
+  code = ('import errno\nfrom gwsss_jax.common import cli\n'
+          'def main(argv):\n  raise OSError(errno.ENOSPC, "No space left on device")\n'
+          'cli.run(main)\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                        check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.startswith('error: no space left on device writing a file to '), proc.stderr
+
+
 def test_update_metrics_merges(tmp_path):
   assert gio.read_metrics(str(tmp_path)) == {}
   gio.update_metrics(str(tmp_path), {'a': 1.0, 'b': 2})

@@ -20,6 +20,7 @@ Every process must call `save` (orbax coordinates the hosts; only the primary on
 replicated arrays).
 """
 
+import contextlib
 import logging as py_logging
 import os
 import shutil
@@ -31,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from gwsss_jax.common import disk
 from gwsss_jax.common.errors import UserError
 
 
@@ -120,7 +122,23 @@ class Checkpointer:
     """
     if step in self._manager.all_steps():
       return False
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    # Checked before orbax starts: a full disk met by its writer threads gives a hundred
+    # tracebacks. The arrays' size bounds what is written (the previous step stays until then).
+    needed = sum(int(getattr(x, 'nbytes', 0)) for x in jax.tree.leaves(state))
+    free = disk.free_bytes(self.directory)
+    if free is not None and free < needed:
+      raise disk.full_error(f'the checkpoint of step {step}', self.directory, needed)
+    with self._disk_full_as_one_line(f'the checkpoint of step {step}'):
+      return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  @contextlib.contextmanager
+  def _disk_full_as_one_line(self, what: str):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if disk.is_disk_full(e):
+        raise disk.full_error(what, self.directory) from None
+      raise
 
   def restore(self, template: Any, step: Optional[int] = None) -> Any:
     """The state at `step` (default: the latest) as host numpy arrays shaped like `template`.
@@ -183,7 +201,9 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until the last save is complete on disk."""
-    self._manager.wait_until_finished()
+    with self._disk_full_as_one_line('a checkpoint'):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    with self._disk_full_as_one_line('a checkpoint'):
+      self._manager.close()
