@@ -52,6 +52,7 @@ def label_source(config, workdir: str, dataset) -> str | None:
       raise UserError(f'config.seg.oracle=True needs ground-truth masks, but split '
                       f'{config.data.train_split!r} has none for {len(missing)} images '
                       f'(e.g. {missing[0]})')
+    datasets.check_mask_values(dataset, config.data)
     return None
   directory = pseudo_labels.label_dir(workdir)
   if not os.path.isdir(directory):
