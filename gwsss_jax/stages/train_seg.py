@@ -11,14 +11,17 @@ Resumable: the run continues from its latest checkpoint and skips when it is com
 data-parallel loop, checkpoints and logging are `gwsss_jax.train`'s.
 """
 
+import concurrent.futures
 import os
 
 import jax
+import numpy as np
 from absl import logging
 
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
+from gwsss_jax.data import palette
 from gwsss_jax.seg import common
 from gwsss_jax.seg import losses
 from gwsss_jax.stages import pseudo_labels
@@ -59,7 +62,34 @@ def label_source(config, workdir: str, dataset) -> str | None:
     raise UserError(f'{directory}: no pseudo labels; run the pseudo_labels stage first '
                     '(--config.stages=...,pseudo_labels,train_seg) or set config.seg.oracle=True '
                     'to train on the ground truth')
+  check_labelled_fraction(config, directory, dataset)
   return directory
+
+
+def check_labelled_fraction(config, label_dir: str, dataset) -> None:
+  """Stops when the pseudo labels of the training set label fewer pixels than
+  `seg.min_labelled_fraction` (labels not written yet are left to the input pipeline)."""
+  floor = config.seg.min_labelled_fraction
+  paths = [p for p in (os.path.join(label_dir, ex.name + '.png') for ex in dataset.examples)
+           if os.path.isfile(p)]
+  if not floor or not paths:
+    return
+
+  def count(path):
+    label = palette.read_label_png(path)
+    return int(np.count_nonzero(label != palette.IGNORE)), label.size
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    labelled, pixels = np.sum(list(pool.map(count, paths)), axis=0)
+  fraction = labelled / max(pixels, 1)
+  if fraction < floor:
+    raise UserError(
+        f'only {fraction:.4%} of the pseudo-label pixels in {label_dir} are labelled (not 255), '
+        f'below config.seg.min_labelled_fraction={floor}: DeepLab would learn nothing. Likely '
+        f'cause: the CAM background threshold (config.cams.bg_threshold='
+        f'{config.cams.bg_threshold}) or the pseudo.* thresholds ignore nearly everything; see '
+        'the coverage figures of eval_cams (eval_cams/pseudo_label_coverage, the sweep of '
+        'cam_miou_sweep) and rerun pseudo_labels, or set config.seg.min_labelled_fraction=0 '
+        'to train anyway')
 
 
 def create_state(config, module, pretrained, pretrained_head=()):
