@@ -27,6 +27,7 @@ from gwsss_jax.seg import inference
 from gwsss_jax.seg import losses
 from gwsss_jax.stages import eval_seg
 from gwsss_jax.stages import train_seg
+from gwsss_jax.train import artifact
 from gwsss_jax.train import parallel
 from gwsss_jax.train import trainer
 
@@ -207,7 +208,7 @@ def test_oracle_run_trains_on_ground_truth_into_its_own_directory(oracle_run):
   assert np.isfinite(trained['train_seg_oracle/final_loss'])
   assert os.path.isdir(os.path.join(workdir, 'seg_oracle_checkpoints', '3'))
   assert not os.path.exists(os.path.join(workdir, 'seg_checkpoints'))
-  with open(os.path.join(workdir, 'seg_oracle_checkpoints', common.MODEL_FILE)) as f:
+  with open(os.path.join(workdir, 'seg_oracle_checkpoints', artifact.MODEL_FILE)) as f:
     assert json.load(f)['normalization']['name'] == 'imagenet_rgb'
   assert train_seg.run(config, workdir) == {}  # complete: skipped
 

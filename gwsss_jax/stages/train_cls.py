@@ -291,20 +291,18 @@ def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
 
 
 def load_trained(config, workdir: str):
-  """(model, variables) of the final classifier checkpoint, for the CAM stages."""
+  """(model, variables) of the newest readable classifier checkpoint, for the CAM stages:
+  parameters (and BatchNorm statistics) only, so that no training key has to match."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise UserError(f'{directory}: no classifier checkpoint; run the train_cls stage first')
   ckpt = checkpoint.Checkpointer(directory, max_to_keep=None)
   try:
     model = classifier.build_classifier(config.model, config.data.num_classes)
-    variables = init_variables(model, config, None)
-    params, batch_stats = variables['params'], variables.get('batch_stats', {})
-    train_set = datasets.load_split(config, config.data.train_split)
-    spe, _ = schedule(config, len(train_set))
-    tx, _ = optim.classifier_optimizer(config.train, params, batch_stats,
-                                       config.model.freeze_bn, spe)
-    step, state = ckpt.restore_latest(trainer.abstract_state(params, batch_stats, tx))
+    shapes = init_variables(model, config, None)
+    step, state = ckpt.restore_latest(
+        {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})},
+        partial=True)
     if step is None:
       raise UserError(f'{directory}: no complete classifier checkpoint; run train_cls')
   finally:

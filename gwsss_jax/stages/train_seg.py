@@ -25,6 +25,7 @@ from gwsss_jax.data import palette
 from gwsss_jax.seg import common
 from gwsss_jax.seg import losses
 from gwsss_jax.stages import pseudo_labels
+from gwsss_jax.train import artifact
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import parallel
 from gwsss_jax.train import trainer
@@ -119,7 +120,7 @@ def run(config, workdir: str) -> dict:
   ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.train.max_to_keep)
   start = 0
   if ckpt.all_steps():  # weights from the checkpoint; the run's conventions from its record
-    info = common.read_model_info(directory)
+    info = artifact.read(directory)
     module = common.build_model(config, info['caffe_layout'])
     start, state, tx, learning_rates = restore_state(config, module, ckpt, info)
   if start >= g.num_steps:
@@ -147,7 +148,7 @@ def run(config, workdir: str) -> dict:
                label_dir or 'the ground truth')
 
   if jax.process_index() == 0:
-    common.write_model_info(directory, info)
+    artifact.save(directory, info)
   loss_fn = make_loss_fn(module, g.msc)
   train_step = dp.compile(trainer.make_train_step(loss_fn, tx))
   logdir = os.path.join(workdir, 'tensorboard', names.train)

@@ -45,9 +45,10 @@ def _warn(message: str) -> None:
   print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
-def _differences(stored, template) -> list:
+def _differences(stored, template, partial: bool = False) -> list:
   """'path: checkpoint shape vs model shape' for each leaf where the stored tree and
-  `template` disagree (missing on either side, or another shape)."""
+  `template` disagree (missing on either side, or another shape; with `partial`, leaves of
+  the checkpoint that `template` leaves out are fine)."""
   def shapes(tree):
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
@@ -55,7 +56,9 @@ def _differences(stored, template) -> list:
             for path, leaf in flat}
   have, want = shapes(stored), shapes(template)
   out = [f'{k}: in the model, not in the checkpoint' for k in sorted(want.keys() - have.keys())]
-  out += [f'{k}: in the checkpoint, not in the model' for k in sorted(have.keys() - want.keys())]
+  if not partial:
+    out += [f'{k}: in the checkpoint, not in the model'
+            for k in sorted(have.keys() - want.keys())]
   out += [f'{k}: shape {have[k]} in the checkpoint, {want[k]} in the model'
           for k in sorted(want.keys() & have.keys()) if have[k] != want[k]]
   return out
@@ -70,6 +73,7 @@ class _QuietOrbax(py_logging.Filter):
 
 _QUIET = _QuietOrbax()
 
+_ITEM = 'default'  # the manager's item directory inside a step
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'  # orbax's marker of a step directory not yet finalized
 
 
@@ -140,10 +144,12 @@ class Checkpointer:
         raise disk.full_error(what, self.directory) from None
       raise
 
-  def restore(self, template: Any, step: Optional[int] = None) -> Any:
+  def restore(self, template: Any, step: Optional[int] = None, *, partial: bool = False) -> Any:
     """The state at `step` (default: the latest) as host numpy arrays shaped like `template`.
 
-    `template` may hold arrays or `jax.ShapeDtypeStruct`s (e.g. from `jax.eval_shape`).
+    `template` may hold arrays or `jax.ShapeDtypeStruct`s (e.g. from `jax.eval_shape`);
+    with `partial` it names a part of the state ({'params', 'batch_stats'} for inference),
+    and only that part is read (no optimizer template needed).
     Raises `CorruptCheckpoint` when the step cannot be read, and a plain `UserError` when it was
     written for another model (its recorded tree or shapes differ from `template`).
     """
@@ -158,19 +164,25 @@ class Checkpointer:
     tree = getattr(stored, 'tree', stored)
     if tree is None:  # orbax answers None for a missing or unparsable _METADATA
       raise CorruptCheckpoint(f'checkpoint {where} is unreadable: no valid _METADATA')
-    differences = _differences(tree, template)
+    differences = _differences(tree, template, partial)
     if differences:
       raise UserError(f'checkpoint {where} does not match the model of this config (was it '
                       f'written with other model settings?): {"; ".join(differences[:3])}')
     target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), template)
     try:
+      if partial:
+        return ocp.PyTreeCheckpointer().restore(
+            os.path.join(where, _ITEM), args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
       return self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # pylint: disable=broad-except
       message = ' '.join(str(e).split())[:300]
       raise CorruptCheckpoint(f'checkpoint {where} is unreadable (corrupt or truncated '
                               f'files): {message}') from e
 
-  def restore_latest(self, template: Any) -> tuple[Optional[int], Any]:
+  def restore_latest(self, template: Any, *,
+                     partial: bool = False) -> tuple[Optional[int], Any]:
     """(step, state) of the newest readable checkpoint, or (None, None) when there is none.
 
     A corrupt newer step is moved aside to `<step>.corrupt` (kept for inspection, out of the
@@ -179,7 +191,7 @@ class Checkpointer:
     """
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        return step, self.restore(template, step)
+        return step, self.restore(template, step, partial=partial)
       except CorruptCheckpoint as e:
         older = [s for s in self.all_steps() if s < step]
         fallback = f'resuming from step {max(older)}' if older else 'starting from step 0'
