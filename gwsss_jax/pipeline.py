@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 
 from gwsss_jax import config as config_lib
 from gwsss_jax.common import io as gio
+from gwsss_jax.data import check as data_check
 from gwsss_jax.data import datasets
 from gwsss_jax.evaluation import metrics as metrics_lib
 from gwsss_jax.train import distributed as jax_distributed
@@ -29,7 +30,10 @@ def run(config, workdir: str, distributed: bool = False) -> dict:
     gio.atomic_write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(
         indent=2, sort_keys=True) + '\n')
   metrics = gio.read_metrics(workdir)
-  for stage in config_lib.stage_list(config):
+  stages = config_lib.stage_list(config)
+  if 'check_data' not in stages:  # the files the stages will read, before any training step
+    data_check.check(config, stages)
+  for stage in stages:
     module = importlib.import_module(f'gwsss_jax.stages.{stage}')
     print(f'[{stage}] starting', flush=True)
     start = time.time()

@@ -157,6 +157,8 @@ def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkey
   config.data.synthetic.num_train = 4
   config.data.synthetic.num_val = 2
   config.data.synthetic.size = 48
+  config.data.train_split = 'train'  # the splits of the built-in dataset, which the data check
+  config.data.val_split = 'val'      # reads before the first stage
   config.stages = 'eval_seg,train_cls,pseudo_labels'
   config_lib.lock(config)
   workdir = str(tmp_path / 'wd')

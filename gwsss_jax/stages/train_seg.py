@@ -48,14 +48,19 @@ def make_loss_fn(module, msc: bool):
   return loss_fn
 
 
+def require_masks(config, dataset) -> None:
+  """UserError unless every image of the training split has a ground-truth mask (oracle)."""
+  missing = [ex.name for ex in dataset.examples if not ex.mask_path]
+  if missing:
+    raise UserError(f'config.seg.oracle=True needs ground-truth masks, but split '
+                    f'{config.data.train_split!r} has none for {len(missing)} images '
+                    f'(e.g. {missing[0]})')
+
+
 def label_source(config, workdir: str, dataset) -> str | None:
   """The label directory of the run (None = the dataset's ground-truth masks)."""
   if config.seg.oracle:
-    missing = [ex.name for ex in dataset.examples if not ex.mask_path]
-    if missing:
-      raise UserError(f'config.seg.oracle=True needs ground-truth masks, but split '
-                      f'{config.data.train_split!r} has none for {len(missing)} images '
-                      f'(e.g. {missing[0]})')
+    require_masks(config, dataset)
     datasets.check_mask_values(dataset, config.data)
     return None
   directory = pseudo_labels.label_dir(workdir)
