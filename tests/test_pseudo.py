@@ -127,6 +127,13 @@ def test_missing_or_corrupt_saliency_names_the_file(tmp_path):
     f.write(b'\x89PNG\r\n\x1a\n this is not a png')
   with pytest.raises(UserError, match='corrupt saliency map .*img1.png'):
     pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
+  # A label written by an earlier run is read back for the figures, its saliency header too.
+  palette.save_label_png(str(tmp_path / 'out.png'), np.zeros((6, 8), np.uint8))
+  with pytest.raises(UserError, match='corrupt saliency map .*img1.png'):
+    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
+  os.remove(missing)
+  with pytest.raises(UserError, match='saliency map not found: .*img1.png'):
+    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
 
 
 def test_label_image_writes_palette_png(tmp_path):
