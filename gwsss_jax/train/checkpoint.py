@@ -129,6 +129,8 @@ class Checkpointer:
     # Checked before orbax starts: a full disk met by its writer threads gives a hundred
     # tracebacks. The arrays' size bounds what is written (the previous step stays until then).
     needed = sum(int(getattr(x, 'nbytes', 0)) for x in jax.tree.leaves(state))
+    with self._disk_full_as_one_line('a checkpoint'):
+      self._manager.wait_until_finished()  # the previous save's files count against the space
     free = disk.free_bytes(self.directory)
     if free is not None and free < needed:
       raise disk.full_error(f'the checkpoint of step {step}', self.directory, needed)
