@@ -116,13 +116,16 @@ def depends_on(record: str, config) -> dict:
     keys = [k for k in _select(flat, ('data.', 'model.', 'train.', 'seed'))
             if k != 'data.saliency_dir']  # read by pseudo_labels only
     if config.cams.method == 'oaa':  # the OAA store is written during training
-      keys.append('cams.prob_threshold')
+      keys += ['cams.prob_threshold', 'cams.oaa_members', 'cams.oaa_first_epoch',
+               'cams.oaa_fill_last_epoch', 'cams.oaa_all_readouts']
+      if not config.cams.oaa_all_readouts:  # the store holds this readout only
+        keys.append('cams.source')
   elif record == 'export_cams':
     keys = ['cams.method', 'cams.source', 'cams.save_png']
     if config.cams.method == 'group_inference':
       keys += ['cams.scales', 'cams.flip']
   elif record == 'pseudo_labels':
-    keys = ['cams.crf', 'data.saliency_dir']
+    keys = ['cams.crf', 'data.saliency_dir', 'pseudo.cam_norm']
     keys += (['pseudo.conflict_threshold', 'pseudo.saliency_bg_threshold',
               'pseudo.fg_ignore_threshold', 'pseudo.min_fg_fraction']
              if config.data.saliency_dir else ['cams.bg_threshold'])

@@ -64,7 +64,7 @@ def test_unknown_key_names_the_flag_and_the_closest_key(tmp_path, overrides, hin
 
 def test_validate_accepts_every_shipped_config():
   import importlib.util  # pylint: disable=g-import-not-at-top
-  for name in ('voc', 'coco', 'demo'):
+  for name in ('voc', 'coco', 'demo', 'release'):
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -78,6 +78,8 @@ def test_validate_accepts_every_shipped_config():
     ('data.num_classes', 0), ('stages', 'train_cls,foo'), ('stages', ' , '),
     ('cams.scales', ()), ('seg.model', 'unet'), ('seg.scale_range', (1.5, 0.5)),
     ('train.batch_size', 0), ('pseudo.conflict_threshold', 2.0), ('model.drop_mask', 'eq11'),
+    ('cams.oaa_members', 'partners'), ('cams.oaa_first_epoch', 15), ('cams.oaa_first_epoch', -1),
+    ('pseudo.cam_norm', 'l2'),
 ])
 def test_validate_names_the_key(key, value):
   config = config_lib.base_config()
@@ -86,6 +88,16 @@ def test_validate_names_the_key(key, value):
   with pytest.raises(UserError) as e:
     config_lib.validate(config)
   assert str(e.value).startswith(f'config.{key}=')
+
+
+def test_oaa_first_epoch_is_checked_only_for_oaa():
+  config = config_lib.base_config()
+  config.train.num_epochs = 1
+  config.cams.oaa_first_epoch = 1
+  with pytest.raises(UserError, match='cams.oaa_first_epoch'):
+    config_lib.validate(config)
+  config.cams.method = 'group_inference'
+  config_lib.validate(config)
 
 
 def test_release_variant_needs_groups_of_three():

@@ -202,14 +202,19 @@ def test_depends_on_leaves_out_locations_and_run_settings():
   config = config_lib.base_config()
   keys = set(workdir_lib.depends_on('train_cls', config))
   assert {'model.num_nodes', 'train.base_lr', 'data.crop_size', 'seed',
-          'cams.prob_threshold'} <= keys
+          'cams.prob_threshold', 'cams.oaa_members', 'cams.oaa_first_epoch',
+          'cams.oaa_fill_last_epoch', 'cams.source', 'data.resize_mode',
+          'train.anchor_order'} <= keys
+  config.cams.oaa_all_readouts = True  # the store then holds every readout
+  assert 'cams.source' not in workdir_lib.depends_on('train_cls', config)
   assert not keys & {'data.root', 'train.log_every_steps', 'parallel.impl', 'stages',
                      'data.saliency_dir', 'cams.bg_threshold'}
   seg = set(workdir_lib.depends_on('train_seg', config))
   assert {'seg.num_steps', 'seg.base_lr', 'data.train_split'} <= seg
   assert not seg & {'seg.eval_scales', 'model.num_nodes', 'data.crop_size'}
   config.data.saliency_dir = ''
-  assert 'cams.bg_threshold' in workdir_lib.depends_on('pseudo_labels', config)
+  assert {'cams.bg_threshold', 'pseudo.cam_norm'} <= set(
+      workdir_lib.depends_on('pseudo_labels', config))
 
 
 def test_an_unreadable_stage_record_is_named(tmp_path):

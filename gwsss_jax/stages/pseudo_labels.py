@@ -86,8 +86,10 @@ def label_image(task) -> tuple:
       resized = True
     label = pseudo.saliency_label(
         cams, keys, saliency, params['conflict_threshold'], params['saliency_bg_threshold'],
-        params['fg_ignore_threshold'], params['min_fg_fraction'])
+        params['fg_ignore_threshold'], params['min_fg_fraction'], params['cam_norm'])
   else:
+    if params['cam_norm'] == 'minmax':  # 'high_res' is max-normalised already
+      cams = pseudo.minmax_maps(cams)
     label = pseudo.threshold_label(cams, keys, params['bg_threshold'])
   palette.save_label_png(out_file, label)
   return name, _coverage(label), resized, True
@@ -110,6 +112,7 @@ def run(config, workdir: str) -> dict:
             'saliency_bg_threshold': q.saliency_bg_threshold,
             'fg_ignore_threshold': q.fg_ignore_threshold,
             'min_fg_fraction': q.min_fg_fraction,
+            'cam_norm': q.cam_norm,
             'bg_threshold': config.cams.bg_threshold}
   mine = dataset.examples[jax.process_index()::jax.process_count()]
   os.makedirs(label_dir(workdir), exist_ok=True)
