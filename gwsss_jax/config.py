@@ -15,7 +15,7 @@ from gwsss_jax.common.errors import UserError
 from gwsss_jax.data.normalization import NORMALIZATIONS
 from gwsss_jax.models import hub
 
-STAGES = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
+STAGES = ('check_data', 'train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
           'eval_seg')
 DATASETS = ('voc', 'coco', 'synthetic', 'tfds_voc', 'tfds_coco')
 BACKBONES = ('vgg16', 'resnet101')
@@ -167,6 +167,9 @@ def base_config() -> ml_collections.ConfigDict:
   g.log_every_steps = 50
   g.checkpoint_every_steps = 1000
   g.dtype = 'float32'
+  # train_seg stops when fewer pseudo-label pixels of the training set than this are labelled
+  # (not 255): DeepLab would learn nothing (0 = no check).
+  g.min_labelled_fraction = 0.01
   g.num_classes = c.data.get_ref('num_classes') + 1  # with background
   return c
 
@@ -265,6 +268,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(g.num_steps >= 1, 'seg.num_steps', g.num_steps, 'must be >= 1')
   _check(0 <= g.head_warmup_steps < g.num_steps, 'seg.head_warmup_steps', g.head_warmup_steps,
          f'must be >= 0 and below seg.num_steps={g.num_steps}')
+  _check(0.0 <= g.min_labelled_fraction <= 1.0, 'seg.min_labelled_fraction',
+         g.min_labelled_fraction, 'must lie in [0, 1]')
   _check(g.output_stride in (8, 16), 'seg.output_stride', g.output_stride, 'must be 8 or 16')
   _check(len(g.scale_range) == 2 and 0 < g.scale_range[0] <= g.scale_range[1], 'seg.scale_range',
          g.scale_range, 'must be (low, high) with 0 < low <= high')

@@ -24,6 +24,7 @@ from gwsss_jax import config as config_lib
 from gwsss_jax import workdir as workdir_lib
 from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
+from gwsss_jax.data import check as data_check
 from gwsss_jax.data import datasets
 from gwsss_jax.evaluation import metrics as metrics_lib
 from gwsss_jax.models import convert
@@ -74,6 +75,8 @@ def _run_locked(config, workdir: str, discard_from: str) -> dict:
     metrics = gio.rebuild_metrics(workdir, workdir_lib.RECORDS)
     gio.atomic_write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(
         indent=2, sort_keys=True) + '\n')
+  if 'check_data' not in stages:  # the files the stages will read, before any training step
+    data_check.check(config, stages)
   for stage in stages:
     record = records[stage]
     if jax.process_index() == 0:

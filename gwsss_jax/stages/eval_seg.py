@@ -100,6 +100,8 @@ def run(config, workdir: str) -> dict:
   dataset = datasets.load_split(config, config.data.val_split)
   class_names = ('background',) + tuple(dataset.class_names)
   has_masks = all(ex.mask_path for ex in dataset.examples)
+  if has_masks:
+    datasets.check_mask_values(dataset, config.data)
   directory = output_dir(config, workdir, has_masks)
   os.makedirs(directory, exist_ok=True)
   if jax.process_index() == 0:
@@ -119,7 +121,7 @@ def run(config, workdir: str) -> dict:
     if ex.name in done and has_masks:
       cm += metrics_lib.confusion_matrix(
           palette.read_label_png(os.path.join(directory, ex.name + '.png')),
-          palette.read_label_png(ex.mask_path), num_classes)
+          palette.read_mask(ex.mask_path, config.data.num_classes, skip_bad=True), num_classes)
 
   if len(todo):
     canvas = inference.canvas_size(input_pipeline.image_sizes(dataset))
