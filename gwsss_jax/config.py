@@ -13,8 +13,9 @@ import ml_collections
 from gwsss_jax.cams.pseudo import CAM_NORMS
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data.normalization import NORMALIZATIONS
+from gwsss_jax.models import hub
 
-STAGES = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
+STAGES = ('check_data', 'train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
           'eval_seg')
 DATASETS = ('voc', 'coco', 'synthetic', 'tfds_voc', 'tfds_coco')
 BACKBONES = ('vgg16', 'resnet101')
@@ -89,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.drop_mask = 'binary'       # paper variant's drop branch: 'binary' (ADL, release) or 'eq10'
   m.loss_lambda = 0.4          # lambda of Eq. (12)
   m.dtype = 'float32'          # activations: float32 or bfloat16
-  m.pretrained = ''            # converted backbone weights (see gwsss_jax.models.convert)
+  m.pretrained = ''            # converted weights directory, or a name: docs/weights.md
 
   # --- classifier training (train_cls) ----------------------------------------------
   c.train = t = ml_collections.ConfigDict()
@@ -155,7 +156,7 @@ def base_config() -> ml_collections.ConfigDict:
   g.model = 'deeplab_v2_resnet101'
   g.width = 1.0
   g.output_stride = 8
-  g.pretrained = ''
+  g.pretrained = ''            # as model.pretrained (e.g. 'deeplab:coco_init')
   g.oracle = False             # train on ground-truth masks instead of pseudo labels
   g.batch_size = 10
   g.crop_size = 321
@@ -175,6 +176,9 @@ def base_config() -> ml_collections.ConfigDict:
   g.log_every_steps = 50
   g.checkpoint_every_steps = 1000
   g.dtype = 'float32'
+  # train_seg stops when fewer pseudo-label pixels of the training set than this are labelled
+  # (not 255): DeepLab would learn nothing (0 = no check).
+  g.min_labelled_fraction = 0.01
   g.num_classes = c.data.get_ref('num_classes') + 1  # with background
   return c
 
@@ -266,11 +270,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(0.0 <= q.min_fg_fraction <= 1.0, 'pseudo.min_fg_fraction', q.min_fg_fraction,
          'must lie in [0, 1]')
   g = config.seg
+  for key, value in (('model.pretrained', m.pretrained), ('seg.pretrained', g.pretrained)):
+    hub.check_name(value, key)  # an unknown name fails here; a download happens at first use
   _check(g.model in SEG_MODELS, 'seg.model', g.model, f'choose from {", ".join(SEG_MODELS)}')
   _check(g.batch_size >= 1, 'seg.batch_size', g.batch_size, 'must be >= 1')
   _check(g.num_steps >= 1, 'seg.num_steps', g.num_steps, 'must be >= 1')
   _check(0 <= g.head_warmup_steps < g.num_steps, 'seg.head_warmup_steps', g.head_warmup_steps,
          f'must be >= 0 and below seg.num_steps={g.num_steps}')
+  _check(0.0 <= g.min_labelled_fraction <= 1.0, 'seg.min_labelled_fraction',
+         g.min_labelled_fraction, 'must lie in [0, 1]')
   _check(g.output_stride in (8, 16), 'seg.output_stride', g.output_stride, 'must be 8 or 16')
   _check(len(g.scale_range) == 2 and 0 < g.scale_range[0] <= g.scale_range[1], 'seg.scale_range',
          g.scale_range, 'must be (low, high) with 0 < low <= high')

@@ -23,8 +23,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm import tqdm
 
+from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
@@ -100,6 +100,8 @@ def run(config, workdir: str) -> dict:
   dataset = datasets.load_split(config, config.data.val_split)
   class_names = ('background',) + tuple(dataset.class_names)
   has_masks = all(ex.mask_path for ex in dataset.examples)
+  if has_masks:
+    datasets.check_mask_values(dataset, config.data)
   directory = output_dir(config, workdir, has_masks)
   os.makedirs(directory, exist_ok=True)
   if jax.process_index() == 0:
@@ -119,7 +121,7 @@ def run(config, workdir: str) -> dict:
     if ex.name in done and has_masks:
       cm += metrics_lib.confusion_matrix(
           palette.read_label_png(os.path.join(directory, ex.name + '.png')),
-          palette.read_label_png(ex.mask_path), num_classes)
+          palette.read_mask(ex.mask_path, config.data.num_classes, skip_bad=True), num_classes)
 
   if len(todo):
     canvas = inference.canvas_size(input_pipeline.image_sizes(dataset))
@@ -131,8 +133,7 @@ def run(config, workdir: str) -> dict:
     predict = make_predict_fn(module, tuple(g.eval_scales), g.eval_flip)
     data_sharding, replicated = _local_sharding(g.eval_batch_size)
     variables = jax.device_put(variables, replicated)
-    bar = tqdm(total=len(todo), desc=names.miou.replace('_miou', '_eval'), unit='img',
-               dynamic_ncols=True, disable=jax.process_index() != 0)
+    bar = console.progress(len(todo), names.miou.replace('_miou', '_eval'))
     for batch in batches:
       out = np.asarray(predict(variables, jax.device_put(batch['images'], data_sharding)))
       for i in np.flatnonzero(np.asarray(batch['valid'])):

@@ -20,10 +20,10 @@ import os
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from gwsss_jax.cams import export
 from gwsss_jax.cams import pseudo
+from gwsss_jax.common import console
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import palette
@@ -123,8 +123,7 @@ def run(config, workdir: str) -> dict:
             label_path(workdir, ex.name), params) for ex in mine]
   workers = min(q.num_workers or os.cpu_count() or 1, max(len(tasks), 1))
   results = {}
-  bar = tqdm(total=len(tasks), desc='pseudo_labels', unit='img', dynamic_ncols=True,
-             disable=jax.process_index() != 0)
+  bar = console.progress(len(tasks), 'pseudo_labels')
   if workers <= 1:
     outputs = map(label_image, tasks)
     pool = None

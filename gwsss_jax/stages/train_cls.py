@@ -162,26 +162,28 @@ def run(config, workdir: str) -> dict:
   spe, total = schedule(config, len(train_set))
   directory = checkpoint_dir(workdir)
   ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.train.max_to_keep)
-  start = ckpt.latest_step() or 0
+  model = classifier.build_classifier(config.model, config.data.num_classes)
+  shapes = init_variables(model, config, None)
+  tx, learning_rates = optim.classifier_optimizer(
+      config.train, shapes['params'], shapes.get('batch_stats', {}), config.model.freeze_bn, spe)
+  # The newest readable checkpoint (a corrupt one is set aside with a warning), also when the
+  # run looks complete: a stage is only skipped over a final checkpoint that reads back.
+  start, state = ckpt.restore_latest(
+      trainer.abstract_state(shapes['params'], shapes.get('batch_stats', {}), tx))
+  start = start or 0
   if start >= total:
     print(f'[{NAME}] complete at step {start}; skipping', flush=True)
     ckpt.close()
     return {}  # the figures of the finished run stay in metrics/train_cls.json
 
-  model = classifier.build_classifier(config.model, config.data.num_classes)
   norm = normalization(config, workdir)
   if start:
-    variables = init_variables(model, config, None)
-  else:
-    variables = _pretrained(config, init_variables(model, config, jax.random.key(config.seed)))
-  params, batch_stats = variables['params'], variables.get('batch_stats', {})
-  tx, learning_rates = optim.classifier_optimizer(config.train, params, batch_stats,
-                                                  config.model.freeze_bn, spe)
-  if start:
-    state = ckpt.restore(trainer.abstract_state(params, batch_stats, tx), start)
+    batch_stats = shapes.get('batch_stats', {})
     print(f'[{NAME}] resuming from step {start} of {total}', flush=True)
   else:
-    state = trainer.init_state(params, batch_stats, tx, config.seed)
+    variables = _pretrained(config, init_variables(model, config, jax.random.key(config.seed)))
+    batch_stats = variables.get('batch_stats', {})
+    state = trainer.init_state(variables['params'], batch_stats, tx, config.seed)
     if jax.process_index() == 0:
       gio.atomic_write_text(os.path.join(directory, INFO_FILE),
                             json.dumps({'normalization': norm}, indent=1) + '\n')
@@ -203,8 +205,10 @@ def run(config, workdir: str) -> dict:
       profile_steps=config.train.profile_steps, learning_rates=learning_rates,
       evaluate=_evaluate_fn(config, model, dp, val_set, norm), on_step=on_step,
       before_save=before_save, device_keys=('images', 'labels', 'adjacency'))
+  loss_fn = make_loss_fn(model, config, oaa_store is not None)
+  spec.check_step = dp.compile(trainer.make_check_step(loss_fn), donate=False)
   train_step = dp.compile(trainer.make_train_step(
-      make_loss_fn(model, config, oaa_store is not None), tx,
+      loss_fn, tx,
       update_batch_stats=bool(not config.model.freeze_bn and jax.tree.leaves(batch_stats))))
   logging.info('%s: %d images, %d steps/epoch, %d steps, %d devices (%s)', NAME, len(train_set),
                spe, total, dp.num_devices, dp.impl)
@@ -257,23 +261,20 @@ def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
 
 
 def load_trained(config, workdir: str):
-  """(model, variables) of the final classifier checkpoint, for the CAM stages."""
+  """(model, variables) of the newest readable classifier checkpoint, for the CAM stages:
+  parameters (and BatchNorm statistics) only, so that no training key has to match."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise UserError(f'{directory}: no classifier checkpoint; run the train_cls stage first')
   ckpt = checkpoint.Checkpointer(directory, max_to_keep=None)
   try:
-    step = ckpt.latest_step()
+    model = classifier.build_classifier(config.model, config.data.num_classes)
+    shapes = init_variables(model, config, None)
+    step, state = ckpt.restore_latest(
+        {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})},
+        partial=True)
     if step is None:
       raise UserError(f'{directory}: no complete classifier checkpoint; run train_cls')
-    model = classifier.build_classifier(config.model, config.data.num_classes)
-    variables = init_variables(model, config, None)
-    params, batch_stats = variables['params'], variables.get('batch_stats', {})
-    train_set = datasets.load_split(config, config.data.train_split)
-    spe, _ = schedule(config, len(train_set))
-    tx, _ = optim.classifier_optimizer(config.train, params, batch_stats,
-                                       config.model.freeze_bn, spe)
-    state = ckpt.restore(trainer.abstract_state(params, batch_stats, tx), step)
   finally:
     ckpt.close()
   out = {'params': state['params']}
