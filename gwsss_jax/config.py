@@ -26,6 +26,15 @@ ANCHOR_ORDERS = ('shuffle', 'list')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
 
 
+def input_size(config) -> int:
+  """Side of the square classifier input: `data.crop_size`, or `data.resize` without a crop.
+
+  Here rather than in the input pipeline (which re-exports it) so that the training steps get
+  it without importing TensorFlow.
+  """
+  return config.data.crop_size or config.data.resize
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Paper defaults for PASCAL VOC 2012 (VGG16 classifier, K=4, T=3; DeepLab-v2 ResNet-101)."""
   c = ml_collections.ConfigDict()

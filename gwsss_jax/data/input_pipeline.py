@@ -16,6 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from gwsss_jax import config as config_lib
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
@@ -120,9 +121,7 @@ def _random_crop_offsets(height, width, size, seed):
   return top, left
 
 
-def input_size(config) -> int:
-  """Side of the square classifier input: `data.crop_size`, or `data.resize` without a crop."""
-  return config.data.crop_size or config.data.resize
+input_size = config_lib.input_size  # defined with the config: the steps need it without TF
 
 
 def _train_image(path, seed, config, normalization):
