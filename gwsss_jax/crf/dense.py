@@ -11,28 +11,16 @@ features copy pixel (0, 0), so they add no lattice points, and their mass is zer
 """
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from gwsss_jax.crf import lattice as lattice_lib
-
-
-class Params(NamedTuple):
-  """The CRF's parameters, named as DeepLab's `DenseCRF` layer names them."""
-  iterations: int = 10
-  pos_xy_std: float = 3.0   # Gaussian kernel: spatial standard deviation (pixels)
-  pos_w: float = 3.0        # Gaussian kernel: Potts weight
-  bi_xy_std: float = 50.0   # bilateral kernel: spatial standard deviation (pixels)
-  bi_rgb_std: float = 5.0   # bilateral kernel: colour standard deviation (0..255)
-  bi_w: float = 10.0        # bilateral kernel: Potts weight
-
-
-def params_from_config(c) -> Params:
-  """Params from a config dict with the keys of `Params`."""
-  return Params(**{k: c[k] for k in Params._fields})
+from gwsss_jax.crf import Params
 
 
 def _features(rgb, hw, params: Params):
@@ -79,9 +67,12 @@ def mean_field_one(unary, rgb, hw, params: Params, capacities=(None, None)):
 
 
 def mean_field(unary, rgb, hw, params: Params, capacities=(None, None)):
-  """A batch: unary [B, H, W, L], rgb uint8 [B, H, W, 3], hw int32 [B, 2] -> Q [B, H, W, L]."""
+  """A batch: unary [B, H, W, L], rgb uint8 [B, H, W, 3], hw int32 [B, 2] -> Q [B, H, W, L].
+
+  The images go one after the other (`lax.map`): each is large enough to occupy the device, and
+  vmap's batched scatters and gathers run several times slower on XLA:CPU."""
   fn = functools.partial(mean_field_one, params=params, capacities=capacities)
-  return jax.vmap(fn)(unary, rgb, hw)
+  return jax.lax.map(lambda a: fn(*a), (unary, rgb, hw))
 
 
 @functools.partial(jax.jit, static_argnames=('params', 'capacities'))
@@ -89,15 +80,31 @@ def mean_field_jit(unary, rgb, hw, params: Params, capacities=(None, None)):
   return mean_field(unary, rgb, hw, params, capacities)
 
 
-def unary_from_probs(probs, eps: float = 1e-8):
-  """-log(clip(p)) (pydensecrf's `unary_from_softmax`, which clips at 1e-8... via `clip`)."""
-  return -jnp.log(jnp.clip(probs, eps, None))
+def unary_from_probs(probs, clip: float = 1e-5):
+  """-log(max(p, clip)) (pydensecrf's `unary_from_softmax`)."""
+  return -jnp.log(jnp.clip(probs, clip, 1.0))
 
 
-def unary_from_labels(labels, num_labels: int, gt_prob: float):
-  """pydensecrf's `unary_from_labels(labels, n, gt_prob, zero_unsure=False)`: energy
-  -log(gt_prob) for the given label, -log((1 - gt_prob) / (n - 1)) for the others.
-  labels int [..., H, W] in 0..n-1 -> float32 [..., H, W, n]."""
-  on = -np.log(gt_prob).astype(np.float32)
-  off = -np.log((1.0 - gt_prob) / (num_labels - 1)).astype(np.float32)
-  return jnp.where(jax.nn.one_hot(labels, num_labels, dtype=bool), on, off).astype(jnp.float32)
+def make_labeller(params: Params, devices=None):
+  """jit(unary [B, H, W, L], rgb uint8 [B, H, W, 3], hw int32 [B, 2]) -> labels uint8 [B, H, W]
+  (argmax of Q), the batch split over `devices` (default: this host's) with shard_map when
+  their number divides B, else run on the first."""
+  devices = list(jax.local_devices() if devices is None else devices)
+
+  def label(unary, rgb, hw):
+    return jnp.argmax(mean_field(unary, rgb, hw, params), -1).astype(jnp.uint8)
+
+  single = jax.jit(label)
+  if len(devices) == 1:
+    return single
+  mesh = Mesh(np.asarray(devices), ('data',))
+  spec = P('data')
+  sharded = jax.jit(jax.shard_map(label, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                                  check_vma=False))
+
+  def run(unary, rgb, hw):
+    if unary.shape[0] % len(devices):
+      return single(unary, rgb, hw)
+    sharding = NamedSharding(mesh, spec)
+    return sharded(*(jax.device_put(x, sharding) for x in (unary, rgb, hw)))
+  return run

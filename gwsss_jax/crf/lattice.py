@@ -90,6 +90,34 @@ def _simplex(features):
   return keys, bary
 
 
+def _pack(keys):
+  """Key coordinates [..., d] (int16 range, as the C++ `short` keys) packed two to an int32
+  word: a list of ceil(d / 2) int32 arrays, equal exactly when the keys are."""
+  d = keys.shape[-1]
+  words = []
+  for i in range(0, d, 2):
+    w = keys[..., i]
+    if i + 1 < d:
+      w = w * 65536 + (keys[..., i + 1] & 0xFFFF)
+    words.append(w)
+  return words
+
+
+def _sorted_vertices(features):
+  """The simplex vertices sorted by (hash, key): hashes, packed keys, order, weights."""
+  n, d = features.shape
+  keys, bary = _simplex(features)
+  flat = keys.reshape(n * (d + 1), d)
+  words = _pack(flat)
+  out = jax.lax.sort([_hash(flat)] + words + [jnp.arange(flat.shape[0], dtype=jnp.int32)],
+                     num_keys=1 + len(words))
+  new = out[0][1:] != out[0][:-1]
+  for w in out[1:-1]:
+    new |= w[1:] != w[:-1]
+  new = jnp.concatenate([jnp.ones((1,), bool), new])
+  return flat, bary, out[0], out[-1], new
+
+
 def build(features, capacity: int | None = None) -> Lattice:
   """The lattice of the points `features` [N, d] (already divided by the standard deviations).
 
@@ -97,70 +125,71 @@ def build(features, capacity: int | None = None) -> Lattice:
   dropped, so only pass a smaller value known to hold them all (see `count_points`).
   """
   n, d = features.shape
-  keys, bary = _simplex(features)
+  flat, bary, sh, perm, new = _sorted_vertices(features)
   nv = n * (d + 1)
   cap = nv if capacity is None else int(capacity)
-  flat = keys.reshape(nv, d)
-  h = _hash(flat)
-  operands = (h,) + tuple(flat[:, i] for i in range(d)) + (jnp.arange(nv, dtype=jnp.int32),)
-  out = jax.lax.sort(operands, num_keys=d + 1)
-  sh, sk, perm = out[0], jnp.stack(out[1:d + 1], 1), out[d + 1]
-  new = jnp.concatenate([jnp.ones((1,), bool),
-                         (sh[1:] != sh[:-1]) | jnp.any(sk[1:] != sk[:-1], 1)])
   ids = jnp.cumsum(new.astype(jnp.int32)) - 1
   num_points = ids[-1] + 1
   ids = jnp.where(ids < cap, ids, cap)  # beyond the capacity: 'absent'
-  offsets = jnp.zeros((nv,), jnp.int32).at[perm].set(ids).reshape(n, d + 1)
+  offsets = jnp.zeros((nv,), jnp.int32).at[perm].set(ids, mode='promise_in_bounds')
   slot = jnp.where(new, ids, cap)
   table_h = jnp.full((cap,), jnp.iinfo(jnp.int32).max, jnp.int32).at[slot].set(sh, mode='drop')
-  table_k = jnp.zeros((cap, d), jnp.int32).at[slot].set(sk, mode='drop')
+  table_k = jnp.zeros((cap, d), jnp.int32).at[slot].set(
+      jnp.take(flat, perm, axis=0, mode='clip'), mode='drop')
+  table_w = _pack(table_k)
   valid = jnp.arange(cap) < num_points
 
   def find(query):
     hq = _hash(query)
-    pos = jnp.searchsorted(table_h, hq, side='left')
+    qw = _pack(query)
+    pos = jnp.searchsorted(table_h, hq, side='left', method='scan')
     found = jnp.full((cap,), cap, jnp.int32)
     for p in reversed(range(_PROBE)):  # the first match wins
       idx = jnp.minimum(pos + p, cap - 1)
-      hit = (table_h[idx] == hq) & jnp.all(table_k[idx] == query, 1) & (pos + p < cap)
-      hit &= idx < num_points
+      hit = (jnp.take(table_h, idx, mode='clip') == hq) & (pos + p < num_points)
+      for tw, w in zip(table_w, qw):
+        hit &= jnp.take(tw, idx, mode='clip') == w
       found = jnp.where(hit, idx, found)
     return jnp.where(valid, found, cap)
 
   neighbours = []
+  rows = jnp.arange(cap, dtype=jnp.int32)
   for j in range(d + 1):
     # Direction j: n1 = key - 1 with key[j] + d, n2 = key + 1 with key[j] - d (C++ order).
+    # n2 is the inverse of n1 (n1(a) = b exactly when n2(b) = a), so one search suffices.
     step = np.full((d,), 1, np.int32)
     if j < d:
       step[j] = -d
-    neighbours.append(jnp.stack([find(table_k - step), find(table_k + step)]))
-  return Lattice(offsets, bary, jnp.stack(neighbours), num_points)
+    n1 = find(table_k - step)
+    n2 = jnp.full((cap,), cap, jnp.int32).at[n1].set(rows, mode='drop')
+    neighbours.append(jnp.stack([n1, n2]))
+  return Lattice(offsets.reshape(n, d + 1), bary, jnp.stack(neighbours), num_points)
 
 
 def count_points(features) -> jax.Array:
   """The number of distinct lattice points of `features` [N, d] (to choose a capacity)."""
-  n, d = features.shape
-  keys, _ = _simplex(features)
-  flat = keys.reshape(n * (d + 1), d)
-  out = jax.lax.sort((_hash(flat),) + tuple(flat[:, i] for i in range(d)), num_keys=d + 1)
-  sk = jnp.stack(out[1:], 1)
-  new = (out[0][1:] != out[0][:-1]) | jnp.any(sk[1:] != sk[:-1], 1)
-  return jnp.sum(new.astype(jnp.int32)) + 1
+  return jnp.sum(_sorted_vertices(features)[-1].astype(jnp.int32))
 
 
 def filter_values(lattice: Lattice, values, reverse: bool = False):
   """Gaussian-filters `values` [N, C]: splat onto the lattice, blur, slice (C++ `compute`)."""
   n, dp1 = lattice.offsets.shape
   cap = lattice.neighbours.shape[-1]
-  contrib = lattice.weights[:, :, None] * values[:, None, :]  # [N, d + 1, C]
-  grid = jax.ops.segment_sum(contrib.reshape(n * dp1, -1), lattice.offsets.reshape(-1),
-                             num_segments=cap + 1)  # row `cap` collects the dropped
+  offsets = lattice.offsets.reshape(-1)
+  contrib = (lattice.weights[:, :, None] * values[:, None, :]).reshape(n * dp1, -1)
+  # Row `cap` is the zero row that 'absent' reads; it only ever blurs with itself.
+  grid = jnp.zeros((cap + 1, values.shape[1]), values.dtype).at[offsets].add(
+      contrib, mode='promise_in_bounds')
   grid = grid.at[cap].set(0.0)
+  pad = jnp.full((dp1, 2, 1), cap, jnp.int32)
+  neighbours = jnp.concatenate([lattice.neighbours, pad], -1)
   order = range(dp1 - 1, -1, -1) if reverse else range(dp1)
   for j in order:
-    n1, n2 = lattice.neighbours[j, 0], lattice.neighbours[j, 1]
-    blurred = grid[:cap] + 0.5 * (grid[n1] + grid[n2])
-    grid = jnp.concatenate([blurred, jnp.zeros_like(grid[:1])], 0)
+    # mode='clip': indices are in range by construction, and XLA:CPU's bounds-checked gather
+    # ('fill') is several times slower.
+    both = jnp.take(grid, neighbours[j].reshape(-1), axis=0, mode='clip')
+    both = both.reshape(2, cap + 1, -1)
+    grid = grid + 0.5 * (both[0] + both[1])
   alpha = np.float32(1.0 / (1.0 + 2.0 ** (-(dp1 - 1))))
-  sliced = grid[lattice.offsets]  # [N, d + 1, C]
+  sliced = jnp.take(grid, offsets, axis=0, mode='clip').reshape(n, dp1, -1)
   return alpha * jnp.sum(lattice.weights[:, :, None] * sliced, 1)
