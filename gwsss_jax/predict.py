@@ -68,7 +68,9 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
 
 def predict_folder(config, workdir: str, images_dir: str, out_dir: str) -> list:
   """Writes the label PNG and overlay of every image; returns the label PNG paths."""
-  eval_seg.check_crf(config.seg)
+  if config.seg.crf:
+    raise UserError('config.seg.crf=True: the predict command does not apply the dense CRF '
+                    '(eval_seg does); set seg.crf=False')
   paths = list_images(images_dir)
   module, variables, info, _ = common.load_trained(config, workdir)
   predict = eval_seg.make_predict_fn(module, tuple(config.seg.eval_scales), config.seg.eval_flip)

@@ -24,17 +24,18 @@ def require(key: str) -> None:
 
 
 def inference(unary, rgb, params: Params) -> np.ndarray:
-  """Q float32 [L, H, W] from unary energies [L, H, W] and the image rgb uint8 [H, W, 3]."""
+  """Q float32 [L, H, W] from unary energies [L, H, W] and the image rgb uint8 [H, W, 3]
+  (copied: pydensecrf2 takes writable C-contiguous arrays only)."""
   import pydensecrf.densecrf as dcrf  # pylint: disable=g-import-not-at-top
 
   num_labels, h, w = unary.shape
   crf = dcrf.DenseCRF2D(w, h, num_labels)
-  crf.setUnaryEnergy(np.ascontiguousarray(unary.reshape(num_labels, -1), np.float32))
+  crf.setUnaryEnergy(np.array(unary.reshape(num_labels, -1), np.float32, order='C'))
   if params.pos_w:
     crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
   if params.bi_w:
     crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std,
-                             rgbim=np.ascontiguousarray(rgb, np.uint8), compat=params.bi_w)
+                             rgbim=np.array(rgb, np.uint8, order='C'), compat=params.bi_w)
   return np.asarray(crf.inference(params.iterations), np.float32).reshape(num_labels, h, w)
 
 
