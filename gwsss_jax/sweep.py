@@ -92,8 +92,8 @@ def _reuse_classifier(name: str, reuse: str, stages: str) -> str:
     shutil.copytree(src, dst + '.tmp', dirs_exist_ok=True)
     os.replace(dst + '.tmp', dst)
   base_metrics = gio.read_metrics(os.path.join(FLAGS.workdir, reuse))
-  gio.update_metrics(os.path.join(FLAGS.workdir, name),
-                     {k: v for k, v in base_metrics.items() if k.startswith('train_cls/')})
+  gio.write_stage_metrics(os.path.join(FLAGS.workdir, name), 'train_cls',
+                          {k: v for k, v in base_metrics.items() if k.startswith('train_cls/')})
   return ','.join(s for s in stages.split(',') if s.strip() != 'train_cls')
 
 

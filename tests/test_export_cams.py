@@ -75,7 +75,7 @@ def _dataset(tmp_path, labels, sizes):
   return datasets.Dataset(examples, tuple(f'c{c}' for c in range(labels.shape[1])), 'train')
 
 
-def test_oaa_export_and_resume(tmp_path):
+def test_oaa_export_and_resume(tmp_path, capsys):
   labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]], bool)
   ds = _dataset(tmp_path, labels, [(20, 30), (16, 16), (24, 12)])
   workdir = str(tmp_path / 'run')
@@ -98,9 +98,28 @@ def test_oaa_export_and_resume(tmp_path):
   os.remove(export.cam_path(workdir, 'im1'))
   before = os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns
   out = export.export_oaa(workdir, ds, save_png=False)
-  assert out['export_cams/images'] == 1 and out['export_cams/skipped'] == 2
+  assert out == {'export_cams/images': 3, 'export_cams/missing_maps': 0}
+  assert '1 CAM files written' in capsys.readouterr().out
   assert os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns == before
   assert os.path.exists(export.cam_path(workdir, 'im1'))
+
+
+def test_missing_maps_count_the_whole_store_after_a_resume(tmp_path, capsys):
+  """A resumed or repeated export reports the figures of an uninterrupted one (issue 18.7)."""
+  labels = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0]], bool)
+  ds = _dataset(tmp_path, labels, [(20, 30), (16, 16), (24, 12)])
+  workdir = str(tmp_path / 'run')
+  store = oaa.OAAStore.open(workdir, labels, (4, 4), process_index=0)
+  cams = np.random.default_rng(2).random((3, 4, 4, 3)).astype(np.float32)
+  probs = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # im1/c1, im2/c1 skipped
+  store.update([0, 1, 2], cams, probs, 0.1, False)
+  store.flush()
+  whole = export.export_oaa(workdir, ds, save_png=False)
+  assert whole == {'export_cams/images': 3, 'export_cams/missing_maps': 2}
+  assert export.export_oaa(workdir, ds, save_png=False) == whole  # a plain rerun
+  os.remove(export.cam_path(workdir, 'im0'))  # an interrupted export, resumed
+  assert export.export_oaa(workdir, ds, save_png=False) == whole
+  assert '1 CAM files written' in capsys.readouterr().out.splitlines()[-1]
 
 
 def _tiny_config():
@@ -132,7 +151,7 @@ def _random_variables(model, k, seed=0):
   return jax.tree.map(init, shapes)
 
 
-def test_group_inference_matches_a_plain_loop(tmp_path):
+def test_group_inference_matches_a_plain_loop(tmp_path, capsys):
   config = _tiny_config()
   labels = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1]], bool)
   ds = _dataset(tmp_path, labels, [(20, 30), (32, 32), (40, 24), (16, 20), (30, 30)])
@@ -182,8 +201,10 @@ def test_group_inference_matches_a_plain_loop(tmp_path):
   # Resume: only the groups of the missing image run again; the others are left alone.
   os.remove(export.cam_path(workdir, 'im3'))
   before = os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns
+  capsys.readouterr()
   out = export.export_group_inference(config, workdir, ds, model, variables, NORM)
-  assert out['export_cams/images'] == 1 and out['export_cams/skipped'] == 4
+  assert out == {'export_cams/images': 5}
+  assert '1 CAM files written' in capsys.readouterr().out
   assert os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns == before
   rec = np.load(export.cam_path(workdir, 'im3'), allow_pickle=True).item()
   want = _irnet_normalize(sums[3]['graph'][[2]] / counts[3])

@@ -209,18 +209,26 @@ def todo(workdir: str, dataset) -> np.ndarray:
                   bool)
 
 
+def _report(method: str, written: int, total: int, images_per_s: float) -> dict:
+  """Prints what this run wrote; returns the figures of the whole export, the same whether it
+  ran at once or was resumed (what one run wrote and how fast are not among them)."""
+  print(f'[export_cams] {written} CAM files written ({images_per_s:.1f} img/s), '
+        f'{total - written} kept from an earlier run ({method})', flush=True)
+  return {'export_cams/images': int(total)}
+
+
 def export_oaa(workdir: str, dataset, save_png: bool) -> dict:
   """CAM files from the OAA store that train_cls accumulated (the ensemble readout only).
 
   Each class map is the stored 0..255 max over epochs, divided by 255 (feature resolution of
   the training input, covering the whole image) and resized to the image size. A class that was
   never written (below the probability threshold in every epoch before the last, and the last
-  epoch never reached) is exported as a zero map and counted in 'export_cams/missing_maps'.
+  epoch never reached) is exported as a zero map and counted in 'export_cams/missing_maps'
+  (over the whole store, files written by an earlier run included).
   """
   merged = oaa.MergedOAA(workdir, dataset.label_matrix())
   pending = np.flatnonzero(todo(workdir, dataset))
   writer = Writer(workdir, len(pending), save_png, 'export_cams (oaa)')
-  missing = 0
   for i in pending:
     ex = dataset.examples[i]
     stored = merged.get(int(i))
@@ -229,14 +237,11 @@ def export_oaa(workdir: str, dataset, save_png: bool) -> dict:
     for k, c in enumerate(keys):
       if int(c) in stored:
         maps[k] = stored[int(c)].astype(np.float32) / 255.0
-      else:
-        missing += 1
     writer.submit(ex.name, keys, {'ensemble': maps}, ex.image_path, 'ensemble', 'oaa')
   writer.close()
-  return {'export_cams/images': int(len(pending)),
-          'export_cams/skipped': int(len(dataset) - len(pending)),
-          'export_cams/missing_maps': int(missing),
-          'export_cams/images_per_s': writer.images_per_s()}
+  out = _report('oaa', len(pending), len(dataset), writer.images_per_s())
+  out['export_cams/missing_maps'] = merged.num_missing()
+  return out
 
 
 def load_rgb(path: str) -> np.ndarray:
@@ -333,8 +338,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   remaining = np.bincount(groups[rows].reshape(-1), minlength=len(dataset)) * unfinished
   num_todo = int(unfinished.sum())
   if num_todo == 0:
-    return {'export_cams/images': 0, 'export_cams/skipped': len(dataset),
-            'export_cams/images_per_s': 0.0}
+    return _report('group inference', 0, len(dataset), 0.0)
 
   mesh = parallel.make_mesh()
   num_devices = mesh.devices.size
@@ -411,5 +415,4 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   if writer is None:
     return {}
   writer.close()
-  return {'export_cams/images': num_todo, 'export_cams/skipped': int(len(dataset) - num_todo),
-          'export_cams/images_per_s': writer.images_per_s()}
+  return _report('group inference', num_todo, len(dataset), writer.images_per_s())

@@ -248,6 +248,13 @@ class MergedOAA:
     if not self._files and self.index.num_slots:
       raise UserError(f'{directory}: no process_<i>.u8 file; run train_cls first')
 
+  def num_missing(self) -> int:
+    """How many (image, class) slots no process has written (`get` leaves them out)."""
+    written = np.zeros(self.index.num_slots, bool)
+    for _, wr in self._files:
+      written |= np.asarray(wr, bool)
+    return int(self.index.num_slots - np.count_nonzero(written))
+
   def get(self, i: int) -> dict:
     """{class_idx: uint8 [h, w]} of image i, max over processes; classes never written absent."""
     out = {}

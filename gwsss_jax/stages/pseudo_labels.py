@@ -3,7 +3,8 @@
 With saliency maps (`data.saliency_dir`): the release's rules (`cams.pseudo.saliency_label`,
 thresholds `pseudo.*`). Without: IRNet's background threshold `cams.bg_threshold`.
 Output: `<workdir>/pseudo_labels/<name>.png` (0 background, c + 1 for class c, 255 ignore, VOC
-colour map), written atomically; images already labelled are skipped. Work is split over the
+colour map), written atomically; images already labelled are not labelled again (their labels
+are read back for the figures, which cover every label). Work is split over the
 hosts (process i takes every i-th image; the workdir must be shared) and over the CPU cores
 (`pseudo.num_workers` processes, 0 = all cores).
 
@@ -16,6 +17,7 @@ labelled by an earlier, interrupted run.
 """
 
 import itertools
+import math
 import multiprocessing
 import os
 
@@ -50,15 +52,17 @@ def saliency_root(config) -> str:
   return d if os.path.isabs(d) else os.path.join(config.data.root, d)
 
 
-def read_saliency(path: str) -> np.ndarray:
-  """uint8 [H, W] saliency (0..255; RGB maps are converted to grey); UserError naming the file
-  when it is missing or unreadable."""
+def read_saliency(path: str, header_only: bool = False):
+  """uint8 [H, W] saliency (0..255; RGB maps are converted to grey), or its (H, W) from the
+  header alone; UserError naming the file when it is missing or unreadable."""
   if not os.path.exists(path):
     raise UserError(f'saliency map not found: {path} (config.data.saliency_dir needs '
                     '<name>.png for every training image; set it to \'\' to use the CAM '
                     'background threshold instead)')
   try:
     with Image.open(path) as img:
+      if header_only:
+        return img.size[::-1]
       img.load()
       return np.asarray(img.convert('L'), np.uint8)
   except (OSError, SyntaxError, ValueError) as e:
@@ -102,19 +106,31 @@ def _scores(label, mask_file: str, num_classes: int):
   return metrics_lib.confusion_matrix(label, palette.read_label_png(mask_file), num_classes)
 
 
-def label_image(task) -> tuple:
-  """Worker: computes and writes one pseudo label (reads it back when `done`).
+def _coverage(label: np.ndarray) -> float:
+  return float(np.mean(label != pseudo.IGNORE))
 
-  Returns (name, coverage, saliency resized, confusion matrix without CRF, with CRF); the
-  matrices are None without ground truth, the second also without `cams.crf`.
+
+def label_image(task) -> tuple:
+  """Worker: computes and writes one pseudo label, or reads back the one an earlier run wrote.
+
+  Returns (name, coverage, saliency resized, written now, confusion matrix without CRF, with
+  CRF); the matrices are None without ground truth, the second also without `cams.crf`.
   """
-  name, cam_file, saliency_file, out_file, image_file, mask_file, params, done = task
+  name, cam_file, saliency_file, out_file, image_file, mask_file, params = task
+  if os.path.exists(out_file):
+    label = palette.read_label_png(out_file)
+    resized = bool(saliency_file) and read_saliency(saliency_file, header_only=True) != label.shape
+    cm_plain = cm_crf = None
+    if mask_file:  # the label without the CRF is recomputed to score it
+      cams, keys, saliency, _ = load_inputs(cam_file, saliency_file)
+      plain = label if not params['crf'] else make_label(cams, keys, saliency, params)
+      cm_plain = _scores(plain, mask_file, params['num_classes'])
+      cm_crf = _scores(label, mask_file, params['num_classes']) if params['crf'] else None
+    return name, _coverage(label), resized, False, cm_plain, cm_crf
   cams, keys, saliency, resized = load_inputs(cam_file, saliency_file)
   plain = make_label(cams, keys, saliency, params)
   label = plain
-  if params['crf'] and done:
-    label = palette.read_label_png(out_file)
-  elif params['crf']:
+  if params['crf']:
     rgb = read_rgb(image_file, cams.shape[1:])
     crf_params = crf_lib.params_from_config(params['crf'])
 
@@ -122,11 +138,10 @@ def label_image(task) -> tuple:
       return crf_reference.from_labels(index, rgb, num_channels, crf_params,
                                        params['crf']['gt_prob'])
     label = make_label(cams, keys, saliency, params, refine)
-  if not done:
-    palette.save_label_png(out_file, label)
+  palette.save_label_png(out_file, label)
   cm_crf = _scores(label, mask_file, params['num_classes']) if params['crf'] else None
-  return (name, float(np.mean(label != pseudo.IGNORE)), resized,
-          _scores(plain, mask_file, params['num_classes']), cm_crf)
+  return (name, _coverage(label), resized, True, _scores(plain, mask_file, params['num_classes']),
+          cm_crf)
 
 
 def label_batch_jax(tasks, labeller, batch_size: int):
@@ -136,7 +151,7 @@ def label_batch_jax(tasks, labeller, batch_size: int):
     chunk = tasks[start:start + batch_size]
     items = []
     for task in chunk:
-      _, cam_file, saliency_file, _, image_file, _, params, _ = task
+      _, cam_file, saliency_file, _, image_file, _, params = task
       cams, keys, saliency, resized = load_inputs(cam_file, saliency_file)
       captured = {}
 
@@ -170,12 +185,12 @@ def label_batch_jax(tasks, labeller, batch_size: int):
     refined = np.asarray(labeller(np.stack(unary), np.stack(rgb), np.asarray(sizes, np.int32)))
     for k, it in enumerate(items):
       task, cams, keys, saliency, resized, plain = it[:6]
-      name, _, _, out_file, _, mask_file, params, _ = task
+      name, _, _, out_file, _, mask_file, params = task
       h, w = it[7].shape[:2]
       label = make_label(cams, keys, saliency, params,
                          lambda index, n, r=refined[k, :h, :w]: r.astype(np.int64))
       palette.save_label_png(out_file, label)
-      yield (name, float(np.mean(label != pseudo.IGNORE)), resized,
+      yield (name, _coverage(label), resized, True,
              _scores(plain, mask_file, params['num_classes']),
              _scores(label, mask_file, params['num_classes']))
 
@@ -201,59 +216,69 @@ def run(config, workdir: str) -> dict:
             'crf': config.cams.crf_params.to_dict() if use_crf else None}
   mine = dataset.examples[jax.process_index()::jax.process_count()]
   os.makedirs(label_dir(workdir), exist_ok=True)
-  all_tasks = [(ex.name, export.cam_path(workdir, ex.name),
-                os.path.join(sal_root, ex.name + '.png') if sal_root else '',
-                label_path(workdir, ex.name), ex.image_path,
-                ex.mask_path if ex.mask_path and os.path.exists(ex.mask_path) else '', params,
-                os.path.exists(label_path(workdir, ex.name)))
-               for ex in mine]
-  tasks = [t for t in all_tasks if not t[-1]]
-  # Labels of an earlier run are read back only to score them (where there is ground truth).
-  rescore = [t for t in all_tasks if t[-1] and t[5]]
+  # Every label, not only those written now: the figures describe all of them (labels of an
+  # earlier run are read back), so that a resumed or repeated run reports the same.
+  tasks = [(ex.name, export.cam_path(workdir, ex.name),
+            os.path.join(sal_root, ex.name + '.png') if sal_root else '',
+            label_path(workdir, ex.name), ex.image_path,
+            ex.mask_path if ex.mask_path and os.path.exists(ex.mask_path) else '', params)
+           for ex in mine]
   on_device = use_crf and config.crf.impl == 'jax'
-  pooled = rescore + ([] if on_device else tasks)
+  # With the CRF on the devices, the pool only reads back earlier labels.
+  new = [t for t in tasks if on_device and not os.path.exists(t[3])]
+  pooled = [t for t in tasks if t not in new]
   workers = min(q.num_workers or os.cpu_count() or 1, max(len(pooled), 1))
-  coverage, all_ignored, resized = [], 0, 0
+  results = {}
   cms = [np.zeros((params['num_classes'],) * 2, np.int64) for _ in range(2)]
   scored = [False, False]
   bar = tqdm(total=len(tasks), desc='pseudo_labels', unit='img', dynamic_ncols=True,
              disable=jax.process_index() != 0)
   if workers <= 1:
-    results = map(label_image, pooled)
+    outputs = map(label_image, pooled)
     pool = None
   else:
     # spawn: the parent holds JAX's threads, which fork does not copy safely.
     pool = multiprocessing.get_context('spawn').Pool(workers)
-    results = pool.imap_unordered(label_image, pooled, chunksize=8 if not use_crf else 1)
+    outputs = pool.imap_unordered(label_image, pooled, chunksize=8 if not use_crf else 1)
   if on_device:
     from gwsss_jax.crf import dense  # pylint: disable=g-import-not-at-top
     labeller = dense.make_labeller(crf_lib.params_from_config(config.cams.crf_params))
-    results = itertools.chain(results, label_batch_jax(tasks, labeller, config.crf.batch_size))
-  new = {t[0] for t in tasks}
+    outputs = itertools.chain(outputs, label_batch_jax(new, labeller, config.crf.batch_size))
   try:
-    for name, cov, was_resized, cm_plain, cm_crf in results:
+    for name, cov, was_resized, written, cm_plain, cm_crf in outputs:
+      results[name] = (cov, was_resized, written)
       for k, cm in enumerate((cm_plain, cm_crf)):
         if cm is not None:
           cms[k] += cm
           scored[k] = True
-      if name not in new:
-        continue
-      coverage.append(cov)
-      all_ignored += cov == 0.0
-      resized += was_resized
       bar.update(1)
   finally:
     if pool is not None:
       pool.terminate()
     bar.close()
-  out = {'pseudo_labels/images': len(tasks), 'pseudo_labels/skipped': len(mine) - len(tasks),
-         'pseudo_labels/all_ignored': int(all_ignored)}
-  # Ignored pixels are not counted (as eval_cams' pseudo-label mIoU).
-  for k, key in enumerate(('pseudo_labels/miou_no_crf', 'pseudo_labels/miou_crf')):
-    if scored[k] and jax.process_count() == 1:
-      out[key] = float(np.nanmean(metrics_lib.iou_per_class(cms[k])))
+  # fsum: the same total whatever order the workers finished in.
+  coverage = [results[n][0] for n in sorted(results)]
+  totals = np.array([len(results), math.fsum(coverage), sum(c == 0.0 for c in coverage),
+                     sum(r[1] for r in results.values()), sum(r[2] for r in results.values())],
+                    np.float64)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    totals = np.asarray(multihost_utils.process_allgather(totals)).sum(axis=0)
+    cms = [np.asarray(multihost_utils.process_allgather(cm)).sum(axis=0) for cm in cms]
+    scored = [bool(np.asarray(multihost_utils.process_allgather(np.array(f))).any())
+              for f in scored]
+  if jax.process_index() != 0:
+    return {}
+  images, coverage_sum, all_ignored, resized, written = totals
+  print(f'[pseudo_labels] {int(written)} labels written, {int(images - written)} kept from an '
+        'earlier run', flush=True)
+  out = {'pseudo_labels/images': int(images), 'pseudo_labels/all_ignored': int(all_ignored)}
   if sal_root:
     out['pseudo_labels/saliency_resized'] = int(resized)
-  if coverage:
-    out['pseudo_labels/mean_coverage'] = float(np.mean(coverage))
+  if images:
+    out['pseudo_labels/mean_coverage'] = float(coverage_sum / images)
+  # Ignored pixels are not counted (as eval_cams' pseudo-label mIoU).
+  for k, key in enumerate(('pseudo_labels/miou_no_crf', 'pseudo_labels/miou_crf')):
+    if scored[k]:
+      out[key] = float(np.nanmean(metrics_lib.iou_per_class(cms[k])))
   return out
