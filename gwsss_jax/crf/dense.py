@@ -39,18 +39,25 @@ def _features(rgb, hw, params: Params):
   return pos, bi, inside.reshape(-1)
 
 
-def mean_field_one(unary, rgb, hw, params: Params, capacities=(None, None)):
+def mean_field_one(unary, rgb, hw, params: Params, capacities=(None, None),
+                   with_overflow: bool = False):
   """One image: unary float32 [H, W, L] (energies, -log p), rgb uint8 [H, W, 3], hw int32 [2]
-  (the valid region). Returns Q float32 [H, W, L]."""
+  (the valid region). Returns Q float32 [H, W, L] (and with `with_overflow`, whether a lattice
+  had more points than its capacity, which makes Q wrong).
+
+  `capacities` (Gaussian, bilateral): lattice table sizes; None is the safe bound N (d + 1).
+  """
   h, w, num_labels = unary.shape
   pos_f, bi_f, inside = _features(rgb, hw, params)
   mask = inside.astype(jnp.float32)[:, None]
   kernels = []
+  overflow = jnp.zeros((), bool)
   for feats, weight, cap in ((pos_f, params.pos_w, capacities[0]),
                              (bi_f, params.bi_w, capacities[1])):
     if weight == 0:
       continue
     lat = lattice_lib.build(feats, cap)
+    overflow |= lat.num_points > lat.neighbours.shape[-1]
     norm = jax.lax.rsqrt(lattice_lib.filter_values(lat, mask)[:, 0] + 1e-20)[:, None]
     kernels.append((lat, norm, np.float32(weight)))
   u = unary.reshape(-1, num_labels).astype(jnp.float32)
@@ -63,15 +70,19 @@ def mean_field_one(unary, rgb, hw, params: Params, capacities=(None, None)):
     return jax.nn.softmax(energy, axis=-1), None
 
   q, _ = jax.lax.scan(step, q, None, length=params.iterations)
-  return q.reshape(h, w, num_labels)
+  q = q.reshape(h, w, num_labels)
+  return (q, overflow) if with_overflow else q
 
 
-def mean_field(unary, rgb, hw, params: Params, capacities=(None, None)):
-  """A batch: unary [B, H, W, L], rgb uint8 [B, H, W, 3], hw int32 [B, 2] -> Q [B, H, W, L].
+def mean_field(unary, rgb, hw, params: Params, capacities=(None, None),
+               with_overflow: bool = False):
+  """A batch: unary [B, H, W, L], rgb uint8 [B, H, W, 3], hw int32 [B, 2] -> Q [B, H, W, L]
+  (and overflow [B], see `mean_field_one`).
 
   The images go one after the other (`lax.map`): each is large enough to occupy the device, and
   vmap's batched scatters and gathers run several times slower on XLA:CPU."""
-  fn = functools.partial(mean_field_one, params=params, capacities=capacities)
+  fn = functools.partial(mean_field_one, params=params, capacities=capacities,
+                         with_overflow=with_overflow)
   return jax.lax.map(lambda a: fn(*a), (unary, rgb, hw))
 
 
@@ -85,26 +96,50 @@ def unary_from_probs(probs, clip: float = 1e-5):
   return -jnp.log(jnp.clip(probs, clip, 1.0))
 
 
+# Lattice table size as a multiple of the pixel count. Photographs fill far fewer lattice points
+# than the bound N (d + 1) (about N for the bilateral kernels of IRNet and DeepLab on MSRC-v2),
+# and the blur and neighbour search cost grows with the table; an image that overflows it is
+# filtered again with the bound.
+CAPACITY_PER_PIXEL = 1.25
+
+
 def make_labeller(params: Params, devices=None):
-  """jit(unary [B, H, W, L], rgb uint8 [B, H, W, 3], hw int32 [B, 2]) -> labels uint8 [B, H, W]
-  (argmax of Q), the batch split over `devices` (default: this host's) with shard_map when
-  their number divides B, else run on the first."""
+  """(unary [B, H, W, L], rgb uint8 [B, H, W, 3], hw int32 [B, 2]) -> labels uint8 [B, H, W]
+  (argmax of Q, a host array), jit-compiled, the batch split over `devices` (default: this
+  host's) with shard_map when their number divides B, else run on the first.
+
+  Runs with lattice tables of CAPACITY_PER_PIXEL x N points, and again with the safe bound when
+  some image overflowed them (one more compilation)."""
   devices = list(jax.local_devices() if devices is None else devices)
-
-  def label(unary, rgb, hw):
-    return jnp.argmax(mean_field(unary, rgb, hw, params), -1).astype(jnp.uint8)
-
-  single = jax.jit(label)
-  if len(devices) == 1:
-    return single
   mesh = Mesh(np.asarray(devices), ('data',))
   spec = P('data')
-  sharded = jax.jit(jax.shard_map(label, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
-                                  check_vma=False))
+  compiled = {}
+
+  def get(shape, bounded: bool, sharded: bool):
+    key = (shape, bounded, sharded)
+    if key not in compiled:
+      n = shape[1] * shape[2]
+      caps = ((min(3 * n, int(CAPACITY_PER_PIXEL * n) + 1),
+               min(6 * n, int(CAPACITY_PER_PIXEL * n) + 1)) if bounded else (None, None))
+
+      def label(unary, rgb, hw):
+        q, overflow = mean_field(unary, rgb, hw, params, caps, with_overflow=True)
+        return jnp.argmax(q, -1).astype(jnp.uint8), overflow
+      if sharded:
+        label = jax.shard_map(label, mesh=mesh, in_specs=(spec, spec, spec),
+                              out_specs=(spec, spec), check_vma=False)
+      compiled[key] = jax.jit(label)
+    return compiled[key]
 
   def run(unary, rgb, hw):
-    if unary.shape[0] % len(devices):
-      return single(unary, rgb, hw)
-    sharding = NamedSharding(mesh, spec)
-    return sharded(*(jax.device_put(x, sharding) for x in (unary, rgb, hw)))
+    sharded = len(devices) > 1 and unary.shape[0] % len(devices) == 0
+    args = (unary, rgb, hw)
+    if sharded:
+      args = tuple(jax.device_put(x, NamedSharding(mesh, spec)) for x in args)
+    else:
+      args = tuple(jax.device_put(x, devices[0]) for x in args)
+    labels, overflow = get(unary.shape[:3], True, sharded)(*args)
+    if np.any(np.asarray(overflow)):
+      labels, _ = get(unary.shape[:3], False, sharded)(*args)
+    return np.asarray(labels)
   return run

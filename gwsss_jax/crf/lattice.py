@@ -5,9 +5,9 @@ It follows the C++ lattice of Kraehenbuehl's dense CRF (densecrf/src/permutohedr
 pydensecrf2 wraps) step for step: the same elevation, rounding, simplex ranking, barycentric
 weights, [1/2, 1, 1/2] blur along the d + 1 lattice directions and the same final scale alpha,
 so that the JAX CRF and the reference agree to float rounding. Where the C++ code keeps a hash
-table of the occupied lattice points, this code sorts the vertex keys (lexicographically, after a
-32-bit hash) to number the distinct points, and finds a point's blur neighbours by binary search
-on the sorted hashes, comparing the full keys to rule out hash collisions.
+table of the occupied lattice points, this code sorts the vertices by their key's 32-bit hash
+(and first key word) to number the distinct points, and finds a point's blur neighbours by
+binary search on the sorted hashes, comparing the full keys to rule out hash collisions.
 
 Shapes are static: a point cloud of N points has at most N (d + 1) lattice points, and the
 tables are sized for that bound (`capacity` can shrink them when the caller knows better).
@@ -104,18 +104,26 @@ def _pack(keys):
 
 
 def _sorted_vertices(features):
-  """The simplex vertices sorted by (hash, key): hashes, packed keys, order, weights."""
+  """The simplex vertices sorted by (hash, first key word): the keys, weights, sorted hashes,
+  the order, and where a new lattice point starts in it.
+
+  The sort key is 64 bits, not the whole key: XLA:CPU sorts time grows with every key operand
+  (two keys take half the time of four). Distinct keys equal in those 64 bits (odds about
+  M^2 / 2^65 for M lattice points) would still get told apart below, but could interleave in the
+  order and split a lattice point in two.
+  """
   n, d = features.shape
   keys, bary = _simplex(features)
   flat = keys.reshape(n * (d + 1), d)
   words = _pack(flat)
-  out = jax.lax.sort([_hash(flat)] + words + [jnp.arange(flat.shape[0], dtype=jnp.int32)],
-                     num_keys=1 + len(words))
-  new = out[0][1:] != out[0][:-1]
-  for w in out[1:-1]:
+  sh, _, perm = jax.lax.sort((_hash(flat), words[0], jnp.arange(flat.shape[0], dtype=jnp.int32)),
+                             num_keys=2)
+  new = sh[1:] != sh[:-1]
+  for w in words:
+    w = jnp.take(w, perm, mode='clip')
     new |= w[1:] != w[:-1]
   new = jnp.concatenate([jnp.ones((1,), bool), new])
-  return flat, bary, out[0], out[-1], new
+  return flat, bary, sh, perm, new
 
 
 def build(features, capacity: int | None = None) -> Lattice:
