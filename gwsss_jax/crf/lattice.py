@@ -160,18 +160,18 @@ def build(features, capacity: int | None = None) -> Lattice:
       found = jnp.where(hit, idx, found)
     return jnp.where(valid, found, cap)
 
-  neighbours = []
+  # Direction j: n1 = key - 1 with key[j] + d, n2 = key + 1 with key[j] - d (C++ order).
+  # n2 is the inverse of n1 (n1(a) = b exactly when n2(b) = a), so one search suffices.
+  steps = np.ones((d + 1, d), np.int32)
+  steps[np.arange(d), np.arange(d)] = -d
   rows = jnp.arange(cap, dtype=jnp.int32)
-  for j in range(d + 1):
-    # Direction j: n1 = key - 1 with key[j] + d, n2 = key + 1 with key[j] - d (C++ order).
-    # n2 is the inverse of n1 (n1(a) = b exactly when n2(b) = a), so one search suffices.
-    step = np.full((d,), 1, np.int32)
-    if j < d:
-      step[j] = -d
+
+  def direction(step):  # one traced search for all directions: a smaller program to compile
     n1 = find(table_k - step)
     n2 = jnp.full((cap,), cap, jnp.int32).at[n1].set(rows, mode='drop')
-    neighbours.append(jnp.stack([n1, n2]))
-  return Lattice(offsets.reshape(n, d + 1), bary, jnp.stack(neighbours), num_points)
+    return jnp.stack([n1, n2])
+  neighbours = jax.lax.map(direction, jnp.asarray(steps))
+  return Lattice(offsets.reshape(n, d + 1), bary, neighbours, num_points)
 
 
 def count_points(features) -> jax.Array:
@@ -191,13 +191,15 @@ def filter_values(lattice: Lattice, values, reverse: bool = False):
   grid = grid.at[cap].set(0.0)
   pad = jnp.full((dp1, 2, 1), cap, jnp.int32)
   neighbours = jnp.concatenate([lattice.neighbours, pad], -1)
-  order = range(dp1 - 1, -1, -1) if reverse else range(dp1)
-  for j in order:
+
+  def blur(i, grid):
+    j = dp1 - 1 - i if reverse else i
     # mode='clip': indices are in range by construction, and XLA:CPU's bounds-checked gather
     # ('fill') is several times slower.
     both = jnp.take(grid, neighbours[j].reshape(-1), axis=0, mode='clip')
     both = both.reshape(2, cap + 1, -1)
-    grid = grid + 0.5 * (both[0] + both[1])
+    return grid + 0.5 * (both[0] + both[1])
+  grid = jax.lax.fori_loop(0, dp1, blur, grid)
   alpha = np.float32(1.0 / (1.0 + 2.0 ** (-(dp1 - 1))))
   sliced = jnp.take(grid, offsets, axis=0, mode='clip').reshape(n, dp1, -1)
   return alpha * jnp.sum(lattice.weights[:, :, None] * sliced, 1)
