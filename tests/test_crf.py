@@ -101,7 +101,7 @@ def test_jax_agrees_with_the_reference(params, hw):
 
 def test_padded_batch_and_devices_give_the_labels_of_single_images(monkeypatch):
   """Two images of different sizes padded into one batch, split over 2 simulated devices, with
-  lattice tables too small for them (the labeller must notice and run with the safe bound)."""
+  lattice tables too small for them (the labeller must notice and run with larger ones)."""
   monkeypatch.setattr(dense, 'CAPACITY_PER_PIXEL', 0.05)
   assert len(jax.devices()) >= 2
   params = IRNET._replace(iterations=5)

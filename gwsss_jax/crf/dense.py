@@ -42,8 +42,9 @@ def _features(rgb, hw, params: Params):
 def mean_field_one(unary, rgb, hw, params: Params, capacities=(None, None),
                    with_overflow: bool = False):
   """One image: unary float32 [H, W, L] (energies, -log p), rgb uint8 [H, W, 3], hw int32 [2]
-  (the valid region). Returns Q float32 [H, W, L] (and with `with_overflow`, whether a lattice
-  had more points than its capacity, which makes Q wrong).
+  (the valid region). Returns Q float32 [H, W, L] (and with `with_overflow`, the number of
+  points of each lattice, Gaussian and bilateral, int32 [2]: more than its capacity makes Q
+  wrong).
 
   `capacities` (Gaussian, bilateral): lattice table sizes; None is the safe bound N (d + 1).
   """
@@ -51,13 +52,14 @@ def mean_field_one(unary, rgb, hw, params: Params, capacities=(None, None),
   pos_f, bi_f, inside = _features(rgb, hw, params)
   mask = inside.astype(jnp.float32)[:, None]
   kernels = []
-  overflow = jnp.zeros((), bool)
+  points = []
   for feats, weight, cap in ((pos_f, params.pos_w, capacities[0]),
                              (bi_f, params.bi_w, capacities[1])):
     if weight == 0:
+      points.append(jnp.zeros((), jnp.int32))
       continue
     lat = lattice_lib.build(feats, cap)
-    overflow |= lat.num_points > lat.neighbours.shape[-1]
+    points.append(lat.num_points)
     norm = jax.lax.rsqrt(lattice_lib.filter_values(lat, mask)[:, 0] + 1e-20)[:, None]
     kernels.append((lat, norm, np.float32(weight)))
   u = unary.reshape(-1, num_labels).astype(jnp.float32)
@@ -71,13 +73,13 @@ def mean_field_one(unary, rgb, hw, params: Params, capacities=(None, None),
 
   q, _ = jax.lax.scan(step, q, None, length=params.iterations)
   q = q.reshape(h, w, num_labels)
-  return (q, overflow) if with_overflow else q
+  return (q, jnp.stack(points)) if with_overflow else q
 
 
 def mean_field(unary, rgb, hw, params: Params, capacities=(None, None),
                with_overflow: bool = False):
   """A batch: unary [B, H, W, L], rgb uint8 [B, H, W, 3], hw int32 [B, 2] -> Q [B, H, W, L]
-  (and overflow [B], see `mean_field_one`).
+  (and lattice points [B, 2], see `mean_field_one`).
 
   The images go one after the other (`lax.map`): each is large enough to occupy the device, and
   vmap's batched scatters and gathers run several times slower on XLA:CPU."""
@@ -96,11 +98,11 @@ def unary_from_probs(probs, clip: float = 1e-5):
   return -jnp.log(jnp.clip(probs, clip, 1.0))
 
 
-# Lattice table size as a multiple of the pixel count. Photographs fill far fewer lattice points
-# than the bound N (d + 1) (about N for the bilateral kernels of IRNet and DeepLab on MSRC-v2),
-# and the blur and neighbour search cost grows with the table; an image that overflows it is
-# filtered again with the bound.
+# Lattice table size, as a multiple of the pixel count, of a labeller's first call. Photographs
+# fill far fewer lattice points than the bound N (d + 1) (about N for the bilateral kernels of
+# IRNet and DeepLab on MSRC-v2), and the blur and neighbour search cost grows with the table.
 CAPACITY_PER_PIXEL = 1.25
+_CAPACITY_STEP = 4096
 
 
 def make_labeller(params: Params, devices=None):
@@ -108,38 +110,39 @@ def make_labeller(params: Params, devices=None):
   (argmax of Q, a host array), jit-compiled, the batch split over `devices` (default: this
   host's) with shard_map when their number divides B, else run on the first.
 
-  Runs with lattice tables of CAPACITY_PER_PIXEL x N points, and again with the safe bound when
-  some image overflowed them (one more compilation)."""
+  The lattice tables start at CAPACITY_PER_PIXEL x N points. A batch with an image that needs
+  more is run again with tables grown to fit it (by 25%, in steps of 4096, at most the bound
+  N (d + 1)), which later calls keep: one more compilation each time they grow."""
   devices = list(jax.local_devices() if devices is None else devices)
   mesh = Mesh(np.asarray(devices), ('data',))
   spec = P('data')
-  compiled = {}
+  compiled, capacities = {}, {}
 
-  def get(shape, bounded: bool, sharded: bool):
-    key = (shape, bounded, sharded)
-    if key not in compiled:
-      n = shape[1] * shape[2]
-      caps = ((min(3 * n, int(CAPACITY_PER_PIXEL * n) + 1),
-               min(6 * n, int(CAPACITY_PER_PIXEL * n) + 1)) if bounded else (None, None))
-
+  def get(caps, sharded: bool):
+    if (caps, sharded) not in compiled:
       def label(unary, rgb, hw):
-        q, overflow = mean_field(unary, rgb, hw, params, caps, with_overflow=True)
-        return jnp.argmax(q, -1).astype(jnp.uint8), overflow
+        q, points = mean_field(unary, rgb, hw, params, caps, with_overflow=True)
+        return jnp.argmax(q, -1).astype(jnp.uint8), points
       if sharded:
         label = jax.shard_map(label, mesh=mesh, in_specs=(spec, spec, spec),
                               out_specs=(spec, spec), check_vma=False)
-      compiled[key] = jax.jit(label)
-    return compiled[key]
+      compiled[caps, sharded] = jax.jit(label)
+    return compiled[caps, sharded]
 
   def run(unary, rgb, hw):
+    n = unary.shape[1] * unary.shape[2]
+    bounds = (3 * n, 6 * n)
+    caps = capacities.setdefault(
+        unary.shape[1:3], tuple(min(b, int(CAPACITY_PER_PIXEL * n) + 1) for b in bounds))
     sharded = len(devices) > 1 and unary.shape[0] % len(devices) == 0
-    args = (unary, rgb, hw)
-    if sharded:
-      args = tuple(jax.device_put(x, NamedSharding(mesh, spec)) for x in args)
-    else:
-      args = tuple(jax.device_put(x, devices[0]) for x in args)
-    labels, overflow = get(unary.shape[:3], True, sharded)(*args)
-    if np.any(np.asarray(overflow)):
-      labels, _ = get(unary.shape[:3], False, sharded)(*args)
+    target = NamedSharding(mesh, spec) if sharded else devices[0]
+    args = tuple(jax.device_put(x, target) for x in (unary, rgb, hw))
+    labels, points = get(caps, sharded)(*args)
+    needed = np.asarray(points).max(0)
+    if np.any(needed > np.asarray(caps)):
+      caps = tuple(min(b, max(c, -(-int(1.25 * m) // _CAPACITY_STEP) * _CAPACITY_STEP))
+                   for b, c, m in zip(bounds, caps, needed))
+      capacities[unary.shape[1:3]] = caps
+      labels, _ = get(caps, sharded)(*args)
     return np.asarray(labels)
   return run
