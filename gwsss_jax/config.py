@@ -10,20 +10,34 @@ enumerations) and raises `UserError` naming the key.
 
 import ml_collections
 
+from gwsss_jax.cams.pseudo import CAM_NORMS
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data.normalization import NORMALIZATIONS
+from gwsss_jax.models import hub
 
-STAGES = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
+STAGES = ('check_data', 'train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
           'eval_seg')
 DATASETS = ('voc', 'coco', 'synthetic', 'tfds_voc', 'tfds_coco')
 BACKBONES = ('vgg16', 'resnet101')
 VARIANTS = ('paper', 'release')
+OAA_MEMBERS = ('anchor', 'all')
+RESIZE_MODES = ('shorter_side', 'square')
+ANCHOR_ORDERS = ('shuffle', 'list')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
 CRF_IMPLS = ('reference', 'jax')
 
 
+def input_size(config) -> int:
+  """Side of the square classifier input: `data.crop_size`, or `data.resize` without a crop.
+
+  Here rather than in the input pipeline (which re-exports it) so that the training steps get
+  it without importing TensorFlow.
+  """
+  return config.data.crop_size or config.data.resize
+
+
 def base_config() -> ml_collections.ConfigDict:
-  """Paper defaults for PASCAL VOC 2012 (VGG16, K=4, T=3)."""
+  """Paper defaults for PASCAL VOC 2012 (VGG16 classifier, K=4, T=3; DeepLab-v2 ResNet-101)."""
   c = ml_collections.ConfigDict()
   c.stages = ','.join(STAGES)
   c.seed = 0
@@ -38,10 +52,15 @@ def base_config() -> ml_collections.ConfigDict:
   d.saliency_dir = ''          # saliency maps (DSS) <name>.png, absolute or under root; '' = CAM background cue
   d.tfds_data_dir = ''         # for tfds_* sources
   d.num_classes = 20           # without background
-  d.crop_size = 224
-  d.resize = 256               # shorter side before the crop (release)
+  # Classifier input. Paper: 224 x 224 (its only statement). Default: the shorter side resized
+  # to `resize`, a random `crop_size` crop, colour jitter and a random flip. The authors' release
+  # (configs/release.py): a `resize` x `resize` square (aspect ratio not kept), colour jitter,
+  # no crop (its crop-size argument is never used) and no flip.
+  d.resize_mode = 'shorter_side'  # 'shorter_side' or 'square' (both sides to `resize`)
+  d.resize = 256
+  d.crop_size = 224            # random crop side; 0 = no crop (needs resize_mode='square')
   d.color_jitter = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
-  d.flip = True
+  d.flip = True                # random horizontal flip
   d.normalization = 'auto'     # 'auto' (from the weights), 'imagenet_rgb', 'caffe_bgr'
   d.skip_bad = False
   d.deterministic = True
@@ -57,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   # --- the group-wise classification network ----------------------------------------
   c.model = m = ml_collections.ConfigDict()
   m.variant = 'paper'          # 'paper' (equations) or 'release' (the authors' code)
-  m.backbone = 'vgg16'
+  m.backbone = 'vgg16'          # the paper's classifier in every row; 'resnet101' is an extension
   m.width = 1.0                # channel multiplier (tests, CPU demo)
   m.output_stride = 8          # ResNet-101: 8 or 16
   m.freeze_bn = True           # ResNet-101: BatchNorm statistics frozen
@@ -72,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.drop_mask = 'binary'       # paper variant's drop branch: 'binary' (ADL, release) or 'eq10'
   m.loss_lambda = 0.4          # lambda of Eq. (12)
   m.dtype = 'float32'          # activations: float32 or bfloat16
-  m.pretrained = ''            # converted backbone weights (see gwsss_jax.models.convert)
+  m.pretrained = ''            # converted weights directory, or a name: docs/weights.md
 
   # --- classifier training (train_cls) ----------------------------------------------
   c.train = t = ml_collections.ConfigDict()
@@ -94,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_every_epochs = 1      # held-out mAP/F1
   t.profile_steps = 0          # > 0 traces that many steps with jax.profiler
   t.group_rule = 'greedy'      # 'greedy' (paper) or 'release'
+  t.anchor_order = 'shuffle'   # groups of an epoch: 'shuffle' (a permutation), 'list' (release)
 
   c.parallel = p = ml_collections.ConfigDict()
   p.impl = 'shard_map'         # 'shard_map' or 'pmap'
@@ -103,6 +123,16 @@ def base_config() -> ml_collections.ConfigDict:
   k.method = 'oaa'             # 'oaa' (accumulated in train_cls) or 'group_inference'
   k.source = 'ensemble'        # 'ensemble', 'graph' or 'intermediate'
   k.prob_threshold = 0.1       # OAA: skip a class while its probability is below
+  # OAA ("following OAA", the paper): the defaults are OAA's schedule, which the release keeps.
+  # Whose maps a step accumulates: 'anchor' = item 0 of each group, so every image gets one
+  # update per epoch (its own anchor turn); 'all' = every member, so images often chosen as
+  # partners get more max-updates and their maps spread.
+  k.oaa_members = 'anchor'
+  k.oaa_first_epoch = 1        # OAA: first epoch (0-based) that accumulates (OAA: `epoch > 0`)
+  k.oaa_fill_last_epoch = True  # OAA: the last epoch writes missing maps whatever the probability
+  # OAA: accumulate the graph, intermediate and ensemble readouts in one run (False: cams.source
+  # only), so that export_cams can write any of them (Table 3's readout rows) from one store.
+  k.oaa_all_readouts = False
   k.scales = (1.0, 0.5, 1.5, 2.0)
   k.flip = True
   k.batch_size = 1             # groups per step in group inference
@@ -122,14 +152,17 @@ def base_config() -> ml_collections.ConfigDict:
   q.saliency_bg_threshold = 32  # background but saliency >= this -> ignore
   q.fg_ignore_threshold = 0.8  # background but some class map above -> ignore
   q.min_fg_fraction = 0.01     # less valid foreground -> whole image ignored
+  q.cam_norm = 'max'           # class maps to 0..1: 'max' (/ max) or 'minmax' (release)
   q.num_workers = 0            # 0 = all CPU cores
 
   # --- segmentation (train_seg, eval_seg) -------------------------------------------
   c.seg = g = ml_collections.ConfigDict()
+  # The paper's Table 1 / Table 3 "ResNet-101" rows (68.2 val) use DeepLab-v2 ResNet-101; its
+  # "VGG16" row (63.3) 'deeplab_largefov_vgg16'. The classifier is VGG16 in both.
   g.model = 'deeplab_v2_resnet101'
   g.width = 1.0
   g.output_stride = 8
-  g.pretrained = ''
+  g.pretrained = ''            # as model.pretrained (e.g. 'deeplab:coco_init')
   g.oracle = False             # train on ground-truth masks instead of pseudo labels
   g.batch_size = 10
   g.crop_size = 321
@@ -153,6 +186,9 @@ def base_config() -> ml_collections.ConfigDict:
   g.log_every_steps = 50
   g.checkpoint_every_steps = 1000
   g.dtype = 'float32'
+  # train_seg stops when fewer pseudo-label pixels of the training set than this are labelled
+  # (not 255): DeepLab would learn nothing (0 = no check).
+  g.min_labelled_fraction = 0.01
   g.num_classes = c.data.get_ref('num_classes') + 1  # with background
 
   # --- dense CRF (cams.crf, seg.crf) ------------------------------------------------
@@ -182,7 +218,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.data.name in DATASETS, 'data.name', config.data.name,
          f'choose from {", ".join(DATASETS)}')
   _check(config.data.num_classes >= 1, 'data.num_classes', config.data.num_classes, 'must be >= 1')
-  _check(config.data.crop_size >= 16, 'data.crop_size', config.data.crop_size, 'must be >= 16')
+  d = config.data
+  _check(d.resize_mode in RESIZE_MODES, 'data.resize_mode', d.resize_mode,
+         f'choose from {", ".join(map(repr, RESIZE_MODES))}')
+  _check(d.resize >= 16, 'data.resize', d.resize, 'must be >= 16')
+  _check(d.crop_size == 0 or d.crop_size >= 16, 'data.crop_size', d.crop_size,
+         'must be 0 (no crop) or >= 16')
+  _check(d.crop_size > 0 or d.resize_mode == 'square', 'data.crop_size', d.crop_size,
+         "0 (no crop) needs data.resize_mode='square': images of other shapes do not batch")
+  _check(d.resize_mode != 'square' or d.crop_size <= d.resize, 'data.crop_size', d.crop_size,
+         f'larger than the square data.resize={d.resize}')
   normalizations = ('auto',) + tuple(NORMALIZATIONS)
   _check(config.data.normalization in normalizations, 'data.normalization',
          config.data.normalization, f'choose from {", ".join(map(repr, normalizations))}')
@@ -215,6 +260,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.base_lr > 0, 'train.base_lr', t.base_lr, 'must be > 0')
   _check(t.group_rule in ('greedy', 'release'), 'train.group_rule', t.group_rule,
          "choose from 'greedy', 'release'")
+  _check(t.anchor_order in ANCHOR_ORDERS, 'train.anchor_order', t.anchor_order,
+         f'choose from {", ".join(map(repr, ANCHOR_ORDERS))}')
   _check(config.parallel.impl in ('shard_map', 'pmap'), 'parallel.impl', config.parallel.impl,
          "choose from 'shard_map', 'pmap'")
   k = config.cams
@@ -222,12 +269,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "choose from 'oaa', 'group_inference'")
   _check(k.source in ('ensemble', 'graph', 'intermediate'), 'cams.source', k.source,
          "choose from 'ensemble', 'graph', 'intermediate'")
+  _check(k.oaa_members in OAA_MEMBERS, 'cams.oaa_members', k.oaa_members,
+         f'choose from {", ".join(map(repr, OAA_MEMBERS))}')
+  _check(k.oaa_first_epoch >= 0 and (k.method != 'oaa' or k.oaa_first_epoch < t.num_epochs),
+         'cams.oaa_first_epoch', k.oaa_first_epoch,
+         f'must lie in [0, train.num_epochs={t.num_epochs}): no epoch would accumulate OAA maps')
   _check(0.0 <= k.bg_threshold <= 1.0, 'cams.bg_threshold', k.bg_threshold, 'must lie in [0, 1]')
   _check(len(k.scales) >= 1 and all(s > 0 for s in k.scales), 'cams.scales', k.scales,
          'needs at least one positive scale')
   q = config.pseudo
   _check(0.0 <= q.conflict_threshold <= 1.0, 'pseudo.conflict_threshold', q.conflict_threshold,
          'must lie in [0, 1]')
+  _check(q.cam_norm in CAM_NORMS, 'pseudo.cam_norm', q.cam_norm,
+         f'choose from {", ".join(map(repr, CAM_NORMS))}')
   _check(0.0 <= q.min_fg_fraction <= 1.0, 'pseudo.min_fg_fraction', q.min_fg_fraction,
          'must lie in [0, 1]')
   _check_crf_params(k.crf_params, 'cams.crf_params')
@@ -238,11 +292,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.crf.batch_size >= 1, 'crf.batch_size', config.crf.batch_size, 'must be >= 1')
   g = config.seg
   _check_crf_params(g.crf_params, 'seg.crf_params')
+  for key, value in (('model.pretrained', m.pretrained), ('seg.pretrained', g.pretrained)):
+    hub.check_name(value, key)  # an unknown name fails here; a download happens at first use
   _check(g.model in SEG_MODELS, 'seg.model', g.model, f'choose from {", ".join(SEG_MODELS)}')
   _check(g.batch_size >= 1, 'seg.batch_size', g.batch_size, 'must be >= 1')
   _check(g.num_steps >= 1, 'seg.num_steps', g.num_steps, 'must be >= 1')
   _check(0 <= g.head_warmup_steps < g.num_steps, 'seg.head_warmup_steps', g.head_warmup_steps,
          f'must be >= 0 and below seg.num_steps={g.num_steps}')
+  _check(0.0 <= g.min_labelled_fraction <= 1.0, 'seg.min_labelled_fraction',
+         g.min_labelled_fraction, 'must lie in [0, 1]')
   _check(g.output_stride in (8, 16), 'seg.output_stride', g.output_stride, 'must be 8 or 16')
   _check(len(g.scale_range) == 2 and 0 < g.scale_range[0] <= g.scale_range[1], 'seg.scale_range',
          g.scale_range, 'must be (low, high) with 0 < low <= high')

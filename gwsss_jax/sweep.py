@@ -37,7 +37,8 @@ FLAGS = flags.FLAGS
 COLUMNS = (('train_cls/mAP', 'cls mAP'), ('eval_cams/cam_miou', 'CAM mIoU'),
            ('eval_cams/pseudo_label_miou', 'pseudo mIoU'),
            ('eval_cams/pseudo_label_coverage', 'coverage'), ('seg_miou', 'seg mIoU'))
-CLASSIFIER_DIR = 'cls_checkpoints'
+# What a variant reusing another's classifier copies: its checkpoints and its OAA store.
+REUSED_DIRS = ('cls_checkpoints', 'oaa')
 
 
 def load_sweep(path: str):
@@ -83,14 +84,19 @@ def reuse_command(name: str) -> list:
 
 
 def _reuse_classifier(name: str, reuse: str, stages: str) -> str:
-  """Copies the trained classifier of `reuse` into the variant; drops train_cls from stages."""
-  src = os.path.join(FLAGS.workdir, reuse, CLASSIFIER_DIR)
-  dst = os.path.join(FLAGS.workdir, name, CLASSIFIER_DIR)
-  if not os.path.isdir(src):
-    raise UserError(f'variant {name} reuses {reuse}, whose classifier {src} does not exist yet')
-  if not os.path.isdir(dst):
-    shutil.copytree(src, dst + '.tmp', dirs_exist_ok=True)
-    os.replace(dst + '.tmp', dst)
+  """Copies the trained classifier of `reuse` (and the OAA maps it accumulated, when it did)
+  into the variant; drops train_cls from stages."""
+  for directory in REUSED_DIRS:
+    src = os.path.join(FLAGS.workdir, reuse, directory)
+    dst = os.path.join(FLAGS.workdir, name, directory)
+    if not os.path.isdir(src):
+      if directory == REUSED_DIRS[0]:
+        raise UserError(f'variant {name} reuses {reuse}, whose classifier {src} does not exist '
+                        'yet')
+      continue
+    if not os.path.isdir(dst):
+      shutil.copytree(src, dst + '.tmp', dirs_exist_ok=True)
+      os.replace(dst + '.tmp', dst)
   base_metrics = gio.read_metrics(os.path.join(FLAGS.workdir, reuse))
   gio.write_stage_metrics(os.path.join(FLAGS.workdir, name), 'train_cls',
                           {k: v for k, v in base_metrics.items() if k.startswith('train_cls/')})

@@ -39,7 +39,8 @@ _LOCATIONS = ('data.root', 'data.cache_dir', 'data.tfds_data_dir')
 # the parallel implementation), not what it computes.
 _NO_EFFECT = ('data.prefetch', 'train.log_every_steps', 'train.checkpoint_every_steps',
               'train.max_to_keep', 'train.eval_every_epochs', 'train.profile_steps',
-              'parallel.impl', 'seg.log_every_steps', 'seg.checkpoint_every_steps')
+              'parallel.impl', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
+              'seg.min_labelled_fraction')
 # The data keys that decide which images and labels a run sees (the segmentation run does not
 # read the classifier's augmentation settings).
 _DATA_SOURCE = ('data.name', 'data.num_classes', 'data.train_split', 'data.val_split',
@@ -50,7 +51,7 @@ _DATA_SOURCE = ('data.name', 'data.num_classes', 'data.train_split', 'data.val_s
 _SEG_EVAL = ('seg.eval_scales', 'seg.eval_flip', 'seg.eval_batch_size', 'seg.crf', 'seg.oracle')
 
 # record -> the records whose outputs it reads.
-UPSTREAM = {'train_cls': (), 'export_cams': ('train_cls',), 'pseudo_labels': ('export_cams',),
+UPSTREAM = {'check_data': (), 'train_cls': (), 'export_cams': ('train_cls',), 'pseudo_labels': ('export_cams',),
             'eval_cams': ('export_cams', 'pseudo_labels'), 'train_seg': ('pseudo_labels',),
             'eval_seg': ('train_seg',), 'train_seg_oracle': (),
             'eval_seg_oracle': ('train_seg_oracle',)}
@@ -115,13 +116,16 @@ def depends_on(record: str, config) -> dict:
     keys = [k for k in _select(flat, ('data.', 'model.', 'train.', 'seed'))
             if k != 'data.saliency_dir']  # read by pseudo_labels only
     if config.cams.method == 'oaa':  # the OAA store is written during training
-      keys.append('cams.prob_threshold')
+      keys += ['cams.prob_threshold', 'cams.oaa_members', 'cams.oaa_first_epoch',
+               'cams.oaa_fill_last_epoch', 'cams.oaa_all_readouts']
+      if not config.cams.oaa_all_readouts:  # the store holds this readout only
+        keys.append('cams.source')
   elif record == 'export_cams':
     keys = ['cams.method', 'cams.source', 'cams.save_png']
     if config.cams.method == 'group_inference':
       keys += ['cams.scales', 'cams.flip']
   elif record == 'pseudo_labels':
-    keys = ['cams.crf', 'data.saliency_dir']
+    keys = ['cams.crf', 'data.saliency_dir', 'pseudo.cam_norm']
     keys += (['pseudo.conflict_threshold', 'pseudo.saliency_bg_threshold',
               'pseudo.fg_ignore_threshold', 'pseudo.min_fg_fraction']
              if config.data.saliency_dir else ['cams.bg_threshold'])
@@ -215,6 +219,8 @@ def outputs(workdir: str, record: str) -> list:
   from gwsss_jax.seg import common  # pylint: disable=g-import-not-at-top
   from gwsss_jax.stages import pseudo_labels  # pylint: disable=g-import-not-at-top
   join = lambda *p: os.path.join(workdir, *p)
+  if record == 'check_data':  # reads only
+    return []
   if record == 'train_cls':
     from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
     return [train_cls.checkpoint_dir(workdir), oaa.store_dir(workdir),

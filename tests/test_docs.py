@@ -14,17 +14,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ['README.md'] + sorted(os.path.relpath(p, ROOT)
                               for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')))
 # Being written on other branches; the README links them already. Remove a name once it exists.
-PENDING = {'docs/msrc.md', 'docs/accelerators.md',
-           'docs/release.md'}
+PENDING = {'docs/msrc.md'}
 NEEDS = ('data', 'GPU', 'TPU', 'network', 'quiet machine')
-BENCH_QUICK = 'python -m gwsss_jax.bench --config=configs/demo.py --quick'
 
 # Every command without a `# needs:` line -> (working directory, whether it is slow).
 RUN_HERE = {
     'python -m gwsss_jax.data.synthetic --out runs/synthetic --num_train 20 --num_val 10':
         ('tmp', False),
-    BENCH_QUICK: ('repo', True),
     'python -c "from gwsss_jax.data import sampler; sampler.benchmark()"': ('tmp', True),
+}
+# Commands that another test runs exactly as written (and checks its output) -> that test.
+RUN_ELSEWHERE = {
+    'python -m gwsss_jax.bench --config=configs/demo.py --quick': 'tests/test_bench.py',
+    'bash benchmarks/device_check.sh --quick': 'tests/test_device_check.py',
 }
 
 
@@ -76,9 +78,13 @@ def test_every_command_is_run_here_or_marked():
     if needs is not None:
       assert any(n in needs for n in NEEDS), f'{path}: `# needs: {needs}` names none of {NEEDS}'
   unmarked = {cmd for _, cmd, needs in ALL if needs is None}
-  assert unmarked == set(RUN_HERE), (
-      f'commands neither marked `# needs:` nor run here: {sorted(unmarked - set(RUN_HERE))}; '
-      f'run here but no longer in the docs: {sorted(set(RUN_HERE) - unmarked)}')
+  run = set(RUN_HERE) | set(RUN_ELSEWHERE)
+  assert unmarked == run, (
+      f'commands neither marked `# needs:` nor run by a test: {sorted(unmarked - run)}; '
+      f'run but no longer in the docs: {sorted(run - unmarked)}')
+  for cmd, test in RUN_ELSEWHERE.items():
+    with open(os.path.join(ROOT, test), encoding='utf-8') as f:
+      assert f"'{cmd}'" in f.read(), f'{test} does not run `{cmd}`'
 
 
 def _params():
@@ -97,8 +103,6 @@ def test_command_runs_as_written(cmd, tmp_path):
              PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
   proc = subprocess.run(['bash', '-c', cmd], cwd=cwd, env=env, capture_output=True, text=True,
                         timeout=900, check=False)
-  if cmd == BENCH_QUICK and 'FlagHolder' in proc.stderr:  # a known bug, fixed on another branch
-    pytest.xfail('bench --quick assigns to an absl FlagHolder')
   assert proc.returncode == 0, proc.stderr[-3000:]
   if 'gwsss_jax.data.synthetic' in cmd:
     names = open(os.path.join(cwd, 'runs/synthetic/ImageSets/Segmentation/train.txt')).read().split()

@@ -65,7 +65,7 @@ def test_unknown_key_names_the_flag_and_the_closest_key(tmp_path, overrides, hin
 
 def test_validate_accepts_every_shipped_config():
   import importlib.util  # pylint: disable=g-import-not-at-top
-  for name in ('voc', 'coco', 'demo'):
+  for name in ('voc', 'coco', 'demo', 'release'):
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -79,6 +79,8 @@ def test_validate_accepts_every_shipped_config():
     ('data.num_classes', 0), ('stages', 'train_cls,foo'), ('stages', ' , '),
     ('cams.scales', ()), ('seg.model', 'unet'), ('seg.scale_range', (1.5, 0.5)),
     ('train.batch_size', 0), ('pseudo.conflict_threshold', 2.0), ('model.drop_mask', 'eq11'),
+    ('cams.oaa_members', 'partners'), ('cams.oaa_first_epoch', 15), ('cams.oaa_first_epoch', -1),
+    ('pseudo.cam_norm', 'l2'),
 ])
 def test_validate_names_the_key(key, value):
   config = config_lib.base_config()
@@ -87,6 +89,16 @@ def test_validate_names_the_key(key, value):
   with pytest.raises(UserError) as e:
     config_lib.validate(config)
   assert str(e.value).startswith(f'config.{key}=')
+
+
+def test_oaa_first_epoch_is_checked_only_for_oaa():
+  config = config_lib.base_config()
+  config.train.num_epochs = 1
+  config.cams.oaa_first_epoch = 1
+  with pytest.raises(UserError, match='cams.oaa_first_epoch'):
+    config_lib.validate(config)
+  config.cams.method = 'group_inference'
+  config_lib.validate(config)
 
 
 def test_release_variant_needs_groups_of_three():
@@ -117,6 +129,35 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
   assert os.listdir(tmp_path) == ['out.txt']
   gio.atomic_write_text(str(path), 'new')
   assert path.read_text() == 'new' and os.listdir(tmp_path) == ['out.txt']
+
+
+def test_disk_full_names_the_file_and_the_space_left(small_disk):
+  path = small_disk / 'cams' / 'img.npy'
+  gio.atomic_write_bytes(str(path), b'old')
+  with pytest.raises(UserError) as e:
+    gio.atomic_write_bytes(str(path), bytes(4 << 20))
+  assert str(e.value).startswith(f'no space left on device writing img.npy to {path.parent} (')
+  assert 'left there, about 4.0 MB needed)' in str(e.value)
+  assert path.read_bytes() == b'old' and os.listdir(path.parent) == ['img.npy']
+
+
+def test_disk_full_injected(tmp_path, monkeypatch):
+  def full(fd):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(gio.os, 'fsync', full)
+  with pytest.raises(UserError, match=f'no space left on device writing x.png to {tmp_path} '):
+    gio.atomic_write_bytes(str(tmp_path / 'x.png'), b'data')
+  assert not os.listdir(tmp_path)
+
+
+def test_disk_full_without_a_file_name_is_one_line():
+  code = ('import errno\nfrom gwsss_jax.common import cli\n'
+          'def main(argv):\n  raise OSError(errno.ENOSPC, "No space left on device")\n'
+          'cli.run(main)\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                        check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.startswith('error: no space left on device writing a file to '), proc.stderr
 
 
 def test_stage_metrics_rebuild_the_summary(tmp_path):
@@ -180,6 +221,8 @@ def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkey
   config.data.synthetic.num_train = 4
   config.data.synthetic.num_val = 2
   config.data.synthetic.size = 48
+  config.data.train_split = 'train'  # the splits of the built-in dataset, which the data check
+  config.data.val_split = 'val'      # reads before the first stage
   config.stages = 'eval_seg,train_cls,pseudo_labels'
   config_lib.lock(config)
   workdir = str(tmp_path / 'wd')

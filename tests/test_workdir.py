@@ -81,6 +81,10 @@ def _tiny_config(workdir, **overrides):
   return config
 
 
+# The stages with outputs; check_data (which only reads) runs for real on the tiny dataset.
+TRAINING_STAGES = tuple(s for s in config_lib.STAGES if s != 'check_data')
+
+
 @pytest.fixture
 def fake_stages(monkeypatch):
   """Stages that record their calls and write one output file each."""
@@ -96,7 +100,7 @@ def fake_stages(monkeypatch):
         f.write(str(config.model.num_nodes))
       return {f'{record}/num_nodes': config.model.num_nodes}
     return run
-  for name in config_lib.STAGES:
+  for name in TRAINING_STAGES:
     monkeypatch.setattr(importlib.import_module(f'gwsss_jax.stages.{name}'), 'run', fake(name))
   return calls
 
@@ -104,7 +108,7 @@ def fake_stages(monkeypatch):
 def test_a_changed_key_stops_the_run_and_names_it(tmp_path, fake_stages):
   workdir = str(tmp_path / 'wd')
   pipeline.run(_tiny_config(workdir), workdir)
-  assert fake_stages == list(config_lib.STAGES)
+  assert fake_stages == list(TRAINING_STAGES)
   with open(workdir_lib.record_path(workdir, 'train_cls')) as f:
     assert json.load(f)['config']['model.num_nodes'] == 3
   with open(os.path.join(workdir, 'config.json')) as f:
@@ -198,14 +202,19 @@ def test_depends_on_leaves_out_locations_and_run_settings():
   config = config_lib.base_config()
   keys = set(workdir_lib.depends_on('train_cls', config))
   assert {'model.num_nodes', 'train.base_lr', 'data.crop_size', 'seed',
-          'cams.prob_threshold'} <= keys
+          'cams.prob_threshold', 'cams.oaa_members', 'cams.oaa_first_epoch',
+          'cams.oaa_fill_last_epoch', 'cams.source', 'data.resize_mode',
+          'train.anchor_order'} <= keys
+  config.cams.oaa_all_readouts = True  # the store then holds every readout
+  assert 'cams.source' not in workdir_lib.depends_on('train_cls', config)
   assert not keys & {'data.root', 'train.log_every_steps', 'parallel.impl', 'stages',
                      'data.saliency_dir', 'cams.bg_threshold'}
   seg = set(workdir_lib.depends_on('train_seg', config))
   assert {'seg.num_steps', 'seg.base_lr', 'data.train_split'} <= seg
   assert not seg & {'seg.eval_scales', 'model.num_nodes', 'data.crop_size'}
   config.data.saliency_dir = ''
-  assert 'cams.bg_threshold' in workdir_lib.depends_on('pseudo_labels', config)
+  assert {'cams.bg_threshold', 'pseudo.cam_norm'} <= set(
+      workdir_lib.depends_on('pseudo_labels', config))
 
 
 def test_an_unreadable_stage_record_is_named(tmp_path):

@@ -28,10 +28,10 @@ import time
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from gwsss_jax.cams import oaa
 from gwsss_jax.cams.pseudo import normalize_maps
+from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 
@@ -163,7 +163,7 @@ class Writer:
     self.pending = []
     self.done = 0
     self.start = time.time()
-    self.bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
+    self.bar = console.progress(total, desc)
     os.makedirs(cam_dir(workdir), exist_ok=True)
     if save_png:
       os.makedirs(png_dir(workdir), exist_ok=True)
@@ -217,8 +217,9 @@ def _report(method: str, written: int, total: int, images_per_s: float) -> dict:
   return {'export_cams/images': int(total)}
 
 
-def export_oaa(workdir: str, dataset, save_png: bool) -> dict:
-  """CAM files from the OAA store that train_cls accumulated (the ensemble readout only).
+def export_oaa(workdir: str, dataset, save_png: bool, source: str = 'ensemble') -> dict:
+  """CAM files from the OAA store that train_cls accumulated: `source` as 'cam'/'high_res', and
+  every readout of a store with several (`cams.oaa_all_readouts`) as 'cam_<readout>'.
 
   Each class map is the stored 0..255 max over epochs, divided by 255 (feature resolution of
   the training input, covering the whole image) and resized to the image size. A class that was
@@ -227,17 +228,23 @@ def export_oaa(workdir: str, dataset, save_png: bool) -> dict:
   (over the whole store, files written by an earlier run included).
   """
   merged = oaa.MergedOAA(workdir, dataset.label_matrix())
+  if source not in merged.readouts:
+    raise UserError(f'config.cams.source={source!r}: the OAA store of {workdir} holds the '
+                    f'readouts {list(merged.readouts)}; train with config.cams.source={source!r} '
+                    'or config.cams.oaa_all_readouts=True')
   pending = np.flatnonzero(todo(workdir, dataset))
   writer = Writer(workdir, len(pending), save_png, 'export_cams (oaa)')
   for i in pending:
     ex = dataset.examples[i]
-    stored = merged.get(int(i))
     keys = merged.index.classes(int(i))
-    maps = np.zeros((len(keys),) + merged.map_hw, np.float32)
-    for k, c in enumerate(keys):
-      if int(c) in stored:
-        maps[k] = stored[int(c)].astype(np.float32) / 255.0
-    writer.submit(ex.name, keys, {'ensemble': maps}, ex.image_path, 'ensemble', 'oaa')
+    maps = {}
+    for r in merged.readouts:
+      stored = merged.get(int(i), r)
+      maps[r] = np.zeros((len(keys),) + merged.map_hw, np.float32)
+      for k, c in enumerate(keys):
+        if int(c) in stored:
+          maps[r][k] = stored[int(c)].astype(np.float32) / 255.0
+    writer.submit(ex.name, keys, maps, ex.image_path, source, 'oaa')
   writer.close()
   out = _report('oaa', len(pending), len(dataset), writer.images_per_s())
   out['export_cams/missing_maps'] = merged.num_missing()
@@ -311,7 +318,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   """CAM files by group inference: every image's maps averaged over all groups, scales and flips
   it appears in (groups from the training sampler, `make_groups(seed, epoch=0)`).
 
-  Inputs are the whole image resized to a square of `data.crop_size * scale` (the CAMs are
+  Inputs are the whole image resized to a square of `input_size * scale` (the CAMs are
   resized back to the image's own aspect). Batches of `cams.batch_size` groups (rounded up to a
   multiple of the device count) run data-parallel: one jit over a 1-D mesh of every device of
   every host, each host loading its rows; the outputs are gathered and process 0 accumulates and
@@ -322,6 +329,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from gwsss_jax.data import sampler  # pylint: disable=g-import-not-at-top
   from gwsss_jax.data import normalization as norm_lib  # pylint: disable=g-import-not-at-top
   from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
@@ -348,8 +356,8 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
     raise UserError(f'config.cams.batch_size={k.batch_size}: {global_batch} groups per step do '
                     f'not split over {num_proc} processes')
   local_batch = global_batch // num_proc
-  sides = scale_sides(config.data.crop_size, k.scales)
-  base = scale_sides(config.data.crop_size, (1.0,))[0]
+  sides = scale_sides(input_pipeline.input_size(config), k.scales)
+  base = scale_sides(input_pipeline.input_size(config), (1.0,))[0]
   sample = np.zeros((1, num_nodes, base, base, 3), np.float32)
   feature_hw = jax.eval_shape(lambda v, x, a: model.apply(v, x, a, train=False)[1]['cam_graph'],
                               variables, sample, np.zeros((1, num_nodes, num_nodes),

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from gwsss_jax import config as config_lib
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
@@ -120,23 +121,34 @@ def _random_crop_offsets(height, width, size, seed):
   return top, left
 
 
-def _train_image(path, seed, config, normalization):
-  """Resize (shorter side), colour jitter, random crop, flip, normalise.
+input_size = config_lib.input_size  # defined with the config: the steps need it without TF
 
-  Returns the image [C, C, 3] float32, the crop box (y0, x0, y1, x1) as fractions of the whole
-  image, and whether it was mirrored: OAA maps each crop's CAM back into the whole image.
+
+def _train_image(path, seed, config, normalization):
+  """Resize (`data.resize_mode`), colour jitter, random crop (none when `data.crop_size` is 0),
+  random flip (`data.flip`), normalise.
+
+  Returns the image [S, S, 3] float32 (S = `input_size`), the crop box (y0, x0, y1, x1) as
+  fractions of the whole image, and whether it was mirrored: OAA maps each crop's CAM back into
+  the whole image (without a crop the box is the whole image, and that is a plain resize).
   """
   d = config.data
-  crop = d.crop_size
-  resize = max(d.resize, crop)
+  crop = input_size(config)
   s_jit, s_crop, s_flip = _seeds(seed, 3)
   image = _decode(path)
   hw = tf.cast(tf.shape(image)[:2], tf.float32)
-  new_hw = tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32)
-  new_hw = tf.maximum(new_hw, crop)
+  if d.resize_mode == 'square':
+    new_hw = tf.constant([d.resize, d.resize], tf.int32)
+  else:
+    resize = max(d.resize, crop)
+    new_hw = tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32)
+    new_hw = tf.maximum(new_hw, crop)
   x = tf.image.resize(tf.cast(image, tf.float32) / 255.0, new_hw, 'bilinear', antialias=True)
   x = _color_jitter(tf.clip_by_value(x, 0.0, 1.0), d.color_jitter, s_jit)
-  top, left = _random_crop_offsets(new_hw[0], new_hw[1], crop, s_crop)
+  if d.crop_size:
+    top, left = _random_crop_offsets(new_hw[0], new_hw[1], crop, s_crop)
+  else:
+    top, left = tf.constant(0), tf.constant(0)
   x = x[top:top + crop, left:left + crop]
   flip = tf.constant(False)
   if d.flip:
@@ -151,10 +163,14 @@ def _train_image(path, seed, config, normalization):
 
 
 def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
-  """(groups [N, K], adjacency [N, K, K], order [N]): the groups of an epoch and their order."""
+  """(groups [N, K], adjacency [N, K, K], order [N]): the groups of an epoch and their order
+  (`train.anchor_order`: a permutation per epoch, or the list order as the release's loader)."""
   groups, adjacency = sampler.make_groups(dataset.label_matrix(), num_nodes, seed=config.seed,
                                           epoch=epoch, rule=config.train.group_rule)
-  order = np.random.default_rng([config.seed, epoch, 1]).permutation(len(groups))
+  if config.train.anchor_order == 'list':
+    order = np.arange(len(groups))
+  else:
+    order = np.random.default_rng([config.seed, epoch, 1]).permutation(len(groups))
   return groups, adjacency, order
 
 
@@ -368,5 +384,5 @@ def benchmark(config, num_batches: int) -> float:
       break
   rate = done / max(time.perf_counter() - t0, 1e-9)
   print(f'input pipeline: {rate:.1f} groups/s ({config.model.num_nodes} images of '
-        f'{config.data.crop_size}px each, batch {config.train.batch_size})')
+        f'{input_size(config)}px each, batch {config.train.batch_size})')
   return rate

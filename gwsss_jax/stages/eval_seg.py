@@ -30,8 +30,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm import tqdm
 
+from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
 from gwsss_jax import crf as crf_lib
 from gwsss_jax.common.errors import UserError
@@ -119,6 +119,8 @@ def run(config, workdir: str) -> dict:
   dataset = datasets.load_split(config, config.data.val_split)
   class_names = ('background',) + tuple(dataset.class_names)
   has_masks = all(ex.mask_path for ex in dataset.examples)
+  if has_masks:
+    datasets.check_mask_values(dataset, config.data)
   directory = output_dir(config, workdir, has_masks)
   os.makedirs(directory, exist_ok=True)
   if jax.process_index() == 0:
@@ -141,7 +143,7 @@ def run(config, workdir: str) -> dict:
   cm_plain = np.zeros_like(cm)
   for ex in mine.examples:
     if ex.name in done and has_masks:
-      gt = palette.read_label_png(ex.mask_path)
+      gt = palette.read_mask(ex.mask_path, config.data.num_classes, skip_bad=True)
       cm += metrics_lib.confusion_matrix(
           palette.read_label_png(os.path.join(directory, ex.name + '.png')), gt, num_classes)
       if use_crf:
@@ -168,8 +170,7 @@ def run(config, workdir: str) -> dict:
       workers = min(config.pseudo.num_workers or os.cpu_count() or 1, g.eval_batch_size)
       if workers > 1:  # spawn: the parent holds JAX's threads, which fork does not copy safely
         pool = multiprocessing.get_context('spawn').Pool(workers)
-    bar = tqdm(total=len(todo), desc=names.miou.replace('_miou', '_eval'), unit='img',
-               dynamic_ncols=True, disable=jax.process_index() != 0)
+    bar = console.progress(len(todo), names.miou.replace('_miou', '_eval'))
     try:
       for batch in batches:
         valid = np.flatnonzero(np.asarray(batch['valid']))

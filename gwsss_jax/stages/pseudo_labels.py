@@ -24,11 +24,11 @@ import os
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from gwsss_jax.cams import export
 from gwsss_jax.cams import pseudo
 from gwsss_jax import crf as crf_lib
+from gwsss_jax.common import console
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.crf import reference as crf_reference
 from gwsss_jax.data import datasets
@@ -88,7 +88,10 @@ def make_label(cams, keys, saliency, params, refine=None):
   if saliency is not None:
     return pseudo.saliency_label(
         cams, keys, saliency, params['conflict_threshold'], params['saliency_bg_threshold'],
-        params['fg_ignore_threshold'], params['min_fg_fraction'], refine=refine)
+        params['fg_ignore_threshold'], params['min_fg_fraction'], params['cam_norm'],
+        refine=refine)
+  if params['cam_norm'] == 'minmax':  # 'high_res' is max-normalised already
+    cams = pseudo.minmax_maps(cams)
   return pseudo.threshold_label(cams, keys, params['bg_threshold'], refine=refine)
 
 
@@ -211,6 +214,7 @@ def run(config, workdir: str) -> dict:
             'saliency_bg_threshold': q.saliency_bg_threshold,
             'fg_ignore_threshold': q.fg_ignore_threshold,
             'min_fg_fraction': q.min_fg_fraction,
+            'cam_norm': q.cam_norm,
             'bg_threshold': config.cams.bg_threshold,
             'num_classes': dataset.num_classes + 1,
             'crf': config.cams.crf_params.to_dict() if use_crf else None}
@@ -231,8 +235,7 @@ def run(config, workdir: str) -> dict:
   results = {}
   cms = [np.zeros((params['num_classes'],) * 2, np.int64) for _ in range(2)]
   scored = [False, False]
-  bar = tqdm(total=len(tasks), desc='pseudo_labels', unit='img', dynamic_ncols=True,
-             disable=jax.process_index() != 0)
+  bar = console.progress(len(tasks), 'pseudo_labels')
   if workers <= 1:
     outputs = map(label_image, pooled)
     pool = None
