@@ -17,8 +17,10 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+# The dev install includes the optional reference dense CRF, so the tests cover it.
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-crf.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-crf.txt
 	touch $@
 
 install: $(VENV)/.installed

@@ -8,7 +8,8 @@ compile time, FLOPs and achieved FLOP/s against the device's peak, for each back
 step for K in `--graph_ks`: the step with `model.num_steps` message-passing rounds against the
 same step with none), `input_pipeline` (groups/s of `input_pipeline.train_iterator`),
 `cam_export` (the group-inference forward of `export_cams` over `cams.scales` and flips),
-`train_seg` (DeepLab training step). After each group, the process's peak host memory
+`train_seg` (DeepLab training step), `crf` (dense CRF images/s, reference and JAX:
+`gwsss_jax/crf/bench.py`). After each group, the process's peak host memory
 (`getrusage` maxrss: a running maximum over the whole process, so run one group per process for
 a per-group figure) and, where the runtime reports it, the device's peak memory.
 
@@ -59,7 +60,7 @@ from gwsss_jax import config as config_lib
 from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
 
-GROUPS = ('train_cls', 'graph_share', 'input_pipeline', 'cam_export', 'train_seg')
+GROUPS = ('train_cls', 'graph_share', 'input_pipeline', 'cam_export', 'train_seg', 'crf')
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/voc.py', 'Configuration file.')
 _ONLY = flags.DEFINE_list('only', list(GROUPS), f'Figure groups to run, from {GROUPS}.')
@@ -558,6 +559,16 @@ class Bench:
     ctx = dict(self.context, model=config.seg.model, crop_size=size, width=config.seg.width,
                batch=batch_size, msc=bool(config.seg.msc), dtype=config.seg.dtype)
     return timing, ctx
+
+
+def _crf_group(self):
+  from gwsss_jax import crf as crf_lib  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.crf import bench as crf_bench  # pylint: disable=g-import-not-at-top
+  crf_bench.run(emit, crf_lib.params_from_config(self.config.seg.crf_params), self.devices,
+                quick=self.quick, rounds=self.steps, context=self.context)
+
+
+Bench.crf = _crf_group
 
 
 def run(config, groups, *, quick: bool = False, num_devices: int = 1, steps: int = 5,

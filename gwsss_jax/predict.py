@@ -78,7 +78,9 @@ def predict_folder(config, workdir: str, images_dir: str, out_dir: str,
   skipped with a warning and counted, or stops the run before anything is written when
   `strict`.
   """
-  eval_seg.check_crf(config.seg)
+  if config.seg.crf:
+    raise UserError('config.seg.crf=True: the predict command does not apply the dense CRF '
+                    '(eval_seg does); set seg.crf=False')
   paths = list_images(images_dir)
   pictures, skipped = [], []
   for path in paths:

@@ -230,7 +230,7 @@ def image_sizes(dataset) -> np.ndarray:
 
 def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
                   normalization='imagenet_rgb', process_index=None, process_count=None,
-                  with_masks: bool = True):
+                  with_masks: bool = True, with_rgb: bool = False):
   """This process's evaluation batches: full-resolution images padded bottom/right.
 
   `pad_to` (H, W) fixes the padded shape (one compilation); None pads to the largest image of
@@ -239,7 +239,8 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
 
   Yields 'images' float32 [b, Hp, Wp, 3] (padding 0, the mean after normalisation), 'masks'
   uint8 [b, Hp, Wp] (255 in the padding, and everywhere when there is no ground truth or
-  with_masks is False), 'hw' int32 [b, 2] original sizes, 'index' int32 [b], 'valid' bool [b].
+  with_masks is False), 'hw' int32 [b, 2] original sizes, 'index' int32 [b], 'valid' bool [b],
+  and with `with_rgb` the images as decoded, 'rgb' uint8 [b, Hp, Wp, 3] (the dense CRF's input).
   """
   norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
   pi, pc = _process(process_index, process_count)
@@ -276,8 +277,11 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
     else:
       mask = tf.fill([h, w], tf.constant(palette.IGNORE, tf.uint8))
     mask = tf.pad(mask, [[0, hp - h], [0, wp - w]], constant_values=palette.IGNORE)
-    return {'images': tf.ensure_shape(x, [hp, wp, 3]), 'masks': tf.ensure_shape(mask, [hp, wp]),
-            'hw': tf.stack([h, w]), 'index': i, 'valid': valid}
+    out = {'images': tf.ensure_shape(x, [hp, wp, 3]), 'masks': tf.ensure_shape(mask, [hp, wp]),
+           'hw': tf.stack([h, w]), 'index': i, 'valid': valid}
+    if with_rgb:
+      out['rgb'] = tf.ensure_shape(tf.image.pad_to_bounding_box(image, 0, 0, hp, wp), [hp, wp, 3])
+    return out
 
   ds = tf.data.Dataset.from_tensor_slices(index)
   ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
