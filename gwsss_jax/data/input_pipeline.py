@@ -71,13 +71,13 @@ def _options(config) -> tf.data.Options:
 
 
 def _decode(path):
-  """uint8 RGB [H, W, 3] of a JPEG or PNG; JPEGs decoded with the accurate integer DCT, as PIL
-  (and so the PyTorch pipelines) decode them, rather than TensorFlow's faster default."""
+  """uint8 RGB [H, W, 3] of a JPEG, PNG or BMP (MSRC); JPEGs decoded with the accurate integer
+  DCT, as PIL (and so the PyTorch pipelines) decode them, rather than TensorFlow's faster default."""
   data = tf.io.read_file(path)
   image = tf.cond(
       tf.io.is_jpeg(data),
       lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
-      lambda: tf.io.decode_png(data, channels=3))
+      lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
   return tf.ensure_shape(image, [None, None, 3])
 
 
@@ -151,9 +151,14 @@ def _train_image(path, seed, config, normalization):
 
 
 def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
-  """(groups [N, K], adjacency [N, K, K], order [N]): the groups of an epoch and their order."""
-  groups, adjacency = sampler.make_groups(dataset.label_matrix(), num_nodes, seed=config.seed,
-                                          epoch=epoch, rule=config.train.group_rule)
+  """(groups [R*N, K], adjacency [R*N, K, K], order [R*N]): the groups of an epoch and their
+  order; R = `train.repeats_per_epoch` rounds of groups, each round drawn afresh."""
+  r = config.train.repeats_per_epoch
+  rounds = [sampler.make_groups(dataset.label_matrix(), num_nodes, seed=config.seed,
+                                epoch=epoch * r + j, rule=config.train.group_rule)
+            for j in range(r)]
+  groups = np.concatenate([g for g, _ in rounds])
+  adjacency = np.concatenate([a for _, a in rounds])
   order = np.random.default_rng([config.seed, epoch, 1]).permutation(len(groups))
   return groups, adjacency, order
 
@@ -214,12 +219,14 @@ def image_sizes(dataset) -> np.ndarray:
 
 def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
                   normalization='imagenet_rgb', process_index=None, process_count=None,
-                  with_masks: bool = True):
+                  with_masks: bool = True, resize: int = 0):
   """This process's evaluation batches: full-resolution images padded bottom/right.
 
   `pad_to` (H, W) fixes the padded shape (one compilation); None pads to the largest image of
   the dataset (read from the file headers). The last batch is filled with padding examples
-  ('valid' False, 'index' -1), never dropped.
+  ('valid' False, 'index' -1), never dropped. `resize` > 0 instead resizes each image's shorter
+  side to `resize` and centre-crops it to `resize` x `resize` ('hw' is then the crop's size;
+  images only, with_masks must be False).
 
   Yields 'images' float32 [b, Hp, Wp, 3] (padding 0, the mean after normalisation), 'masks'
   uint8 [b, Hp, Wp] (255 in the padding, and everywhere when there is no ground truth or
@@ -227,8 +234,13 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
   """
   norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
   pi, pc = _process(process_index, process_count)
-  sizes = image_sizes(dataset)
-  largest = tuple(int(v) for v in sizes.max(0)) if len(sizes) else (1, 1)
+  if resize:
+    if with_masks:
+      raise ValueError('eval_iterator: resize needs with_masks=False')
+    largest = pad_to = (resize, resize)
+  else:
+    sizes = image_sizes(dataset)
+    largest = tuple(int(v) for v in sizes.max(0)) if len(sizes) else (1, 1)
   if pad_to is None:
     pad_to = largest
   pad_to = tuple(int(v) for v in pad_to)
@@ -248,9 +260,15 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
   def load(i):
     valid = i >= 0
     j = tf.maximum(i, 0)
-    image = _decode(paths[j])
+    image = tf.cast(_decode(paths[j]), tf.float32)
+    if resize:
+      hw = tf.cast(tf.shape(image)[:2], tf.float32)
+      new_hw = tf.maximum(tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32), resize)
+      image = tf.image.resize(image / 255.0, new_hw, 'bilinear', antialias=True)
+      image = tf.image.resize_with_crop_or_pad(tf.clip_by_value(image, 0.0, 1.0) * 255.0,
+                                               resize, resize)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
-    x = _normalize_tf(tf.cast(image, tf.float32), normalization)
+    x = _normalize_tf(image, normalization)
     x = tf.image.pad_to_bounding_box(x, 0, 0, hp, wp) * tf.cast(valid, tf.float32)
     if with_masks:
       mask = tf.cond(tf.strings.length(mask_paths[j]) > 0,
