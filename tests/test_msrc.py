@@ -235,3 +235,21 @@ def test_real_msrc_counts_and_class_frequencies(tmp_path, capsys):
   for cat in range(1, 21):
     n = sum(1 for f in os.listdir(os.path.join(d.root, 'Images')) if f.startswith(f'{cat}_'))
     assert sum(1 for v in val_names if v.startswith(f'{cat}_')) == n // 3
+
+
+def test_configs_load_and_validate():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'msrc.py')
+  spec = importlib.util.spec_from_file_location('msrc_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cpu, full = module.get_config(), module.get_config('full')
+  for c in (cpu, full):
+    config_lib.validate(c)
+    assert c.data.name == 'msrc' and c.data.num_classes == 12 and not c.data.saliency_dir
+    assert not c.data.root  # nothing points at a particular copy of the data
+  assert (full.data.crop_size, full.model.num_nodes, full.model.num_steps,
+          full.train.num_epochs) == (224, 4, 3, 15)
+  assert cpu.data.crop_size < 100 and cpu.model.num_nodes == 3
+  with pytest.raises(ValueError, match='full'):
+    module.get_config('fast')

@@ -137,3 +137,22 @@ def test_seed_commands_and_reuse_per_seed(tmp_path):
   bad = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}', f'--workdir={tmp_path}',
                 '--table_only', '--seeds=0,x'])
   assert bad.returncode == 2 and '--seeds=0,x' in bad.stderr
+
+
+def test_docs_msrc_print_commands_as_written():
+  """docs/msrc.md's command, run exactly as written (printing the commands needs no data)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, 'docs', 'msrc.md')) as f:
+    line = next(l for l in f if l.startswith('python -m gwsss_jax.sweep') and
+                '--print_commands' in l)
+  args = shlex.split(line)
+  assert args[:3] == ['python', '-m', 'gwsss_jax.sweep']
+  result = _sweep(args[3:])
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 6 and all('-m gwsss_jax.main' in l for l in lines)
+  for variant in ('single_image_K1', 'group_K3_T3'):
+    for seed in (0, 1, 2):
+      assert sum(f'runs/msrc_groupwise/{variant}/seed{seed} ' in l and
+                 f'--config.seed={seed}' in l for l in lines) == 1
+  assert sum('--config.train.repeats_per_epoch=3' in l for l in lines) == 3
