@@ -6,12 +6,11 @@ VGG16 as the release builds it (pools 1-3 2x2/2, pool4 3x3/1, conv5 dilated 2), 
 convolutions of 512 + ReLU, a 1x1 class convolution (20 classes); then the release's graph over
 the three 20-channel class maps, T=3 rounds of: pairwise co-attention (C/2 projections, row
 softmax, sigmoid gate) for every ordered pair i != j, a 3x3 fusion of the two incoming
-messages, a 1x1 ConvGRU and the (x * s + x) / 2 dropout (README, "The release variant");
+messages, a 1x1 ConvGRU and the (x * s + x) / 2 dropout (docs/model.md, "The release variant");
 global average pooling of both readouts and the six-term multilabel soft-margin loss
 (0.4 x intermediate + graph, / 6); SGD with momentum. One group of K=3 images of 224x224, as
-the release loops over nodes and pairs. `--no_graph` keeps the trunk and one readout (the
-figure the project reported before 2026-11-25: the graph is under 1% of the FLOPs but about 5%
-of the time).
+the release loops over nodes and pairs. `--no_graph` keeps the trunk and one readout
+(the graph is a small share of the FLOPs but a larger share of the time in PyTorch's loops).
 Prints JSON lines: the median training step and forward (no_grad) times. With `--serve` it
 builds the model once, then times one `step` or `forward` per line read from stdin and answers
 each with a JSON line (`benchmarks/versus_torch.py` interleaves it with the JAX step).

@@ -19,8 +19,8 @@ about speed. Timings are the median of `--steps` steps after `--warmup` steps, o
 `--num_devices` devices (the global batch is the configured one rounded up to a multiple).
 
 On XLA:CPU the command first takes convolutions off YNNPACK (`common.xla_flags.configure_cpu`,
-about 3x faster training there); `--ynn_conv` measures jaxlib's default instead. Each line
-records the XLA_FLAGS it ran with.
+which makes training there several times faster); `--ynn_conv` measures jaxlib's default
+instead. Each line records the XLA_FLAGS it ran with.
 
 The CPU peak is an estimate: cores x clock x FP32 FLOPs per cycle (two FMA units of 8 lanes
 with AVX2, 16 with AVX-512), from `lscpu`/`/proc/cpuinfo` (in a VM that is often the base clock,

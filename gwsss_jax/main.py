@@ -25,7 +25,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config_lib.validate(FLAGS.config)  # before JAX is imported: a bad value fails at once
-  xla_flags.configure_cpu()  # before JAX starts: convolutions off YNNPACK (README, speed)
+  xla_flags.configure_cpu()  # before JAX starts: convolutions off YNNPACK (docs/benchmarks.md)
   from gwsss_jax import pipeline  # pylint: disable=g-import-not-at-top
   pipeline.run(FLAGS.config, FLAGS.workdir, distributed=FLAGS.jax_distributed)
 

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXPECTED = {
@@ -17,6 +19,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 def test_quick_bench_prints_json_lines(tmp_path):
   cmd = [sys.executable, '-m', 'gwsss_jax.bench', '--config=configs/demo.py', '--quick',
          '--backbones=vgg16', '--ks=3', '--graph_ks=2', '--steps=1', '--warmup=0',
@@ -81,6 +84,7 @@ json.dump({'x': x.tolist(), 'w1': w1.tolist(), 'w2': w2.tolist(),
 '''
 
 
+@pytest.mark.slow
 def test_eigen_convolution_gradients_match_torch():
   """The flag of `xla_flags.configure_cpu` changes which library runs the convolutions, not
   their math: input and weight gradients (plain and dilated) against torch autograd."""

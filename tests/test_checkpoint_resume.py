@@ -140,6 +140,7 @@ def _run_worker(workdir, kill_at_step):
   return caught
 
 
+@pytest.mark.slow
 def test_kill_mid_save_and_resume_is_bitwise_identical(tmp_path):
   # Only the run to kill is a subprocess; the uninterrupted run and the resumed one run here,
   # on the same 4 simulated devices and so the same compiled program.

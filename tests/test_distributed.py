@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import flax
 import flax.linen as nn
 import jax
@@ -78,6 +79,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   port = _free_port()

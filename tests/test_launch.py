@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 
+import pytest
 import jax
 import numpy as np
 
@@ -59,6 +60,7 @@ def _executable(path, text):
   return str(path)
 
 
+@pytest.mark.slow
 def test_gpu_script_two_processes_match_one_process(tmp_path):
   # 2 processes x 2 CPU devices through launch/gpu_multinode.sh (torchrun-style environment)
   # against 1 process x 4 devices: the same global batches, so the same parameters, CAMs and

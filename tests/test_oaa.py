@@ -156,6 +156,7 @@ def child(workdir):
   signal.pause()
 
 
+@pytest.mark.slow
 def test_store_survives_kill_and_replay(tmp_path):
   killed, clean = str(tmp_path / 'killed'), str(tmp_path / 'clean')
   code = f'import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); ' \

@@ -77,6 +77,7 @@ def _kill_at_random_step(workdir, data_root, cache_dir):
   return step
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(tmp_path, data_root, compile_cache):
   config = _config(data_root)
   interrupted = str(tmp_path / 'interrupted')

@@ -3,12 +3,12 @@
 jaxlib 0.10 runs every convolution on the CPU through YNNPACK ("ynn fusions"). Its forward and
 input-gradient convolutions are fine, but the weight gradient, which XLA canonicalises into a
 convolution whose window is the whole feature map (H x W) and whose contraction is the batch,
-runs at 1-10% of the CPU's peak on YNNPACK: VGG16's conv1_2 weight gradient for 3 images at
-224x224 takes 1.6 s there against 0.15 s on XLA's Eigen convolution (and 0.36 s in PyTorch).
-Taking convolutions out of YNNPACK (they then run on Eigen) makes the release-sized VGG16
-training step (K=3, 224x224) about 3x faster on a 2-core CPU, with the same float32 math
-(tests/test_bench.py compares the gradients with PyTorch's). The README section "Speed on CPU"
-gives the measurements (`benchmarks/conv_ops.py` times each convolution).
+runs at a small fraction of the CPU's peak on YNNPACK, and the early high-resolution layers
+then dominate a training step. Taking convolutions out of YNNPACK (they then run on XLA's Eigen
+convolution, whose weight gradient costs about as much as the forward) keeps the same float32
+math (tests/test_bench.py compares the gradients with PyTorch's) and makes training several
+times faster. docs/benchmarks.md says how to measure it (`benchmarks/conv_ops.py` times each
+convolution).
 
 XLA parses XLA_FLAGS once, when the first backend starts, and aborts on flags it does not know,
 so `configure_cpu()` must run before the first computation and only adds the flag to jaxlib

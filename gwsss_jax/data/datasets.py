@@ -67,7 +67,7 @@ def prepare(config, workdir: str) -> None:
     return
   if not d.root:
     raise UserError(f'config.data.root is empty: point it at your {d.name.upper()} data '
-                    '(see README, "Data preparation")')
+                    '(see docs/data.md)')
   if not os.path.isdir(d.root):
     raise UserError(f'config.data.root={d.root!r}: directory not found')
   if d.name == 'msrc' and not d.cache_dir:

@@ -2,8 +2,8 @@
 
 JAX differentiates `lax.reduce_window(max)` into `select_and_scatter_add`, which XLA:CPU
 expands into four int32 iotas the size of the input, a variadic reduce-window that tracks the
-argmax and a scatter. For the release's VGG16 (K=3, 224x224) the four pools' gradients took
-0.5 s of a 3.7-4.3 s training step (`benchmarks/pool_ops.py`).
+argmax and a scatter, a noticeable part of a VGG16 training step on CPU
+(`benchmarks/pool_ops.py` measures it).
 
 `max_pool` keeps `reduce_window` for the value and gives it a custom VJP: the forward pass of
 training also records, per output, which of the window's taps holds the maximum (int8, the
@@ -11,7 +11,7 @@ first one in row-major order on ties, as torch's `MaxPool2d` and XLA's select-an
 choose), and the backward pass routes each output gradient to that tap. With stride 1 the taps
 are accumulated into the padded input in place (`dynamic_update_slice`); with stride s > 1
 each tap's gradients are spread out by a strided `lax.pad`. Both are elementwise loops that
-XLA fuses. On the release's pools this is 10x faster; the value is identical and the gradient
+XLA fuses, so they are much cheaper than the scatter; the value is identical and the gradient
 equal (bitwise where windows do not overlap, to float rounding of the sums where they do).
 """
 

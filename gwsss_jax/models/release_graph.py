@@ -12,7 +12,7 @@ Nodes are the L-channel class-score maps x_i [H, W, L] of the K images (C = L). 
   x_i  = ConvGRU(f_i, x_i)                           1x1 kernels, hidden state = the node map
   x_i  = (x_i * s + x_i) / 2                         graph dropout of the release (ADL-style)
 
-Differences from the paper variant (all documented in the README): no self-edge; the messages
+Differences from the paper variant (all listed in docs/model.md): no self-edge; the messages
 are concatenated and fused instead of summed; every pair exchanges messages whatever the labels
 (the adjacency input is ignored: the release samples partners that share a class with the
 anchor and never masks); 1x1 ConvGRU kernels; the dropout output is (x * s + x) / 2; the drop

@@ -108,9 +108,9 @@ def build_model(config, caffe_layout: bool):
 def init_variables(module, config, seed) -> dict:
   """Randomly initialised {'params', 'batch_stats'} for crops of `config.seg.crop_size`.
 
-  `seed` is an int or a PRNG key. An int becomes an 'rbg' key: XLA compiles its random bits for
-  the many kernel shapes of a DeepLab about 7x faster on CPU than threefry's (tens of seconds
-  per run on a CPU).
+  `seed` is an int or a PRNG key. An int becomes an 'rbg' key: XLA:CPU compiles its random bits for
+  the many kernel shapes of a DeepLab much faster than threefry's, whose compilation would
+  dominate a short CPU run.
   """
   size = config.seg.crop_size
   init = jax.jit(lambda key: module.init({'params': key, 'dropout': key},

@@ -36,9 +36,8 @@ def init_state(params, batch_stats, tx: optax.GradientTransformation, seed: int)
 def run_init(init_fn: Callable, *args):
   """Runs a model's `init` once, compiled without XLA's backend optimisations on CPU.
 
-  XLA:CPU spends most of an init's compile time optimising the random initialisers (a tiny
-  VGG16's init: ~55 s at the default level, ~4 s at level 0 on a busy 2-core machine), for code
-  that runs once.
+  XLA:CPU spends most of an init's compile time optimising the random initialisers, an
+  order of magnitude more than at level 0, for code that runs once.
   """
   lowered = jax.jit(init_fn).lower(*args)
   options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
