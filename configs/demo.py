@@ -38,6 +38,9 @@ def get_config():
   config.train.log_every_steps = 25
   config.train.checkpoint_every_steps = 100
 
+  # One epoch: accumulate from it, over every group member (several maps per image).
+  config.cams.oaa_first_epoch = 0
+  config.cams.oaa_members = 'all'
   config.cams.scales = (1.0,)
   config.cams.flip = False
   config.cams.num_vis = 6

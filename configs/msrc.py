@@ -60,6 +60,10 @@ def get_config(schedule: str = 'cpu'):
   config.train.batch_size = 2
   config.train.num_epochs = 1
   config.train.base_lr = 5e-4    # as the demo: the He-initialised extra convs diverged at 2e-3
+  # One epoch: OAA accumulates from the first step, every group member's map (as measured in
+  # docs/msrc.md; OAA's own schedule starts at the second epoch and takes the anchor only).
+  config.cams.oaa_first_epoch = 0
+  config.cams.oaa_members = 'all'
   config.train.log_every_steps = 25
   config.train.checkpoint_every_steps = 100
 

@@ -10,6 +10,7 @@ enumerations) and raises `UserError` naming the key.
 
 import ml_collections
 
+from gwsss_jax.cams.pseudo import CAM_NORMS
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data.normalization import NORMALIZATIONS
 
@@ -18,11 +19,14 @@ STAGES = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
 DATASETS = ('voc', 'coco', 'msrc', 'synthetic', 'tfds_voc', 'tfds_coco')
 BACKBONES = ('vgg16', 'resnet101')
 VARIANTS = ('paper', 'release')
+OAA_MEMBERS = ('anchor', 'all')
+RESIZE_MODES = ('shorter_side', 'square')
+ANCHOR_ORDERS = ('shuffle', 'list')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Paper defaults for PASCAL VOC 2012 (VGG16, K=4, T=3)."""
+  """Paper defaults for PASCAL VOC 2012 (VGG16 classifier, K=4, T=3; DeepLab-v2 ResNet-101)."""
   c = ml_collections.ConfigDict()
   c.stages = ','.join(STAGES)
   c.seed = 0
@@ -37,10 +41,15 @@ def base_config() -> ml_collections.ConfigDict:
   d.saliency_dir = ''          # saliency maps (DSS) <name>.png, absolute or under root; '' = CAM background cue
   d.tfds_data_dir = ''         # for tfds_* sources
   d.num_classes = 20           # without background
-  d.crop_size = 224
-  d.resize = 256               # shorter side before the crop (release)
+  # Classifier input. Paper: 224 x 224 (its only statement). Default: the shorter side resized
+  # to `resize`, a random `crop_size` crop, colour jitter and a random flip. The authors' release
+  # (configs/release.py): a `resize` x `resize` square (aspect ratio not kept), colour jitter,
+  # no crop (its crop-size argument is never used) and no flip.
+  d.resize_mode = 'shorter_side'  # 'shorter_side' or 'square' (both sides to `resize`)
+  d.resize = 256
+  d.crop_size = 224            # random crop side; 0 = no crop (needs resize_mode='square')
   d.color_jitter = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
-  d.flip = True
+  d.flip = True                # random horizontal flip
   d.normalization = 'auto'     # 'auto' (from the weights), 'imagenet_rgb', 'caffe_bgr'
   d.skip_bad = False
   d.deterministic = True
@@ -57,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   # --- the group-wise classification network ----------------------------------------
   c.model = m = ml_collections.ConfigDict()
   m.variant = 'paper'          # 'paper' (equations) or 'release' (the authors' code)
-  m.backbone = 'vgg16'
+  m.backbone = 'vgg16'          # the paper's classifier in every row; 'resnet101' is an extension
   m.width = 1.0                # channel multiplier (tests, CPU demo)
   m.output_stride = 8          # ResNet-101: 8 or 16
   m.freeze_bn = True           # ResNet-101: BatchNorm statistics frozen
@@ -98,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_resolution = 'train'  # held-out images: 'train' (data.resize, centre square) or 'full'
   t.profile_steps = 0          # > 0 traces that many steps with jax.profiler
   t.group_rule = 'greedy'      # 'greedy' (paper) or 'release'
+  t.anchor_order = 'shuffle'   # groups of an epoch: 'shuffle' (a permutation), 'list' (release)
 
   c.parallel = p = ml_collections.ConfigDict()
   p.impl = 'shard_map'         # 'shard_map' or 'pmap'
@@ -107,6 +117,16 @@ def base_config() -> ml_collections.ConfigDict:
   k.method = 'oaa'             # 'oaa' (accumulated in train_cls) or 'group_inference'
   k.source = 'ensemble'        # 'ensemble', 'graph' or 'intermediate'
   k.prob_threshold = 0.1       # OAA: skip a class while its probability is below
+  # OAA ("following OAA", the paper): the defaults are OAA's schedule, which the release keeps.
+  # Whose maps a step accumulates: 'anchor' = item 0 of each group, so every image gets one
+  # update per epoch (its own anchor turn); 'all' = every member, so images often chosen as
+  # partners get more max-updates and their maps spread.
+  k.oaa_members = 'anchor'
+  k.oaa_first_epoch = 1        # OAA: first epoch (0-based) that accumulates (OAA: `epoch > 0`)
+  k.oaa_fill_last_epoch = True  # OAA: the last epoch writes missing maps whatever the probability
+  # OAA: accumulate the graph, intermediate and ensemble readouts in one run (False: cams.source
+  # only), so that export_cams can write any of them (Table 3's readout rows) from one store.
+  k.oaa_all_readouts = False
   k.scales = (1.0, 0.5, 1.5, 2.0)
   k.flip = True
   k.batch_size = 1             # groups per step in group inference
@@ -121,10 +141,13 @@ def base_config() -> ml_collections.ConfigDict:
   q.saliency_bg_threshold = 32  # background but saliency >= this -> ignore
   q.fg_ignore_threshold = 0.8  # background but some class map above -> ignore
   q.min_fg_fraction = 0.01     # less valid foreground -> whole image ignored
+  q.cam_norm = 'max'           # class maps to 0..1: 'max' (/ max) or 'minmax' (release)
   q.num_workers = 0            # 0 = all CPU cores
 
   # --- segmentation (train_seg, eval_seg) -------------------------------------------
   c.seg = g = ml_collections.ConfigDict()
+  # The paper's Table 1 / Table 3 "ResNet-101" rows (68.2 val) use DeepLab-v2 ResNet-101; its
+  # "VGG16" row (63.3) 'deeplab_largefov_vgg16'. The classifier is VGG16 in both.
   g.model = 'deeplab_v2_resnet101'
   g.width = 1.0
   g.output_stride = 8
@@ -172,7 +195,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.data.name in DATASETS, 'data.name', config.data.name,
          f'choose from {", ".join(DATASETS)}')
   _check(config.data.num_classes >= 1, 'data.num_classes', config.data.num_classes, 'must be >= 1')
-  _check(config.data.crop_size >= 16, 'data.crop_size', config.data.crop_size, 'must be >= 16')
+  d = config.data
+  _check(d.resize_mode in RESIZE_MODES, 'data.resize_mode', d.resize_mode,
+         f'choose from {", ".join(map(repr, RESIZE_MODES))}')
+  _check(d.resize >= 16, 'data.resize', d.resize, 'must be >= 16')
+  _check(d.crop_size == 0 or d.crop_size >= 16, 'data.crop_size', d.crop_size,
+         'must be 0 (no crop) or >= 16')
+  _check(d.crop_size > 0 or d.resize_mode == 'square', 'data.crop_size', d.crop_size,
+         "0 (no crop) needs data.resize_mode='square': images of other shapes do not batch")
+  _check(d.resize_mode != 'square' or d.crop_size <= d.resize, 'data.crop_size', d.crop_size,
+         f'larger than the square data.resize={d.resize}')
   if config.data.name == 'msrc':
     from gwsss_jax.data import msrc  # pylint: disable=g-import-not-at-top
     _check(config.data.msrc_labels in msrc.LABEL_SPACES, 'data.msrc_labels',
@@ -216,6 +248,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "choose from 'train', 'full'")
   _check(t.group_rule in ('greedy', 'release'), 'train.group_rule', t.group_rule,
          "choose from 'greedy', 'release'")
+  _check(t.anchor_order in ANCHOR_ORDERS, 'train.anchor_order', t.anchor_order,
+         f'choose from {", ".join(map(repr, ANCHOR_ORDERS))}')
   _check(config.parallel.impl in ('shard_map', 'pmap'), 'parallel.impl', config.parallel.impl,
          "choose from 'shard_map', 'pmap'")
   k = config.cams
@@ -223,12 +257,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "choose from 'oaa', 'group_inference'")
   _check(k.source in ('ensemble', 'graph', 'intermediate'), 'cams.source', k.source,
          "choose from 'ensemble', 'graph', 'intermediate'")
+  _check(k.oaa_members in OAA_MEMBERS, 'cams.oaa_members', k.oaa_members,
+         f'choose from {", ".join(map(repr, OAA_MEMBERS))}')
+  _check(k.oaa_first_epoch >= 0 and (k.method != 'oaa' or k.oaa_first_epoch < t.num_epochs),
+         'cams.oaa_first_epoch', k.oaa_first_epoch,
+         f'must lie in [0, train.num_epochs={t.num_epochs}): no epoch would accumulate OAA maps')
   _check(0.0 <= k.bg_threshold <= 1.0, 'cams.bg_threshold', k.bg_threshold, 'must lie in [0, 1]')
   _check(len(k.scales) >= 1 and all(s > 0 for s in k.scales), 'cams.scales', k.scales,
          'needs at least one positive scale')
   q = config.pseudo
   _check(0.0 <= q.conflict_threshold <= 1.0, 'pseudo.conflict_threshold', q.conflict_threshold,
          'must lie in [0, 1]')
+  _check(q.cam_norm in CAM_NORMS, 'pseudo.cam_norm', q.cam_norm,
+         f'choose from {", ".join(map(repr, CAM_NORMS))}')
   _check(0.0 <= q.min_fg_fraction <= 1.0, 'pseudo.min_fg_fraction', q.min_fg_fraction,
          'must lie in [0, 1]')
   g = config.seg

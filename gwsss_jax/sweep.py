@@ -47,7 +47,8 @@ FLAGS = flags.FLAGS
 COLUMNS = (('train_cls/mAP', 'cls mAP'), ('eval_cams/cam_miou', 'CAM mIoU'),
            ('eval_cams/pseudo_label_miou', 'pseudo mIoU'),
            ('eval_cams/pseudo_label_coverage', 'coverage'), ('seg_miou', 'seg mIoU'))
-CLASSIFIER_DIR = 'cls_checkpoints'
+# What a variant reusing another's classifier copies: its checkpoints and its OAA store.
+REUSED_DIRS = ('cls_checkpoints', 'oaa')
 
 
 def run_dir(workdir: str, name: str, seed=None) -> str:
@@ -102,18 +103,9 @@ def reuse_command(name: str, seed=None) -> list:
   return args
 
 
-def _reuse_classifier(name: str, reuse: str, stages: str, seed=None) -> str:
-  """Copies the trained classifier of `reuse` into the variant; drops train_cls from stages."""
-  src = os.path.join(run_dir(FLAGS.workdir, reuse, seed), CLASSIFIER_DIR)
-  dst = os.path.join(run_dir(FLAGS.workdir, name, seed), CLASSIFIER_DIR)
-  if not os.path.isdir(src):
-    raise UserError(f'variant {name} reuses {reuse}, whose classifier {src} does not exist yet')
-  if not os.path.isdir(dst):
-    shutil.copytree(src, dst + '.tmp', dirs_exist_ok=True)
-    os.replace(dst + '.tmp', dst)
   base_metrics = gio.read_metrics(run_dir(FLAGS.workdir, reuse, seed))
-  gio.update_metrics(run_dir(FLAGS.workdir, name, seed),
-                     {k: v for k, v in base_metrics.items() if k.startswith('train_cls/')})
+  gio.write_stage_metrics(run_dir(FLAGS.workdir, name, seed), 'train_cls',
+                          {k: v for k, v in base_metrics.items() if k.startswith('train_cls/')})
   return ','.join(s for s in stages.split(',') if s.strip() != 'train_cls')
 
 

@@ -6,10 +6,11 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def demo_config(overrides: dict, data_root: str):
+def demo_config(overrides: dict, data_root: str, name: str = 'demo'):
+  """configs/<name>.py (the demo by default) with the overrides and `data.root`."""
   module = {}
-  with open(os.path.join(ROOT, 'configs', 'demo.py')) as f:
-    exec(compile(f.read(), 'configs/demo.py', 'exec'), module)  # pylint: disable=exec-used
+  with open(os.path.join(ROOT, 'configs', f'{name}.py')) as f:
+    exec(compile(f.read(), f'configs/{name}.py', 'exec'), module)  # pylint: disable=exec-used
   config = module['get_config']()
   for key, value in overrides.items():
     *sections, name = key.split('.')

@@ -14,8 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ['README.md'] + sorted(os.path.relpath(p, ROOT)
                               for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')))
 # Being written on other branches; the README links them already. Remove a name once it exists.
-PENDING = {'docs/crf.md', 'docs/accelerators.md', 'docs/reliability.md',
-           'docs/release.md'}
+PENDING = {'docs/crf.md', 'docs/accelerators.md'}
 NEEDS = ('data', 'GPU', 'TPU', 'network', 'quiet machine')
 BENCH_QUICK = 'python -m gwsss_jax.bench --config=configs/demo.py --quick'
 

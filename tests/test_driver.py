@@ -1,11 +1,11 @@
 """The driver: one-line errors with exit status 2, config validation, stage order, the stage
 contract (dispatch in order, metrics merged into metrics.json), and atomic writes."""
 
+import importlib
 import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -45,9 +45,26 @@ def test_cli_errors_are_one_line(tmp_path, args, named):
   assert 'Traceback' not in stderr
 
 
+@pytest.mark.parametrize('overrides, hint', [
+    # cams.crf exists: the unknown flag is the second one, whose section does not exist.
+    (['--config.cams.crf=True', '--config.crf.impl=jax'],
+     '--config.crf.impl: unknown config key (did you mean --config.cams.crf or --config.seg.crf?)'),
+    (['--config.seed=1', '--config.model.num_nodez=2'],
+     '--config.model.num_nodez: unknown config key (did you mean --config.model.num_nodes?)'),
+    (['--config.modle.num_nodes=2'],
+     '--config.modle.num_nodes: unknown config key (did you mean --config.model.num_nodes?)'),
+    (['--config.model.width.x=2'],
+     '--config.model.width.x: unknown config key (did you mean --config.model.width or '
+     '--config.seg.width?)'),
+])
+def test_unknown_key_names_the_flag_and_the_closest_key(tmp_path, overrides, hint):
+  returncode, stderr = _main(tmp_path, '--config=configs/demo.py', *overrides)
+  assert (returncode, stderr) == (2, f'error: {hint}\n')
+
+
 def test_validate_accepts_every_shipped_config():
   import importlib.util  # pylint: disable=g-import-not-at-top
-  for name in ('voc', 'coco', 'demo'):
+  for name in ('voc', 'coco', 'demo', 'release'):
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -61,6 +78,8 @@ def test_validate_accepts_every_shipped_config():
     ('data.num_classes', 0), ('stages', 'train_cls,foo'), ('stages', ' , '),
     ('cams.scales', ()), ('seg.model', 'unet'), ('seg.scale_range', (1.5, 0.5)),
     ('train.batch_size', 0), ('pseudo.conflict_threshold', 2.0), ('model.drop_mask', 'eq11'),
+    ('cams.oaa_members', 'partners'), ('cams.oaa_first_epoch', 15), ('cams.oaa_first_epoch', -1),
+    ('pseudo.cam_norm', 'l2'),
 ])
 def test_validate_names_the_key(key, value):
   config = config_lib.base_config()
@@ -69,6 +88,16 @@ def test_validate_names_the_key(key, value):
   with pytest.raises(UserError) as e:
     config_lib.validate(config)
   assert str(e.value).startswith(f'config.{key}=')
+
+
+def test_oaa_first_epoch_is_checked_only_for_oaa():
+  config = config_lib.base_config()
+  config.train.num_epochs = 1
+  config.cams.oaa_first_epoch = 1
+  with pytest.raises(UserError, match='cams.oaa_first_epoch'):
+    config_lib.validate(config)
+  config.cams.method = 'group_inference'
+  config_lib.validate(config)
 
 
 def test_release_variant_needs_groups_of_three():
@@ -101,13 +130,46 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
   assert path.read_text() == 'new' and os.listdir(tmp_path) == ['out.txt']
 
 
-def test_update_metrics_merges(tmp_path):
-  assert gio.read_metrics(str(tmp_path)) == {}
-  gio.update_metrics(str(tmp_path), {'a': 1.0, 'b': 2})
-  merged = gio.update_metrics(str(tmp_path), {'b': 3, 'c': [0.5]})
-  assert merged == {'a': 1.0, 'b': 3, 'c': [0.5]}
-  with open(tmp_path / gio.METRICS_FILE) as f:
-    assert json.load(f) == merged
+def test_stage_metrics_rebuild_the_summary(tmp_path):
+  """Per-stage metrics files, merged into metrics.json, which is rebuilt from them when it is
+  deleted or corrupt; an unreadable stage file is one error naming it (issue 18.6)."""
+  workdir = str(tmp_path)
+  assert gio.read_metrics(workdir) == {}
+  gio.write_stage_metrics(workdir, 'eval_cams', {'c': [0.5], 'b': 4})
+  gio.write_stage_metrics(workdir, 'train_cls', {'a': 1.0, 'b': 2})
+  gio.write_stage_metrics(workdir, 'train_cls', {'b': 3})  # a stage that skipped some work
+  with open(gio.stage_metrics_path(workdir, 'train_cls')) as f:
+    assert json.load(f) == {'a': 1.0, 'b': 3}
+  order = ('train_cls', 'export_cams', 'eval_cams')
+  summary = {'a': 1.0, 'b': 4, 'c': [0.5]}  # later stages win
+  assert gio.rebuild_metrics(workdir, order) == summary
+  summary_path = tmp_path / gio.METRICS_FILE
+  for damage in ('{"a": 1.0, "b', None):
+    if damage is None:
+      os.remove(summary_path)
+    else:
+      summary_path.write_text(damage)
+    assert gio.rebuild_metrics(workdir, order) == summary
+    assert json.loads(summary_path.read_text()) == summary
+  bad = gio.stage_metrics_path(workdir, 'eval_cams')
+  for content in ('{"c": [0.5', '[1, 2]'):
+    with open(bad, 'w') as f:
+      f.write(content)
+    with pytest.raises(UserError) as e:
+      gio.rebuild_metrics(workdir, order)
+    assert str(e.value).startswith(f'unreadable metrics file {bad}: ') and '\n' not in str(e.value)
+  summary_path.write_text('{"x')
+  with pytest.raises(UserError, match=f'unreadable metrics file {summary_path}'):
+    gio.read_metrics(workdir)
+
+
+def test_a_metrics_json_from_before_stage_files_is_kept(tmp_path):
+  (tmp_path / gio.METRICS_FILE).write_text(json.dumps({'train_cls/mAP': 0.5, 'seg_miou': 0.25}))
+  gio.write_stage_metrics(str(tmp_path / 'other'), 'x', {})  # (another workdir)
+  assert gio.rebuild_metrics(str(tmp_path)) == {'train_cls/mAP': 0.5, 'seg_miou': 0.25}
+  gio.write_stage_metrics(str(tmp_path), 'eval_seg', {'seg_miou': 0.5})
+  assert gio.rebuild_metrics(str(tmp_path), ('eval_seg',)) == {'train_cls/mAP': 0.5,
+                                                               'seg_miou': 0.5}
 
 
 def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkeypatch):
@@ -118,10 +180,11 @@ def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkey
       # Each stage sees the resolved data root and the metrics of the stages before it.
       calls.append((name, config.data.root, sorted(gio.read_metrics(workdir))))
       return {f'{name}/done': 1.0, 'last_stage': name}
-    return types.SimpleNamespace(run=run)
+    return run
 
   for name in config_lib.STAGES:
-    monkeypatch.setitem(sys.modules, f'gwsss_jax.stages.{name}', fake_stage(name))
+    monkeypatch.setattr(importlib.import_module(f'gwsss_jax.stages.{name}'), 'run',
+                        fake_stage(name))
   config = config_lib.base_config()
   config.data.name = 'synthetic'
   config.data.num_classes = 6
@@ -132,7 +195,8 @@ def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkey
   config_lib.lock(config)
   workdir = str(tmp_path / 'wd')
   os.makedirs(workdir)
-  gio.update_metrics(workdir, {'earlier_run': 7})
+  with open(os.path.join(workdir, gio.METRICS_FILE), 'w') as f:  # a workdir of older code
+    json.dump({'earlier_run': 7}, f)
 
   metrics = pipeline.run(config, workdir)
 
@@ -143,6 +207,8 @@ def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkey
   assert metrics == {'earlier_run': 7, 'train_cls/done': 1.0, 'pseudo_labels/done': 1.0,
                      'eval_seg/done': 1.0, 'last_stage': 'eval_seg'}
   assert gio.read_metrics(workdir) == metrics
+  with open(gio.stage_metrics_path(workdir, 'pseudo_labels')) as f:
+    assert json.load(f) == {'pseudo_labels/done': 1.0, 'last_stage': 'pseudo_labels'}
   assert os.path.isfile(os.path.join(root, 'ImageSets', 'Segmentation', 'train_cls.txt'))
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['data']['root'] == root

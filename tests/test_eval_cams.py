@@ -151,9 +151,19 @@ def test_stages_end_to_end_on_the_builtin_dataset(tmp_path, capsys):
 
   out = export_cams.run(config, workdir)
   assert out['export_cams/images'] == 10 and out['export_cams/missing_maps'] == 0
-  out = pseudo_labels.run(config, workdir)
-  assert out['pseudo_labels/images'] == 10
-  assert pseudo_labels.run(config, workdir)['pseudo_labels/skipped'] == 10
+  labelled = pseudo_labels.run(config, workdir)
+  assert labelled['pseudo_labels/images'] == 10
+  coverage = [np.mean(palette.read_label_png(pseudo_labels.label_path(workdir, ex.name)) != 255)
+              for ex in train.examples]
+  assert labelled['pseudo_labels/mean_coverage'] == pytest.approx(np.mean(coverage), abs=1e-12)
+  assert labelled['pseudo_labels/all_ignored'] == sum(c == 0 for c in coverage)
+  # A repeated run, and one resumed after an interruption, report the same figures (18.7).
+  assert pseudo_labels.run(config, workdir) == labelled
+  for ex in train.examples[:4]:
+    os.remove(pseudo_labels.label_path(workdir, ex.name))
+  capsys.readouterr()
+  assert pseudo_labels.run(config, workdir) == labelled
+  assert '4 labels written, 6 kept' in capsys.readouterr().out
   out = eval_cams.run(config, workdir)
   assert out['eval_cams/images'] == 10 and out['eval_cams/pictures'] == 2
   assert out['eval_cams/cam_miou'] > 0.5  # maps made from the ground truth

@@ -6,12 +6,14 @@ import os
 import cv2
 import jax
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from gwsss_jax import config as config_lib
 from gwsss_jax.cams import export
 from gwsss_jax.cams import oaa
+from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import sampler
@@ -75,7 +77,7 @@ def _dataset(tmp_path, labels, sizes):
   return datasets.Dataset(examples, tuple(f'c{c}' for c in range(labels.shape[1])), 'train')
 
 
-def test_oaa_export_and_resume(tmp_path):
+def test_oaa_export_and_resume(tmp_path, capsys):
   labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]], bool)
   ds = _dataset(tmp_path, labels, [(20, 30), (16, 16), (24, 12)])
   workdir = str(tmp_path / 'run')
@@ -98,9 +100,73 @@ def test_oaa_export_and_resume(tmp_path):
   os.remove(export.cam_path(workdir, 'im1'))
   before = os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns
   out = export.export_oaa(workdir, ds, save_png=False)
-  assert out['export_cams/images'] == 1 and out['export_cams/skipped'] == 2
+  assert out == {'export_cams/images': 3, 'export_cams/missing_maps': 0}
+  assert '1 CAM files written' in capsys.readouterr().out
   assert os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns == before
   assert os.path.exists(export.cam_path(workdir, 'im1'))
+
+
+def test_oaa_readouts_of_one_run_give_the_default_row(tmp_path):
+  """Table 3's readout rows from one store: the ensemble row of a three-readout store is the
+  ensemble-only store's export bitwise, and each readout equals a store of that readout alone."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], bool)
+  ds = _dataset(tmp_path, labels, [(20, 30), (16, 16), (24, 12), (9, 14)])
+  policy = ml_collections.ConfigDict({'prob_threshold': 0.1, 'oaa_members': 'all',
+                                      'oaa_first_epoch': 0, 'oaa_fill_last_epoch': True})
+  stores = {name: oaa.OAAStore.open(str(tmp_path / name), labels, (4, 4), process_index=0,
+                                    readouts=readouts)
+            for name, readouts in (('all', export.READOUTS), ('ensemble', ('ensemble',)),
+                                   ('graph', ('graph',)))}
+  rng = np.random.default_rng(3)
+  for epoch in range(2):
+    for _ in range(3):
+      index = np.stack([rng.choice(4, 2, replace=False) for _ in range(2)])  # [b=2, K=2]
+      out = {'cam_graph': jnp.asarray(rng.normal(size=(2, 2, 4, 4, 3)), jnp.float32),
+             'cam_mid': jnp.asarray(rng.normal(size=(2, 2, 4, 4, 3)), jnp.float32)}
+      cams = {r: np.asarray(classifier.cams_for_export(out, labels[index], r))
+              for r in export.READOUTS}
+      probs = rng.random((2, 2, 3)) * 0.3
+      for store in stores.values():
+        oaa.accumulate_groups(store, policy, epoch, 1, index,
+                              {r: cams[r] for r in store.readouts}, probs)
+  for store in stores.values():
+    store.flush()
+  for name, source in (('all', 'ensemble'), ('all', 'graph'), ('ensemble', 'ensemble'),
+                       ('graph', 'graph')):
+    export.export_oaa(str(tmp_path / name), ds, save_png=False, source=source)
+    os.rename(export.cam_dir(str(tmp_path / name)), str(tmp_path / f'{name}_{source}_cams'))
+  load = lambda d, n: np.load(str(tmp_path / d / f'{n}.npy'), allow_pickle=True).item()
+  for n in ('im0', 'im1', 'im2', 'im3'):
+    for source in ('ensemble', 'graph'):
+      got, want = load(f'all_{source}_cams', n), load(f'{source}_{source}_cams', n)
+      assert got['source'] == source and got['method'] == 'oaa'
+      np.testing.assert_array_equal(got['cam'], want['cam'])
+      np.testing.assert_array_equal(got['high_res'], want['high_res'])
+      np.testing.assert_array_equal(got[f'cam_{source}'], want['cam'])
+    assert not np.array_equal(load('all_ensemble_cams', n)['cam_graph'],
+                              load('all_ensemble_cams', n)['cam_intermediate'])
+  with pytest.raises(UserError, match='oaa_all_readouts'):
+    export.export_oaa(str(tmp_path / 'graph'), ds, save_png=False, source='intermediate')
+
+
+def test_missing_maps_count_the_whole_store_after_a_resume(tmp_path, capsys):
+  """A resumed or repeated export reports the figures of an uninterrupted one (issue 18.7)."""
+  labels = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0]], bool)
+  ds = _dataset(tmp_path, labels, [(20, 30), (16, 16), (24, 12)])
+  workdir = str(tmp_path / 'run')
+  store = oaa.OAAStore.open(workdir, labels, (4, 4), process_index=0)
+  cams = np.random.default_rng(2).random((3, 4, 4, 3)).astype(np.float32)
+  probs = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # im1/c1, im2/c1 skipped
+  store.update([0, 1, 2], cams, probs, 0.1, False)
+  store.flush()
+  whole = export.export_oaa(workdir, ds, save_png=False)
+  assert whole == {'export_cams/images': 3, 'export_cams/missing_maps': 2}
+  assert export.export_oaa(workdir, ds, save_png=False) == whole  # a plain rerun
+  os.remove(export.cam_path(workdir, 'im0'))  # an interrupted export, resumed
+  assert export.export_oaa(workdir, ds, save_png=False) == whole
+  assert '1 CAM files written' in capsys.readouterr().out.splitlines()[-1]
 
 
 def _tiny_config():
@@ -132,7 +198,7 @@ def _random_variables(model, k, seed=0):
   return jax.tree.map(init, shapes)
 
 
-def test_group_inference_matches_a_plain_loop(tmp_path):
+def test_group_inference_matches_a_plain_loop(tmp_path, capsys):
   config = _tiny_config()
   labels = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1]], bool)
   ds = _dataset(tmp_path, labels, [(20, 30), (32, 32), (40, 24), (16, 20), (30, 30)])
@@ -182,8 +248,10 @@ def test_group_inference_matches_a_plain_loop(tmp_path):
   # Resume: only the groups of the missing image run again; the others are left alone.
   os.remove(export.cam_path(workdir, 'im3'))
   before = os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns
+  capsys.readouterr()
   out = export.export_group_inference(config, workdir, ds, model, variables, NORM)
-  assert out['export_cams/images'] == 1 and out['export_cams/skipped'] == 4
+  assert out == {'export_cams/images': 5}
+  assert '1 CAM files written' in capsys.readouterr().out
   assert os.stat(export.cam_path(workdir, 'im0')).st_mtime_ns == before
   rec = np.load(export.cam_path(workdir, 'im3'), allow_pickle=True).item()
   want = _irnet_normalize(sums[3]['graph'][[2]] / counts[3])

@@ -136,6 +136,58 @@ def test_train_boxes_and_flips_locate_each_crop_in_its_image(setup):
   assert seen_flip == {False, True}
 
 
+def test_release_input_square_resize_no_crop_no_flip_list_order(setup, tmp_path):
+  """The release's loader: each image resized to a 32 x 32 square (PIL bilinear, aspect not
+  kept), no crop, no flip, anchors in list order; OAA then maps the CAM onto the whole image by
+  a plain resize (here the identity: the store's grid is the feature grid of the input)."""
+  from gwsss_jax.cams import oaa  # pylint: disable=g-import-not-at-top
+  config, train, _ = setup
+  config = config.copy_and_resolve_references()
+  config.data.resize_mode, config.data.resize, config.data.crop_size = 'square', 32, 0
+  config.data.flip = False
+  config.data.color_jitter = (0.0, 0.0, 0.0, 0.0)
+  config.train.anchor_order = 'list'
+  config_lib.validate(config)
+  assert ip.input_size(config) == 32
+  batches = _collect(ip.train_iterator(train, config, num_nodes=3, global_batch=4, epoch=1,
+                                       normalization='imagenet_rgb', process_index=0,
+                                       process_count=1))
+  anchors = np.concatenate([b['index'][:, 0] for b in batches])
+  np.testing.assert_array_equal(anchors, np.arange(len(anchors)))  # list order, every epoch
+  for b in batches:
+    assert b['images'].shape == (4, 3, 32, 32, 3)
+    np.testing.assert_array_equal(b['boxes'], np.broadcast_to([0.0, 0.0, 1.0, 1.0], (4, 3, 4)))
+    assert not b['flips'].any()
+    for img, i in zip(b['images'].reshape(-1, 32, 32, 3), b['index'].reshape(-1)):
+      with Image.open(train.examples[i].image_path) as im:  # the release's Resize((256, 256))
+        ref = np.asarray(im.convert('RGB').resize((32, 32), Image.BILINEAR), np.float32)
+      # PIL rounds to uint8 and its antialiasing filter differs slightly from TensorFlow's.
+      err = np.abs(img - norm_lib.normalize(ref, 'imagenet_rgb')) * 0.226 * 255
+      assert err.mean() < 0.5 and err.max() < 2.0, (err.mean(), err.max())
+  # OAA: the map of the whole squashed image lands unchanged on the store's grid.
+  b = batches[0]
+  labels = train.label_matrix()
+  store = oaa.OAAStore.open(str(tmp_path), labels, (4, 4), process_index=0)
+  cams = np.random.default_rng(0).random((1, 4, 4, labels.shape[1])).astype(np.float32)
+  i = int(b['index'][0, 0])
+  store.update([i], cams, np.ones((1, labels.shape[1])), 0.1, False,
+               boxes=b['boxes'][0, :1], flips=b['flips'][0, :1])
+  for c, m in store.get(i).items():
+    np.testing.assert_array_equal(m, np.rint(cams[0, ..., c] * 255).astype(np.uint8))
+  assert store.get(i)
+
+
+@pytest.mark.parametrize('key,value,named', [
+    ('data.crop_size', 0, 'resize_mode'), ('data.resize_mode', 'long', 'data.resize_mode'),
+    ('train.anchor_order', 'sorted', 'train.anchor_order')])
+def test_input_keys_are_validated(key, value, named):
+  config = config_lib.base_config()
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(UserError, match=named):
+    config_lib.validate(config)
+
+
 def test_train_shards_are_disjoint_and_complete(setup):
   config, train, _ = setup
   full = _collect(ip.train_iterator(train, config, num_nodes=2, global_batch=4, epoch=0,

@@ -101,7 +101,8 @@ def test_gpu_script_two_processes_match_one_process(tmp_path):
   with open(os.path.join(single, 'metrics.json')) as f:
     want = json.load(f)
   for key in ('train_cls/mAP', 'eval_cams/cam_miou', 'eval_cams/pseudo_label_miou',
-              'eval_cams/pseudo_label_coverage', 'eval_cams/pseudo_label_images'):
+              'eval_cams/pseudo_label_coverage', 'eval_cams/pseudo_label_images',
+              'pseudo_labels/images', 'pseudo_labels/mean_coverage', 'export_cams/images'):
     np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=key)
   assert got['train_cls/steps'] == want['train_cls/steps'] == 6
   assert sorted(os.listdir(os.path.join(multi, 'pseudo_labels'))) == sorted(

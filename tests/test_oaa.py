@@ -112,6 +112,88 @@ def test_merged_view_takes_the_max_over_processes(tmp_path):
   np.testing.assert_array_equal(merged.get(1)[1], [[0, 0], [51, 0]])
 
 
+# --- the accumulation policy against the release ---------------------------------------------
+
+def release_accumulation(store, epoch, training_epoch, anchor, label, att_graph, att_mid, probs,
+                         members=(0,), first_epoch=1):
+  """A numpy re-statement of the release's OAA writes (models/vgg_gnn.py, CoattentionModel.
+  forward), one group: its files `<index>_<class>.png` are the keys (image, class) of `store`.
+
+  The release writes item 0 only (`atts[0, la]`, the anchor, named by its list position) and
+  only when `epoch > 0`; `members` and `first_epoch` generalise both for the other policies.
+  att_graph, att_mid: [K, L, h, w] (its self.map1, self.map); probs: [K, L] graph readout.
+  """
+  if epoch < first_epoch:
+    return
+  for k in members:
+    atts = (att_graph[k] + att_mid[k]) / 2
+    atts[atts < 0] = 0
+    for la in np.flatnonzero(label[k]):
+      name = (int(anchor[k]), int(la))
+      att = atts[la]
+      att = np.rint(att / (att.max() + 1e-8) * 255)
+      if epoch == training_epoch - 1 and name not in store:
+        store[name] = att
+        continue
+      if probs[k, la] < 0.1:
+        continue
+      store[name] = att if name not in store else np.maximum(store[name], att)
+
+
+@pytest.mark.parametrize('members,first_epoch', [('anchor', 1), ('all', 0), ('anchor', 0)])
+def test_policy_matches_the_release_restatement(tmp_path, members, first_epoch):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.data import sampler  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  n, num_classes, k, hw, epochs, batch = 6, 4, 3, (3, 4), 3, 2
+  labels = _labels()[:n, :num_classes]
+  cams_config = ml_collections.ConfigDict({
+      'prob_threshold': 0.1, 'oaa_members': members, 'oaa_first_epoch': first_epoch,
+      'oaa_fill_last_epoch': True})
+  store = oaa.OAAStore.open(str(tmp_path), labels, hw, process_index=0)
+  reference = {}
+  rng = np.random.default_rng(7)
+  for epoch in range(epochs):
+    groups, _ = sampler.make_groups(labels, k, seed=0, epoch=epoch)
+    for rows in rng.permutation(n).reshape(-1, batch):
+      index = groups[rows]                                                    # [b, K]
+      cam_graph = rng.normal(size=(batch, k) + hw + (num_classes,)).astype(np.float32)
+      cam_mid = rng.normal(size=cam_graph.shape).astype(np.float32)
+      probs = rng.random((batch, k, num_classes)).astype(np.float32) * 0.3
+      group_labels = labels[index].astype(np.float32)
+      cams = classifier.cams_for_export({'cam_graph': jnp.asarray(cam_graph),
+                                         'cam_mid': jnp.asarray(cam_mid)}, group_labels)
+      if members == 'anchor':
+        cams = cams[:, :1]  # what train_cls computes for this policy
+      oaa.accumulate_groups(store, cams_config, epoch, epochs - 1, index, cams, probs)
+      for g in range(batch):
+        release_accumulation(
+            reference, epoch, epochs, index[g], labels[index[g]],
+            np.moveaxis(cam_graph[g], -1, 1), np.moveaxis(cam_mid[g], -1, 1), probs[g],
+            members=(0,) if members == 'anchor' else range(k), first_epoch=first_epoch)
+  got = {(i, c): m for i in range(n) for c, m in store.get(i).items()}
+  assert sorted(got) == sorted(reference)
+  for key, want in reference.items():
+    np.testing.assert_array_equal(got[key], want.astype(np.uint8), err_msg=str(key))
+  assert len(reference) == labels.sum()  # the last epoch filled every slot
+
+
+def test_policy_without_last_epoch_fill_leaves_unconfident_slots_missing(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cams_config = ml_collections.ConfigDict({
+      'prob_threshold': 0.1, 'oaa_members': 'anchor', 'oaa_first_epoch': 0,
+      'oaa_fill_last_epoch': False})
+  store = oaa.OAAStore.open(str(tmp_path), LABELS, (2, 2), process_index=0)
+  cams = np.ones((1, 1, 2, 2, 3), np.float32)
+  low = np.full((1, 2, 3), 0.05, np.float32)
+  oaa.accumulate_groups(store, cams_config, 1, 1, [[0, 1]], cams, low)
+  assert store.num_written() == 0
+  cams_config.oaa_fill_last_epoch = True
+  oaa.accumulate_groups(store, cams_config, 1, 1, [[0, 1]], cams, low)
+  assert sorted(store.get(0)) == [0, 2] and store.get(1) == {}  # the anchor's slots only
+
+
 # --- kill and resume -------------------------------------------------------------------------
 
 N, L, HW, EPOCHS, STEPS = 6, 4, (3, 5), 3, 4  # 4 steps of 3 images per epoch (each image twice)

@@ -95,6 +95,63 @@ def test_release_defaults_on_a_scene():
   assert (label[:5] == 0).all()
 
 
+def release_gen_gt(fields, sal, atts):
+  """A numpy re-statement of the release's gen_labels.py gen_gt for one image: `fields` the
+  label-list line's class indices, `sal` uint8 [H, W], `atts` {class: uint8 [H, W]} (its
+  feat_1/<name>_<class>.png maps; a class without one is skipped)."""
+  height, width = sal.shape
+  gt = np.zeros((21, height, width), dtype=np.float32)
+  sal = np.array(sal, dtype=np.float32)
+  conflict, bg_thr, att_thr = 0.9, 32, 0.8
+  gt[0] = (1 - (sal / 255))
+  sal_att = sal.copy()
+  for cls in fields:
+    if cls not in atts:
+      continue
+    att = atts[cls]
+    att = (att - np.min(att)) / (np.max(att) - np.min(att) + 1e-8)
+    gt[cls + 1] = att.copy()
+    sal_att = np.maximum(sal_att, (att > att_thr) * 255)
+  bg = np.array(gt > conflict, dtype=np.uint8)
+  bg = np.sum(bg, axis=0)
+  gt = gt.argmax(0).astype(np.uint8)
+  gt[bg > 1] = 255
+  bg = np.array(sal_att >= bg_thr, dtype=np.uint8) * np.array(gt == 0, dtype=np.uint8)
+  gt[bg > 0] = 255
+  out = gt
+  valid = np.array((out > 0) & (out < 255), dtype=int).sum()
+  ratio = float(valid) / float(height * width)
+  if ratio < 0.01:
+    out[...] = 255
+  return out
+
+
+def test_minmax_rule_matches_the_release_gen_labels():
+  rng = np.random.default_rng(0)
+  checked = 0
+  for trial in range(40):
+    h, w = 24, 31
+    keys = np.sort(rng.choice(20, rng.integers(1, 4), replace=False))
+    # Smooth-ish uint8 maps (the release reads resized 0..255 PNGs) with an offset, so that
+    # min-max and max scaling differ.
+    atts = {}
+    for c in keys:
+      base = rng.integers(0, 60) + rng.random((h // 4 + 1, w // 4 + 1)) * rng.integers(50, 196)
+      atts[int(c)] = np.kron(base, np.ones((4, 4)))[:h, :w].astype(np.uint8)
+    sal = (np.clip(rng.normal(0.5, 0.4, (h, w)), 0, 1) * 255).astype(np.uint8)
+    if trial % 5 == 0:
+      sal[:] = 255  # no background: the 1% rule and the conflicts decide
+    want = release_gen_gt(keys.tolist(), sal, atts)
+    cams = np.stack([atts[int(c)] for c in keys]).astype(np.float32)
+    got = pseudo.saliency_label(cams, keys, sal, cam_norm='minmax')
+    np.testing.assert_array_equal(got, want, err_msg=f'trial {trial}')
+    checked += int((want != 255).sum() > 0)
+    if trial == 0:  # the rule is not the max rule on these maps
+      assert not np.array_equal(pseudo.saliency_label(cams, keys, sal, cam_norm='max'), want)
+  assert checked > 20
+  np.testing.assert_allclose(pseudo.minmax_maps(np.full((1, 2, 2), 7.0)), np.zeros((1, 2, 2)))
+
+
 def _config(root, saliency_dir):
   c = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict({'root': root, 'saliency_dir': saliency_dir})
@@ -118,7 +175,7 @@ def test_saliency_dir_resolution(tmp_path):
 
 def test_missing_or_corrupt_saliency_names_the_file(tmp_path):
   cam = _cam_file(tmp_path, 'img1')
-  params = dict(LOOSE, bg_threshold=0.2)
+  params = dict(LOOSE, bg_threshold=0.2, cam_norm='max')
   missing = str(tmp_path / 'sal' / 'img1.png')
   with pytest.raises(UserError, match='img1.png'):
     pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
@@ -127,6 +184,13 @@ def test_missing_or_corrupt_saliency_names_the_file(tmp_path):
     f.write(b'\x89PNG\r\n\x1a\n this is not a png')
   with pytest.raises(UserError, match='corrupt saliency map .*img1.png'):
     pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
+  # A label written by an earlier run is read back for the figures, its saliency header too.
+  palette.save_label_png(str(tmp_path / 'out.png'), np.zeros((6, 8), np.uint8))
+  with pytest.raises(UserError, match='corrupt saliency map .*img1.png'):
+    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
+  os.remove(missing)
+  with pytest.raises(UserError, match='saliency map not found: .*img1.png'):
+    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
 
 
 def test_label_image_writes_palette_png(tmp_path):
@@ -134,7 +198,7 @@ def test_label_image_writes_palette_png(tmp_path):
   sal_path = str(tmp_path / 'img1_sal.png')
   Image.fromarray(np.full((6, 8), 255, np.uint8)).save(sal_path)
   out = str(tmp_path / 'pl' / 'img1.png')
-  params = dict(LOOSE, bg_threshold=0.2)
+  params = dict(LOOSE, bg_threshold=0.2, cam_norm='max')
   pseudo_labels.label_image(('img1', cam, sal_path, out, params))
   with Image.open(out) as img:
     assert img.mode == 'P'

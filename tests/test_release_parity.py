@@ -207,3 +207,66 @@ def test_release_gradients_match_torch_autograd():
     scale = max(float(leaf.grad.abs().max()), 1e-4 * overall)
     np.testing.assert_allclose(np.asarray(g), leaf.grad.numpy(), rtol=1e-3, atol=1e-4 * scale,
                                err_msg=jax.tree_util.keystr(path))
+
+
+class TorchReleaseHead(torch.nn.Module):
+  """The release's new layers (models/vgg_gnn.py CoattentionModel and models/ConvGRU.py) at
+  `in_channels`, `hidden` and `classes`, initialised as its constructor does: every Conv2d
+  weight N(0, 0.01), the biases left at PyTorch's default."""
+
+  def __init__(self, in_channels, hidden, classes):
+    super().__init__()
+    conv = torch.nn.Conv2d
+    self.extra_convs = torch.nn.Sequential(
+        conv(in_channels, hidden, 3, padding=1), torch.nn.ReLU(True),
+        conv(hidden, hidden, 3, padding=1), torch.nn.ReLU(True),
+        conv(hidden, hidden, 3, padding=1), torch.nn.ReLU(True),
+        conv(hidden, classes, 1))
+    self.extra_gate = conv(classes, 1, 1, bias=False)
+    self.extra_conv_fusion = conv(2 * classes, classes, 3, padding=1)
+    self.extra_proja = conv(classes, classes // 2, 1)
+    self.extra_projb = conv(classes, classes // 2, 1)
+    self.gru = torch.nn.ModuleDict({g: conv(2 * classes, classes, 1)
+                                    for g in ('reset_gate', 'update_gate', 'out_gate')})
+    for m in self.modules():
+      if isinstance(m, torch.nn.Conv2d):
+        m.weight.data.normal_(0, 0.01)
+
+
+def test_release_initialisation_matches_the_release():
+  """The release variant's new layers: weights N(0, 0.01) and biases U(+-1/sqrt(fan_in)) as the
+  release's torch modules get them (pooled over layers, scaled by torch's own bound)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.base_config().model
+  cfg.variant, cfg.width, cfg.num_nodes = 'release', WIDTH, 3
+  model = clf.build_classifier(cfg, L)
+  images, adjacency = np.zeros((1, 3, SIZE, SIZE, 3), np.float32), np.ones((1, 3, 3), np.float32)
+  params = trainer.run_init(lambda r: model.init(r, images, adjacency, False),
+                            jax.random.key(0))['params']
+  hidden = params['extra_convs_0']['kernel'].shape[-1]
+  step = params['graph']['step']
+  pairs = [(params[f'extra_convs_{i}'], f'extra_convs.{i}') for i in (0, 2, 4, 6)]
+  pairs += [(step[n], n) for n in ('extra_gate', 'extra_conv_fusion', 'extra_proja',
+                                   'extra_projb')]
+  pairs += [(step['extra_ConvGRU'][g], f'gru.{g}')
+            for g in ('reset_gate', 'update_gate', 'out_gate')]
+  torch.manual_seed(0)
+  heads = [TorchReleaseHead(hidden, hidden, L) for _ in range(20)]
+  ours_scaled, theirs_scaled = [], []
+  for layer, name in pairs:
+    ref = [h.get_submodule(name) for h in heads]
+    assert ref[0].weight.shape == tuple(np.transpose(layer['kernel'], (3, 2, 0, 1)).shape), name
+    weights = np.asarray(layer['kernel']).reshape(-1)
+    theirs = np.concatenate([r.weight.detach().numpy().reshape(-1) for r in ref])
+    assert stats.ks_2samp(weights, theirs).pvalue > 1e-3, name
+    assert ('bias' in layer) == (ref[0].bias is not None), name
+    if 'bias' in layer:
+      fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(ref[0].weight)  # pylint: disable=protected-access
+      bound = 1 / np.sqrt(fan_in)
+      ours_scaled.append(np.asarray(layer['bias']) / bound)
+      theirs_scaled.append(np.concatenate([r.bias.detach().numpy() for r in ref]) / bound)
+  ours_scaled, theirs_scaled = np.concatenate(ours_scaled), np.concatenate(theirs_scaled)
+  assert np.abs(ours_scaled).max() <= 1 and np.abs(theirs_scaled).max() <= 1
+  assert len(ours_scaled) > 100 and np.abs(ours_scaled).mean() > 0.3  # U(-1, 1): 0.5
+  assert stats.ks_2samp(ours_scaled, theirs_scaled).pvalue > 1e-3

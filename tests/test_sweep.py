@@ -31,6 +31,33 @@ def test_table3_lists_the_paper_ablations():
   assert all(r == 'default_K4_T3' for n, (_, r) in by_name.items() if n.startswith('cam_'))
 
 
+def test_table3_readout_rows_share_the_default_rows_cam_pipeline(tmp_path, monkeypatch):
+  """The readout rows differ from the default row in cams.source only, and reuse its classifier
+  and OAA store: the ensemble row is the default row's config, on a copy of its store."""
+  sys.path.insert(0, REPO)
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from demo_config import demo_config  # pylint: disable=g-import-not-at-top
+  from gwsss_jax import sweep  # pylint: disable=g-import-not-at-top
+  variants = sweep.load_sweep(os.path.join(REPO, 'configs/sweeps/table3.py'))
+  by_name = {name: (overrides, reuse) for name, overrides, reuse in variants}
+  default = demo_config(by_name['default_K4_T3'][0], '').to_dict()
+  assert default['cams']['method'] == 'oaa' and default['cams']['oaa_all_readouts']
+  for source in ('intermediate', 'graph', 'ensemble'):
+    row = demo_config(by_name[f'cam_{source}'][0], '').to_dict()
+    assert row['cams'].pop('source') == source
+    assert row == dict(default, cams={k: v for k, v in default['cams'].items() if k != 'source'})
+  # The reuse copies the checkpoints and the OAA store, and drops train_cls.
+  for directory in sweep.REUSED_DIRS:
+    os.makedirs(tmp_path / 'default_K4_T3' / directory)
+    (tmp_path / 'default_K4_T3' / directory / 'f').write_text(directory)
+  monkeypatch.setattr(sweep, 'FLAGS', type('Flags', (), {'workdir': str(tmp_path)}))
+  stages = sweep._reuse_classifier('cam_ensemble', 'default_K4_T3',  # pylint: disable=protected-access
+                                   'train_cls,export_cams,eval_cams')
+  assert stages == 'export_cams,eval_cams'
+  for directory in sweep.REUSED_DIRS:
+    assert (tmp_path / 'cam_ensemble' / directory / 'f').read_text() == directory
+
+
 def test_print_commands_one_per_variant(tmp_path):
   result = _sweep(['--config=configs/demo.py', '--sweep=configs/sweeps/table3.py',
                    f'--workdir={tmp_path}', '--print_commands', '--stages=train_cls'])

@@ -103,5 +103,5 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, data_root, compile_cach
       assert a.read() == b.read(), name
   assert os.listdir(os.path.join(interrupted, 'tensorboard', 'train_cls'))
 
-  again = train_cls.run(config, interrupted)  # complete: skipped
-  assert all(k.startswith('train_cls/') for k in again)
+  # Complete: skipped; its figures stay in metrics/train_cls.json, where the pipeline put them.
+  assert train_cls.run(config, interrupted) == {}

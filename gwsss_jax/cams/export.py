@@ -209,34 +209,46 @@ def todo(workdir: str, dataset) -> np.ndarray:
                   bool)
 
 
-def export_oaa(workdir: str, dataset, save_png: bool) -> dict:
-  """CAM files from the OAA store that train_cls accumulated (the ensemble readout only).
+def _report(method: str, written: int, total: int, images_per_s: float) -> dict:
+  """Prints what this run wrote; returns the figures of the whole export, the same whether it
+  ran at once or was resumed (what one run wrote and how fast are not among them)."""
+  print(f'[export_cams] {written} CAM files written ({images_per_s:.1f} img/s), '
+        f'{total - written} kept from an earlier run ({method})', flush=True)
+  return {'export_cams/images': int(total)}
+
+
+def export_oaa(workdir: str, dataset, save_png: bool, source: str = 'ensemble') -> dict:
+  """CAM files from the OAA store that train_cls accumulated: `source` as 'cam'/'high_res', and
+  every readout of a store with several (`cams.oaa_all_readouts`) as 'cam_<readout>'.
 
   Each class map is the stored 0..255 max over epochs, divided by 255 (feature resolution of
   the training input, covering the whole image) and resized to the image size. A class that was
   never written (below the probability threshold in every epoch before the last, and the last
-  epoch never reached) is exported as a zero map and counted in 'export_cams/missing_maps'.
+  epoch never reached) is exported as a zero map and counted in 'export_cams/missing_maps'
+  (over the whole store, files written by an earlier run included).
   """
   merged = oaa.MergedOAA(workdir, dataset.label_matrix())
+  if source not in merged.readouts:
+    raise UserError(f'config.cams.source={source!r}: the OAA store of {workdir} holds the '
+                    f'readouts {list(merged.readouts)}; train with config.cams.source={source!r} '
+                    'or config.cams.oaa_all_readouts=True')
   pending = np.flatnonzero(todo(workdir, dataset))
   writer = Writer(workdir, len(pending), save_png, 'export_cams (oaa)')
-  missing = 0
   for i in pending:
     ex = dataset.examples[i]
-    stored = merged.get(int(i))
     keys = merged.index.classes(int(i))
-    maps = np.zeros((len(keys),) + merged.map_hw, np.float32)
-    for k, c in enumerate(keys):
-      if int(c) in stored:
-        maps[k] = stored[int(c)].astype(np.float32) / 255.0
-      else:
-        missing += 1
-    writer.submit(ex.name, keys, {'ensemble': maps}, ex.image_path, 'ensemble', 'oaa')
+    maps = {}
+    for r in merged.readouts:
+      stored = merged.get(int(i), r)
+      maps[r] = np.zeros((len(keys),) + merged.map_hw, np.float32)
+      for k, c in enumerate(keys):
+        if int(c) in stored:
+          maps[r][k] = stored[int(c)].astype(np.float32) / 255.0
+    writer.submit(ex.name, keys, maps, ex.image_path, source, 'oaa')
   writer.close()
-  return {'export_cams/images': int(len(pending)),
-          'export_cams/skipped': int(len(dataset) - len(pending)),
-          'export_cams/missing_maps': int(missing),
-          'export_cams/images_per_s': writer.images_per_s()}
+  out = _report('oaa', len(pending), len(dataset), writer.images_per_s())
+  out['export_cams/missing_maps'] = merged.num_missing()
+  return out
 
 
 def load_rgb(path: str) -> np.ndarray:
@@ -306,7 +318,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   """CAM files by group inference: every image's maps averaged over all groups, scales and flips
   it appears in (groups from the training sampler, `make_groups(seed, epoch=0)`).
 
-  Inputs are the whole image resized to a square of `data.crop_size * scale` (the CAMs are
+  Inputs are the whole image resized to a square of `input_size * scale` (the CAMs are
   resized back to the image's own aspect). Batches of `cams.batch_size` groups (rounded up to a
   multiple of the device count) run data-parallel: one jit over a 1-D mesh of every device of
   every host, each host loading its rows; the outputs are gathered and process 0 accumulates and
@@ -317,6 +329,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from gwsss_jax.data import sampler  # pylint: disable=g-import-not-at-top
   from gwsss_jax.data import normalization as norm_lib  # pylint: disable=g-import-not-at-top
   from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
@@ -333,8 +346,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   remaining = np.bincount(groups[rows].reshape(-1), minlength=len(dataset)) * unfinished
   num_todo = int(unfinished.sum())
   if num_todo == 0:
-    return {'export_cams/images': 0, 'export_cams/skipped': len(dataset),
-            'export_cams/images_per_s': 0.0}
+    return _report('group inference', 0, len(dataset), 0.0)
 
   mesh = parallel.make_mesh()
   num_devices = mesh.devices.size
@@ -344,8 +356,8 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
     raise UserError(f'config.cams.batch_size={k.batch_size}: {global_batch} groups per step do '
                     f'not split over {num_proc} processes')
   local_batch = global_batch // num_proc
-  sides = scale_sides(config.data.crop_size, k.scales)
-  base = scale_sides(config.data.crop_size, (1.0,))[0]
+  sides = scale_sides(input_pipeline.input_size(config), k.scales)
+  base = scale_sides(input_pipeline.input_size(config), (1.0,))[0]
   sample = np.zeros((1, num_nodes, base, base, 3), np.float32)
   feature_hw = jax.eval_shape(lambda v, x, a: model.apply(v, x, a, train=False)[1]['cam_graph'],
                               variables, sample, np.zeros((1, num_nodes, num_nodes),
@@ -411,5 +423,4 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   if writer is None:
     return {}
   writer.close()
-  return {'export_cams/images': num_todo, 'export_cams/skipped': int(len(dataset) - num_todo),
-          'export_cams/images_per_s': writer.images_per_s()}
+  return _report('group inference', num_todo, len(dataset), writer.images_per_s())

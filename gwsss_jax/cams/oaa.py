@@ -7,11 +7,26 @@ by its max) is scaled to 0..255 and merged into an accumulated map by an element
 whose predicted probability is below a threshold (0.1 in the release) is skipped, except in the
 last epoch, which writes the map of a class that has none yet.
 
-Storage. One memory-mapped uint8 array of shape [S, h, w] over the (image, positive class) slots,
-S = number of positive entries of the [N, L] label matrix (COCO: ~240k slots of 28x28 = 190 MB,
-never an [N, L, h, w] array), plus a [S] "written" byte per slot:
+Which maps a training step feeds in (`accumulate_groups`, the keys `cams.oaa_*`): the maps of
+the group's anchor only (`oaa_members='anchor'`: every image is updated once per epoch, at its
+own anchor turn, as OAA does for single images and the release for its item 0), or of all K
+members ('all': images often drawn as partners are updated many times per epoch); from epoch
+`oaa_first_epoch` on (OAA and the release start at 1: `epoch > 0`); and whether the last epoch
+writes the maps still missing (`oaa_fill_last_epoch`).
 
-  <workdir>/oaa/meta.json          N, L, h, w, S and a digest of the label matrix
+Readouts. A store accumulates one or more readouts ('ensemble', 'graph', 'intermediate'; the
+store's `readouts`): `cams.source` alone, or all three with `cams.oaa_all_readouts`, so that one
+training run gives Table 3's readout rows on the same pipeline. The probability test, the
+last-epoch fill and the "written" byte are per slot and shared by the readouts: every readout sees
+the same updates, and the ensemble maps of a three-readout store equal those of an ensemble-only
+store bitwise.
+
+Storage. One memory-mapped uint8 array of shape [S, R, h, w] over the (image, positive class)
+slots and the R readouts, S = number of positive entries of the [N, L] label matrix (COCO: ~240k
+slots of 28x28 = 190 MB per readout, never an [N, L, h, w] array), plus a [S] "written" byte per
+slot:
+
+  <workdir>/oaa/meta.json          N, L, h, w, S, the readouts and a digest of the label matrix
   <workdir>/oaa/process_<i>.u8     maps written by process i (multi-host: one file per process)
   <workdir>/oaa/process_<i>.written
 
@@ -90,21 +105,32 @@ def _open_memmap(path: str, shape, reset: bool) -> np.memmap:
   return np.memmap(path, dtype=np.uint8, mode='r+', shape=tuple(shape))
 
 
+def _readout_position(readouts, readout) -> int:
+  if readout is None:
+    return 0
+  if readout not in readouts:
+    raise UserError(f'the OAA store holds the readouts {list(readouts)}, not {readout!r}: train '
+                    'with config.cams.oaa_all_readouts=True to accumulate all three')
+  return readouts.index(readout)
+
+
 class OAAStore:
   """The accumulated CAMs of one process. Use `OAAStore.open`, then `update` every step,
   `flush` before each checkpoint save."""
 
-  def __init__(self, directory, index: SlotIndex, map_hw, process_index: int, maps, written):
+  def __init__(self, directory, index: SlotIndex, map_hw, process_index: int, maps, written,
+               readouts=('ensemble',)):
     self.directory = directory
     self.index = index
     self.map_hw = tuple(map_hw)
+    self.readouts = tuple(readouts)
     self.process_index = process_index
     self._maps = maps
     self._written = written
 
   @classmethod
   def open(cls, workdir: str, label_matrix, map_hw, process_index: int | None = None,
-           reset: bool = False) -> 'OAAStore':
+           reset: bool = False, readouts=('ensemble',)) -> 'OAAStore':
     """Opens (or creates) the store of `process_index` (default: this JAX process).
 
     Args:
@@ -113,6 +139,7 @@ class OAAStore:
       map_hw: (h, w) of the maps (the classifier's feature resolution).
       process_index: whose file to open; None = `jax.process_index()`.
       reset: start empty (training from step 0), discarding this process's earlier maps.
+      readouts: the readouts accumulated (the maps `update` takes, by name).
     """
     if process_index is None:
       import jax  # pylint: disable=g-import-not-at-top
@@ -122,22 +149,24 @@ class OAAStore:
     directory = store_dir(workdir)
     os.makedirs(directory, exist_ok=True)
     meta = {'num_images': index.num_images, 'num_classes': index.num_classes,
-            'map_hw': [h, w], 'num_slots': index.num_slots, 'labels_digest': index.digest}
+            'map_hw': [h, w], 'num_slots': index.num_slots, 'labels_digest': index.digest,
+            'readouts': list(readouts)}
     meta_path = os.path.join(directory, META_FILE)
     if os.path.exists(meta_path):
       with open(meta_path) as f:
         old = json.load(f)
       if old != meta:
         if not reset:
-          raise UserError(f'{meta_path}: the OAA store was made for another dataset or map size '
-                          f'({old} vs {meta}); delete {directory} or train from step 0')
+          raise UserError(f'{meta_path}: the OAA store was made for another dataset, map size '
+                          f'or readouts ({old} vs {meta}); delete {directory} or train from '
+                          'step 0')
         gio.atomic_write_text(meta_path, json.dumps(meta, indent=1) + '\n')
     else:
       gio.atomic_write_text(meta_path, json.dumps(meta, indent=1) + '\n')
     base = os.path.join(directory, f'process_{process_index}')
-    maps = _open_memmap(base + '.u8', (index.num_slots, h, w), reset)
+    maps = _open_memmap(base + '.u8', (index.num_slots, len(readouts), h, w), reset)
     written = _open_memmap(base + '.written', (index.num_slots,), reset)
-    return cls(directory, index, (h, w), process_index, maps, written)
+    return cls(directory, index, (h, w), process_index, maps, written, readouts)
 
   def _place(self, maps, box, flipped) -> np.ndarray:
     """[n, h, w] uint8 maps of a crop -> [n, H, W] on the store's whole-image grid (zero
@@ -164,7 +193,8 @@ class OAAStore:
 
     Args:
       index: [n] int dataset indices of the images (e.g. the anchors, or all group members).
-      cams: [n, h, w, L] float in 0..1: self-ensembled, ReLU'd, max-normalised maps.
+      cams: {readout: [n, h, w, L]} for every readout of the store (an array for a store of one
+        readout): float in 0..1, ReLU'd, max-normalised maps.
       probs: [n, L] class probabilities of the same images.
       threshold: a positive class with probability below it is skipped ...
       last_epoch: ... except in the last epoch, where its map is written if the slot has none.
@@ -174,13 +204,20 @@ class OAAStore:
       flips: optional [n] bool: the input was mirrored; the map is mirrored back first.
     """
     index = np.asarray(index).reshape(-1)
-    cams = np.asarray(cams)
+    if not isinstance(cams, dict):
+      if len(self.readouts) != 1:
+        raise ValueError(f'the store accumulates {self.readouts}: pass cams as a dict')
+      cams = {self.readouts[0]: cams}
+    if sorted(cams) != sorted(self.readouts):
+      raise ValueError(f'cams hold the readouts {sorted(cams)}, the store {self.readouts}')
+    cams = np.stack([np.asarray(cams[r]) for r in self.readouts], axis=1)  # [n, R, h, w, L]
     probs = np.asarray(probs)
     n = index.shape[0]
-    if cams.ndim != 4 or cams.shape[0] != n or cams.shape[3] != self.index.num_classes:
-      raise ValueError(f'cams must be [{n}, h, w, {self.index.num_classes}], got {cams.shape}')
-    if boxes is None and cams.shape[1:3] != self.map_hw:
-      raise ValueError(f'cams of the whole image must be {self.map_hw}, got {cams.shape[1:3]}')
+    if cams.ndim != 5 or cams.shape[0] != n or cams.shape[4] != self.index.num_classes:
+      raise ValueError(f'cams must be [{n}, h, w, {self.index.num_classes}] per readout, got '
+                       f'{cams.shape[:1] + cams.shape[2:]}')
+    if boxes is None and cams.shape[2:4] != self.map_hw:
+      raise ValueError(f'cams of the whole image must be {self.map_hw}, got {cams.shape[2:4]}')
     if probs.shape != (n, self.index.num_classes):
       raise ValueError(f'probs must be [{n}, {self.index.num_classes}], got {probs.shape}')
     for row, i in enumerate(index):
@@ -189,9 +226,11 @@ class OAAStore:
         continue
       slots = self.index.slots(int(i))
       new = np.rint(np.clip(np.moveaxis(cams[row][..., classes], -1, 0), 0.0, 1.0)
-                    * 255.0).astype(np.uint8)
-      new = self._place(new, None if boxes is None else boxes[row],
+                    * 255.0).astype(np.uint8)                     # [n_classes, R, h, w]
+      new = self._place(new.reshape((-1,) + new.shape[2:]),
+                        None if boxes is None else boxes[row],
                         flips is not None and bool(flips[row]))
+      new = new.reshape((classes.size, len(self.readouts)) + self.map_hw)
       confident = probs[row, classes] >= threshold
       for k in range(classes.size):
         s = slots[k]
@@ -209,9 +248,11 @@ class OAAStore:
       if isinstance(arr, np.memmap) and arr.size:
         arr.flush()
 
-  def get(self, i: int) -> dict:
-    """{class_idx: uint8 [h, w]} of image i's written maps in this process's file."""
-    return {int(c): np.array(self._maps[s])
+  def get(self, i: int, readout: str | None = None) -> dict:
+    """{class_idx: uint8 [h, w]} of image i's written maps of `readout` (None: the store's
+    first) in this process's file."""
+    r = _readout_position(self.readouts, readout)
+    return {int(c): np.array(self._maps[s, r])
             for c, s in zip(self.index.classes(i), self.index.slots(i)) if self._written[s]}
 
   def num_written(self) -> int:
@@ -235,7 +276,8 @@ class MergedOAA:
       raise UserError(f'{meta_path}: the OAA store was accumulated for other labels than '
                       f'config.data.train_split={self.index.num_images} images; rerun train_cls')
     self.map_hw = tuple(meta['map_hw'])
-    shape = (self.index.num_slots,) + self.map_hw
+    self.readouts = tuple(meta.get('readouts', ('ensemble',)))
+    shape = (self.index.num_slots, len(self.readouts)) + self.map_hw
     self._files = []
     for name in sorted(os.listdir(directory)):
       if name.startswith('process_') and name.endswith('.u8'):
@@ -248,11 +290,53 @@ class MergedOAA:
     if not self._files and self.index.num_slots:
       raise UserError(f'{directory}: no process_<i>.u8 file; run train_cls first')
 
-  def get(self, i: int) -> dict:
-    """{class_idx: uint8 [h, w]} of image i, max over processes; classes never written absent."""
+  def num_missing(self) -> int:
+    """How many (image, class) slots no process has written (`get` leaves them out)."""
+    written = np.zeros(self.index.num_slots, bool)
+    for _, wr in self._files:
+      written |= np.asarray(wr, bool)
+    return int(self.index.num_slots - np.count_nonzero(written))
+
+  def get(self, i: int, readout: str | None = None) -> dict:
+    """{class_idx: uint8 [h, w]} of image i's `readout` (None: the first), max over processes;
+    classes never written absent."""
+    r = _readout_position(self.readouts, readout)
     out = {}
     for c, s in zip(self.index.classes(i), self.index.slots(i)):
-      maps = [m[s] for m, wr in self._files if wr[s]]
+      maps = [m[s, r] for m, wr in self._files if wr[s]]
       if maps:
         out[int(c)] = np.max(np.stack(maps), axis=0)
     return out
+
+
+def accumulate_groups(store: OAAStore, cams_config, epoch: int, last_epoch: int, index, cams,
+                      probs, boxes=None, flips=None) -> None:
+  """One training step's update of the store under the `cams.oaa_*` policy.
+
+  Args:
+    store: the process's `OAAStore`.
+    cams_config: `config.cams` (prob_threshold, oaa_members, oaa_first_epoch,
+      oaa_fill_last_epoch).
+    epoch: the step's epoch (0-based); last_epoch: the run's last epoch.
+    index: [b, K] dataset indices of the group members (column 0 the anchor).
+    cams: {readout: [b, K', h, w, L]} export maps (`classifier.cams_for_export`) of the first
+      K' members (K' = K, or 1 when only the anchors' maps were computed), or one such array
+      for a store of one readout.
+    probs: [b, K, L] class probabilities (the graph readout).
+    boxes, flips: optional [b, K, 4] and [b, K] (the training crops, `OAAStore.update`).
+  """
+  if epoch < cams_config.oaa_first_epoch:
+    return
+  index, probs = np.asarray(index), np.asarray(probs)
+  members = 1 if cams_config.oaa_members == 'anchor' else index.shape[1]
+  if not isinstance(cams, dict):
+    cams = {store.readouts[0]: cams} if len(store.readouts) == 1 else cams
+  held = min(np.shape(c)[1] for c in cams.values())
+  if held < members:
+    raise ValueError(f'cams hold {held} members per group, the policy needs {members}')
+  take = lambda x: None if x is None else np.asarray(x)[:, :members].reshape(
+      (-1,) + np.shape(x)[2:])
+  store.update(take(index), {r: take(c) for r, c in cams.items()}, take(probs),
+               threshold=cams_config.prob_threshold,
+               last_epoch=bool(cams_config.oaa_fill_last_epoch) and epoch == last_epoch,
+               boxes=take(boxes), flips=take(flips))

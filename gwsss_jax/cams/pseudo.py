@@ -7,6 +7,7 @@ Labels follow the VOC convention: 0 background, c + 1 for class index c (0..L-1)
 import numpy as np
 
 IGNORE = 255
+CAM_NORMS = ('max', 'minmax')
 
 
 def normalize_maps(cams) -> np.ndarray:
@@ -17,6 +18,26 @@ def normalize_maps(cams) -> np.ndarray:
     return cams
   peak = cams.reshape(cams.shape[0], -1).max(1)
   return cams / (peak + 1e-5)[:, None, None]
+
+
+def minmax_maps(cams) -> np.ndarray:
+  """[n, H, W] float32: each map scaled to 0..1 by (a - min) / (max - min + 1e-8), the release's
+  gen_labels.py (an all-constant map becomes 0). Computed in float64, as numpy does there on
+  the uint8 maps it reads."""
+  cams = np.asarray(cams, np.float64)
+  if cams.size == 0:
+    return cams.astype(np.float32)
+  flat = cams.reshape(cams.shape[0], -1)
+  lo, hi = flat.min(1)[:, None, None], flat.max(1)[:, None, None]
+  return ((cams - lo) / (hi - lo + 1e-8)).astype(np.float32)
+
+
+def scale_maps(cams, cam_norm: str) -> np.ndarray:
+  """The class maps scaled to 0..1 by `pseudo.cam_norm`: 'max' (`normalize_maps`) or 'minmax'
+  (`minmax_maps`)."""
+  if cam_norm not in CAM_NORMS:
+    raise ValueError(f'cam_norm must be one of {CAM_NORMS}, got {cam_norm!r}')
+  return minmax_maps(cams) if cam_norm == 'minmax' else normalize_maps(cams)
 
 
 def label_values(keys) -> np.ndarray:
@@ -43,10 +64,11 @@ def threshold_label(cams, keys, bg_threshold: float) -> np.ndarray:
 
 def saliency_label(cams, keys, saliency, conflict_threshold: float = 0.9,
                    saliency_bg_threshold: float = 32, fg_ignore_threshold: float = 0.8,
-                   min_fg_fraction: float = 0.01) -> np.ndarray:
+                   min_fg_fraction: float = 0.01, cam_norm: str = 'max') -> np.ndarray:
   """The release's rules with a saliency map (REFERENCE_NOTES, "Pseudo labels"):
 
-  1. background score = 1 - saliency / 255; each class map normalised to 0..1 by its max;
+  1. background score = 1 - saliency / 255; each class map scaled to 0..1 (`cam_norm`: 'max'
+     divides by the max, 'minmax' is the release's (a - min) / (max - min + 1e-8));
      label = argmax over (background, classes) (ties go to the earlier channel);
   2. pixels where more than one score exceeds `conflict_threshold` -> ignore;
   3. pixels labelled background while saliency >= `saliency_bg_threshold` or some class map
@@ -58,14 +80,14 @@ def saliency_label(cams, keys, saliency, conflict_threshold: float = 0.9,
     cams: [n, H, W] maps of the classes `keys` (any non-negative scale).
     keys: [n] class indices (0..L-1).
     saliency: uint8 [H, W], 0..255.
-    conflict_threshold, saliency_bg_threshold, fg_ignore_threshold, min_fg_fraction: the
-      config.pseudo.* keys of the same names.
+    conflict_threshold, saliency_bg_threshold, fg_ignore_threshold, min_fg_fraction, cam_norm:
+      the config.pseudo.* keys of the same names.
 
   Returns:
     uint8 [H, W] labels (0, keys + 1, 255).
   """
   saliency = np.asarray(saliency, np.float32)
-  cams = normalize_maps(cams)
+  cams = scale_maps(cams, cam_norm)
   if cams.shape[1:] != saliency.shape:
     raise ValueError(f'CAMs {cams.shape[1:]} and saliency {saliency.shape} differ in size')
   scores = np.concatenate([(1.0 - saliency / 255.0)[None], cams])

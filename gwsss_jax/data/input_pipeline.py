@@ -120,23 +120,36 @@ def _random_crop_offsets(height, width, size, seed):
   return top, left
 
 
-def _train_image(path, seed, config, normalization):
-  """Resize (shorter side), colour jitter, random crop, flip, normalise.
+def input_size(config) -> int:
+  """Side of the square classifier input: `data.crop_size`, or `data.resize` without a crop."""
+  return config.data.crop_size or config.data.resize
 
-  Returns the image [C, C, 3] float32, the crop box (y0, x0, y1, x1) as fractions of the whole
-  image, and whether it was mirrored: OAA maps each crop's CAM back into the whole image.
+
+def _train_image(path, seed, config, normalization):
+  """Resize (`data.resize_mode`), colour jitter, random crop (none when `data.crop_size` is 0),
+  random flip (`data.flip`), normalise.
+
+  Returns the image [S, S, 3] float32 (S = `input_size`), the crop box (y0, x0, y1, x1) as
+  fractions of the whole image, and whether it was mirrored: OAA maps each crop's CAM back into
+  the whole image (without a crop the box is the whole image, and that is a plain resize).
   """
   d = config.data
-  crop = d.crop_size
-  resize = max(d.resize, crop)
+  crop = input_size(config)
   s_jit, s_crop, s_flip = _seeds(seed, 3)
   image = _decode(path)
   hw = tf.cast(tf.shape(image)[:2], tf.float32)
-  new_hw = tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32)
-  new_hw = tf.maximum(new_hw, crop)
+  if d.resize_mode == 'square':
+    new_hw = tf.constant([d.resize, d.resize], tf.int32)
+  else:
+    resize = max(d.resize, crop)
+    new_hw = tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32)
+    new_hw = tf.maximum(new_hw, crop)
   x = tf.image.resize(tf.cast(image, tf.float32) / 255.0, new_hw, 'bilinear', antialias=True)
   x = _color_jitter(tf.clip_by_value(x, 0.0, 1.0), d.color_jitter, s_jit)
-  top, left = _random_crop_offsets(new_hw[0], new_hw[1], crop, s_crop)
+  if d.crop_size:
+    top, left = _random_crop_offsets(new_hw[0], new_hw[1], crop, s_crop)
+  else:
+    top, left = tf.constant(0), tf.constant(0)
   x = x[top:top + crop, left:left + crop]
   flip = tf.constant(False)
   if d.flip:
@@ -152,14 +165,18 @@ def _train_image(path, seed, config, normalization):
 
 def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
   """(groups [R*N, K], adjacency [R*N, K, K], order [R*N]): the groups of an epoch and their
-  order; R = `train.repeats_per_epoch` rounds of groups, each round drawn afresh."""
+  order; R = `train.repeats_per_epoch` rounds of groups, each round drawn afresh
+  (`train.anchor_order`: a permutation per epoch, or the list order as the release's loader)."""
   r = config.train.repeats_per_epoch
   rounds = [sampler.make_groups(dataset.label_matrix(), num_nodes, seed=config.seed,
                                 epoch=epoch * r + j, rule=config.train.group_rule)
             for j in range(r)]
   groups = np.concatenate([g for g, _ in rounds])
   adjacency = np.concatenate([a for _, a in rounds])
-  order = np.random.default_rng([config.seed, epoch, 1]).permutation(len(groups))
+  if config.train.anchor_order == 'list':
+    order = np.arange(len(groups))
+  else:
+    order = np.random.default_rng([config.seed, epoch, 1]).permutation(len(groups))
   return groups, adjacency, order
 
 
@@ -219,14 +236,14 @@ def image_sizes(dataset) -> np.ndarray:
 
 def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
                   normalization='imagenet_rgb', process_index=None, process_count=None,
-                  with_masks: bool = True, resize: int = 0):
+                  with_masks: bool = True, resize: int = 0, square: bool = False):
   """This process's evaluation batches: full-resolution images padded bottom/right.
 
   `pad_to` (H, W) fixes the padded shape (one compilation); None pads to the largest image of
   the dataset (read from the file headers). The last batch is filled with padding examples
   ('valid' False, 'index' -1), never dropped. `resize` > 0 instead resizes each image's shorter
-  side to `resize` and centre-crops it to `resize` x `resize` ('hw' is then the crop's size;
-  images only, with_masks must be False).
+  side to `resize` and centre-crops it to `resize` x `resize`, or with `square` resizes it to
+  that square ('hw' is then the square's size; images only, with_masks must be False).
 
   Yields 'images' float32 [b, Hp, Wp, 3] (padding 0, the mean after normalisation), 'masks'
   uint8 [b, Hp, Wp] (255 in the padding, and everywhere when there is no ground truth or
@@ -264,6 +281,8 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
     if resize:
       hw = tf.cast(tf.shape(image)[:2], tf.float32)
       new_hw = tf.maximum(tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32), resize)
+      if square:
+        new_hw = tf.constant([resize, resize], tf.int32)
       image = tf.image.resize(image / 255.0, new_hw, 'bilinear', antialias=True)
       image = tf.image.resize_with_crop_or_pad(tf.clip_by_value(image, 0.0, 1.0) * 255.0,
                                                resize, resize)
@@ -382,5 +401,5 @@ def benchmark(config, num_batches: int) -> float:
       break
   rate = done / max(time.perf_counter() - t0, 1e-9)
   print(f'input pipeline: {rate:.1f} groups/s ({config.model.num_nodes} images of '
-        f'{config.data.crop_size}px each, batch {config.train.batch_size})')
+        f'{input_size(config)}px each, batch {config.train.batch_size})')
   return rate

@@ -38,10 +38,11 @@ def make_groups(label_matrix, num_nodes: int, seed: int, epoch: int, rule: str =
     num_nodes: K, images per group.
     seed, epoch: the groups are a deterministic function of (seed, epoch).
     rule: 'greedy' (paper) or 'release' (identical label vector within 1000 random draws,
-      else any image sharing one random class of the anchor).
+      else any image sharing one random class of the anchor: `_release_partners`).
 
   Returns:
-    groups: int32 [N, K]; row i is anchor i followed by its K-1 partners (no repeats).
+    groups: int32 [N, K]; row i is anchor i followed by its K-1 partners (no repeats under the
+      greedy rule; the release's may repeat a partner or the anchor).
     adjacency: float32 [N, K, K]; 1 where two members share a class, and on the diagonal.
       Partners chosen by the fallback (no image shares a class with the anchor) show as 0.
   """
@@ -353,53 +354,52 @@ def _greedy_partners(labels, need, rng):
 
 
 def _release_partners(labels, need, rng):
-  """[N, need] partners by the release's rule, one slot at a time for all anchors at once.
+  """[N, need] partners by the release's rule (utils/LoadData.py, VOCDataset.__getitem__).
 
-  Per slot: the release draws up to 1000 random images looking for one with the anchor's label
-  vector; the probability that this succeeds is 1 - (1 - c/(N-1))^1000 for c identical images
-  not yet in the group, and the image found is uniform among them. Otherwise it takes a random
-  class of the anchor and a uniform image with that class; an anchor with no class, or whose
-  classes no other free image has, takes any free image.
+  The release draws a random class f of the anchor once; then, for each partner slot
+  independently, it draws image indices uniformly from 1 .. N-2 (`np.random.randint(1, N-1)`:
+  the first and the last image of the list are never partners) until one has the anchor's label
+  vector, or, after 1000 draws, one that has class f. So a slot finds an identical image with
+  probability 1 - (1 - c / (N-2))^1000 for the c pool images with the anchor's vector (the
+  anchor itself among them: a group may hold the anchor twice), uniform among them; otherwise it
+  takes an image with class f, uniform among the pool's. Slots may repeat each other. Where the
+  release would fail (an anchor without a class) or loop forever (no pool image has class f),
+  the slot takes a uniform pool image.
   """
-  n, num_classes = labels.shape
-  uniq, inverse, counts, order, start, pos_in_vector = _unique_vectors(labels)
-  del uniq
-  # Posting lists: images of class c are post_img[post_start[c]:post_start[c + 1]], sorted.
-  cls_of, img_of = np.nonzero(labels.T)
-  post_start = np.concatenate([[0], np.cumsum(np.bincount(cls_of, minlength=num_classes))])
-  post_key = cls_of.astype(np.int64) * n + img_of
-  anchors = np.arange(n, dtype=np.int64)
-  group = anchors[:, None]
+  n = labels.shape[0]
+  if n < 3:
+    raise UserError(f"config.train.group_rule='release': the release draws partners from "
+                    f'images 1 .. N-2 and needs N >= 3 training images, not {n}')
+  num_classes = labels.shape[1]
+  pool = np.arange(1, n - 1)
+  _, inverse, _, _, _, _ = _unique_vectors(labels)
+  # Pool images grouped by label vector: those of vector v are by_vector[first[v]:][:count[v]].
+  by_vector = pool[np.argsort(inverse[pool], kind='stable')]
+  count = np.bincount(inverse[pool], minlength=inverse.max() + 1)
+  first = np.cumsum(count) - count
+  # Pool images grouped by class (posting lists).
+  cls_of, img_of = np.nonzero(labels[pool].T)
+  post_size = np.bincount(cls_of, minlength=num_classes)
+  post_start = np.cumsum(post_size) - post_size
+  anchors = np.arange(n)
   num_labels = labels.sum(1)
-  for _ in range(need):
-    # 1) Identical label vector.
-    same = inverse[group] == inverse[anchors][:, None]
-    ident_free = counts[inverse] - same.sum(1)
-    p_hit = 1.0 - (1.0 - ident_free / max(n - 1, 1)) ** _RELEASE_DRAWS
+  # The class f of each anchor: its k-th class, k uniform.
+  k = np.floor(rng.random(n) * np.maximum(num_labels, 1)).astype(np.int64)
+  flag = np.argmax((np.cumsum(labels, axis=1) - 1 == k[:, None]) & labels, axis=1)
+  same = count[inverse[anchors]]
+  p_hit = 1.0 - (1.0 - same / len(pool)) ** _RELEASE_DRAWS
+  with_flag = np.where(num_labels > 0, post_size[flag], 0)
+  out = np.empty((n, need), np.int64)
+  for slot in range(need):
     hit = rng.random(n) < p_hit
-    excl = np.where(same, pos_in_vector[group], -1)
-    rank = _distinct_ranks(rng, counts[inverse], excl, hit.astype(np.int64))
-    ident_pick = order[start[inverse] + np.maximum(rank[:, 0] if rank.shape[1] else 0, 0)]
-    # 2) A random class of the anchor, then an image having it.
-    k = np.floor(rng.random(n) * np.maximum(num_labels, 1)).astype(np.int64)
-    cls_rank = np.cumsum(labels, axis=1) - 1
-    cls = np.argmax((cls_rank == k[:, None]) & labels, axis=1)
-    has_cls = labels[group, cls[:, None]]
-    post_size = post_start[cls + 1] - post_start[cls]
-    post_free = post_size - has_cls.sum(1)
-    use_cls = ~hit & (num_labels > 0) & (post_free > 0)
-    excl = np.where(has_cls, np.searchsorted(post_key, cls[:, None] * n + group)
-                    - post_start[cls][:, None], -1)
-    rank = _distinct_ranks(rng, post_size, excl, use_cls.astype(np.int64))
-    cls_pick = (img_of[post_start[cls] + np.maximum(rank[:, 0] if rank.shape[1] else 0, 0)]
-                if img_of.size else anchors)  # no labels at all: step 2 never applies
-    # 3) Any image not yet in the group.
-    use_any = ~hit & ~use_cls
-    rank = _distinct_ranks(rng, np.full(n, n), group, use_any.astype(np.int64))
-    any_pick = np.maximum(rank[:, 0] if rank.shape[1] else 0, 0)
-    pick = np.where(hit, ident_pick, np.where(use_cls, cls_pick, any_pick))
-    group = np.concatenate([group, pick[:, None]], axis=1)
-  return group[:, 1:]
+    u = rng.random(n)
+    ident = by_vector[np.minimum(first[inverse] + np.floor(u * same).astype(np.int64),
+                                 len(pool) - 1)]
+    cls_pick = pool[img_of[np.minimum(post_start[flag] + np.floor(u * with_flag).astype(np.int64),
+                                      max(len(img_of) - 1, 0))]] if len(img_of) else anchors
+    any_pick = pool[np.floor(u * len(pool)).astype(np.int64)]
+    out[:, slot] = np.where(hit, ident, np.where(with_flag > 0, cls_pick, any_pick))
+  return out
 
 
 def coco_like_labels(num_images: int = 82783, num_classes: int = 80, mean_labels: float = 2.9,

@@ -21,7 +21,9 @@ Variants (`model.variant`):
   x^0 (the nodes, C = L) -> T rounds of `release_graph.ReleaseGraph` -> x^T. As in the release,
   logits_mid = GAP(x^0) (its per-image outputs x11, x22, x33), logits = GAP(x^T) (x1, x2, x3),
   cam_mid = x^0 (its `self.map`), cam_graph = x^T (its `self.map1`): there is no class conv
-  after the graph, whose nodes already are class maps.
+  after the graph, whose nodes already are class maps. New layers are initialised as the
+  release does: weights N(0, 0.01), biases PyTorch's default U(+-1/sqrt(fan_in)).
+  docs/release.md lists every difference between the variants and the release.
 
 The backbone submodule is named `backbone`; every other parameter is a new layer. Activations
 run in `model.dtype`; parameters, the class convolutions, logits, CAMs and the loss are float32.
@@ -34,11 +36,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gwsss_jax.models.graph import NEW_LAYER_INIT, GroupGraph
+from gwsss_jax.models.graph import NEW_LAYER_INIT, GroupGraph, torch_default_bias
 
-# The three extra 3x3 convolutions continue the ReLU trunk: He initialisation, so that the
-# network also trains from scratch (the demo). The release's N(0, 0.01) for them shrinks the
-# signal ~100x over the three layers, which a pretrained backbone survives and a random one not.
+# The paper variant's three extra 3x3 convolutions continue the ReLU trunk: He initialisation
+# (zero biases), so that the network also trains from scratch (the demo). The release variant
+# keeps the release's N(0, 0.01) weights and PyTorch's default biases for them and for its class
+# layer: that shrinks the signal ~100x over the three layers, which a pretrained backbone
+# survives and a random one not.
 TRUNK_INIT = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 from gwsss_jax.models.release_graph import ReleaseGraph
 from gwsss_jax.models.resnet import ResNet101
@@ -73,9 +77,10 @@ class GroupClassifier(nn.Module):
                        freeze_bn=self.freeze_bn, dtype=self.dtype, name='backbone')
     return resnet(x, train)['layer4']
 
-  def _conv(self, features, kernel, name, dtype=None, kernel_init=NEW_LAYER_INIT):
+  def _conv(self, features, kernel, name, dtype=None, kernel_init=NEW_LAYER_INIT,
+            bias_init=nn.initializers.zeros):
     return nn.Conv(features, (kernel, kernel), padding='SAME', dtype=dtype or self.dtype,
-                   kernel_init=kernel_init, name=name)
+                   kernel_init=kernel_init, bias_init=bias_init, name=name)
 
   @nn.compact
   def __call__(self, images, adjacency, train: bool) -> Tuple[jax.Array, dict]:
@@ -93,8 +98,10 @@ class GroupClassifier(nn.Module):
       cam_graph = self._conv(self.num_classes, 1, 'classifier_graph', jnp.float32)(h_final)
     elif self.variant == 'release':
       for i in range(3):
-        x = nn.relu(self._conv(hidden, 3, f'extra_convs_{2 * i}', kernel_init=TRUNK_INIT)(x))
-      x = self._conv(self.num_classes, 1, 'extra_convs_6', jnp.float32)(x)
+        x = nn.relu(self._conv(hidden, 3, f'extra_convs_{2 * i}',
+                               bias_init=torch_default_bias(x.shape[-1] * 9))(x))
+      x = self._conv(self.num_classes, 1, 'extra_convs_6', jnp.float32,
+                     bias_init=torch_default_bias(x.shape[-1]))(x)
       cam_mid = x.reshape((b, k) + x.shape[1:])
       h0 = cam_mid.astype(self.dtype)
       h_final = ReleaseGraph(self.num_steps, self.graph_dropout, self.drop_rate,
@@ -188,13 +195,16 @@ def class_activation_maps(out: dict, input_hw: Sequence[int],
   return maps
 
 
-def cams_for_export(out: dict, labels) -> jax.Array:
-  """The OAA export maps: [B, K, h, w, L] float32 in [0, 1] at feature resolution.
+def cams_for_export(out: dict, labels, readout: str = 'ensemble') -> jax.Array:
+  """The OAA export maps of `readout`: [B, K, h, w, L] float32 in [0, 1] at feature resolution.
 
-  The self-ensemble (graph + intermediate) / 2 with negatives clipped to 0, divided by its
-  maximum per image and class (+1e-8, so an all-zero map stays 0), as the release writes them
-  (scaled to 0..255 there). Classes absent from `labels` [B, K, L] are zeroed.
+  The readout's map ('ensemble': the self-ensemble (graph + intermediate) / 2; 'graph';
+  'intermediate') with negatives clipped to 0, divided by its maximum per image and class
+  (+1e-8, so an all-zero map stays 0), as the release writes the ensemble (scaled to 0..255
+  there). Classes absent from `labels` [B, K, L] are zeroed.
   """
-  cam = jnp.maximum((out['cam_graph'] + out['cam_mid']) / 2, 0.0)
+  maps = {'graph': out['cam_graph'], 'intermediate': out['cam_mid']}
+  cam = maps[readout] if readout in maps else (maps['graph'] + maps['intermediate']) / 2
+  cam = jnp.maximum(cam, 0.0)
   cam = cam / (jnp.max(cam, axis=(2, 3), keepdims=True) + 1e-8)
   return cam * labels.astype(jnp.float32)[:, :, None, None, :]

@@ -37,8 +37,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The authors' release initialises every new convolution with N(0, 0.01) (REFERENCE_NOTES).
+# The authors' release initialises every new convolution's weights with N(0, 0.01)
+# (models/vgg_gnn.py, the `m.weight.data.normal_(0, 0.01)` loop over its modules).
 NEW_LAYER_INIT = nn.initializers.normal(stddev=0.01)
+
+
+def torch_default_bias(fan_in: int):
+  """PyTorch's default Conv2d bias initialiser, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in =
+  input channels x kernel area: the release's init loop sets the weights only, so its biases
+  keep this (the paper variant's biases start at zero)."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
 
 
 def other_nodes(k: int) -> np.ndarray:
@@ -167,6 +179,7 @@ class ConvGRUCell(nn.Module):
   """
   features: int
   kernel_size: int = 3
+  torch_bias: bool = False  # biases as PyTorch's default (the release), else zero
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -174,9 +187,11 @@ class ConvGRUCell(nn.Module):
     lead = state.shape[:-3]
     message = message.reshape((-1,) + message.shape[-3:])
     state = state.reshape((-1,) + state.shape[-3:])
+    fan_in = (message.shape[-1] + state.shape[-1]) * self.kernel_size ** 2
+    bias_init = torch_default_bias(fan_in) if self.torch_bias else nn.initializers.zeros
     conv = lambda name: nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                                 padding='SAME', dtype=self.dtype, kernel_init=NEW_LAYER_INIT,
-                                name=name)
+                                bias_init=bias_init, name=name)
     stacked = jnp.concatenate([message, state], axis=-1)
     update = nn.sigmoid(conv('update_gate')(stacked))
     reset = nn.sigmoid(conv('reset_gate')(stacked))

@@ -1,5 +1,6 @@
-"""The graph of the authors' public release (`model.variant='release'`), restated from the facts
-in REFERENCE_NOTES.md so that users can compare it with the paper's equations (graph.py).
+"""The graph of the authors' public release (`model.variant='release'`), restated from its
+models/vgg_gnn.py and models/ConvGRU.py so that users can compare it with the paper's equations
+(graph.py). Weights N(0, 0.01), biases PyTorch's default, as the release initialises them.
 
 Nodes are the L-channel class-score maps x_i [H, W, L] of the K images (C = L). One round:
 
@@ -12,10 +13,10 @@ Nodes are the L-channel class-score maps x_i [H, W, L] of the K images (C = L). 
   x_i  = ConvGRU(f_i, x_i)                           1x1 kernels, hidden state = the node map
   x_i  = (x_i * s + x_i) / 2                         graph dropout of the release (ADL-style)
 
-Differences from the paper variant (all listed in docs/model.md): no self-edge; the messages
-are concatenated and fused instead of summed; every pair exchanges messages whatever the labels
-(the adjacency input is ignored: the release samples partners that share a class with the
-anchor and never masks); 1x1 ConvGRU kernels; the dropout output is (x * s + x) / 2; the drop
+Differences from the paper variant (all listed in docs/model.md and docs/release.md): no
+self-edge; the messages are concatenated and fused instead of summed; every pair exchanges
+messages whatever the labels (the adjacency input is ignored: the release samples partners that
+share a class with the anchor and never masks); 1x1 ConvGRU kernels; the dropout output is (x * s + x) / 2; the drop
 mask is binary and is chosen with probability `drop_rate` (the release's ADL computes
 floor(U + drop_rate)), so at drop_rate 0.8 it is the drop mask, not the importance map, that is
 taken 80% of the time; one draw per ADL call, and the release calls it once per node per round.
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.models.graph import NEW_LAYER_INIT, ConvGRUCell, channel_mean, drop_threshold_mask
+from gwsss_jax.models.graph import torch_default_bias
 from gwsss_jax.models.graph import edge_embeddings, neighbour_messages, other_nodes
 
 
@@ -64,9 +66,12 @@ class ReleaseGraphStep(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     b, k, height, width, c = x.shape
-    conv = lambda features, kernel, name, use_bias=True: nn.Conv(
+    # The release's init: weights N(0, 0.01), biases PyTorch's default (fan_in = the input's
+    # channels x kernel area: C for the 1x1 projections, (K-1) C x 9 for the fusion).
+    conv = lambda features, kernel, name, use_bias=True, fan_in=c: nn.Conv(
         features, (kernel, kernel), padding='SAME', use_bias=use_bias, dtype=self.dtype,
-        kernel_init=NEW_LAYER_INIT, name=name)
+        kernel_init=NEW_LAYER_INIT, bias_init=torch_default_bias(fan_in * kernel ** 2),
+        name=name)
     # Only the K(K-1) pairs i != j: the release computes no self message. The co-attention is
     # the paper graph's Eqs. (5) and (7) with the C/2 projections (unprojected senders).
     others = other_nodes(k)                                     # [K, K-1] senders j != i
@@ -77,8 +82,9 @@ class ReleaseGraphStep(nn.Module):
     attended = attended.reshape(b, k, k - 1, height, width, c)
     incoming = attended * nn.sigmoid(conv(1, 1, 'extra_gate', use_bias=False)(attended))
     incoming = jnp.moveaxis(incoming, 2, -2).reshape(b, k, height, width, (k - 1) * c)
-    fused = conv(c, 3, 'extra_conv_fusion')(incoming.reshape(b * k, height, width, -1))
-    x = ConvGRUCell(c, 1, dtype=self.dtype, name='extra_ConvGRU')(
+    fused = conv(c, 3, 'extra_conv_fusion', fan_in=(k - 1) * c)(
+        incoming.reshape(b * k, height, width, -1))
+    x = ConvGRUCell(c, 1, torch_bias=True, dtype=self.dtype, name='extra_ConvGRU')(
         fused.reshape(x.shape), x)
     if self.dropout:
       r = jax.random.uniform(self.make_rng('dropout'), (b, k)) if train else None

@@ -1,42 +1,38 @@
 """Stage `export_cams`: per-image CAM files (IRNet's format) for the pseudo labels.
 
 `cams.method='oaa'` reads the maps that train_cls accumulated (online attention accumulation,
-the paper's method, self-ensembled readouts only); `'group_inference'` runs the trained network
-on groups of the training split with `cams.scales` and `cams.flip` and writes the readout
+the paper's method) and writes the readout `cams.source` (and all three for eval_cams when
+train_cls accumulated them, `cams.oaa_all_readouts`); `'group_inference'` runs the trained
+network on groups of the training split with `cams.scales` and `cams.flip` and writes the readout
 `cams.source` (and all three readouts for eval_cams). See `gwsss_jax.cams.export`.
 """
 
 import jax
 
 from gwsss_jax.cams import export
-from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
+from gwsss_jax.data import input_pipeline
 
 
 def settings(config) -> dict:
   """What the exported files depend on (recorded in cams/export.json)."""
   k = config.cams
-  out = {'method': k.method, 'source': k.source if k.method == 'group_inference' else 'ensemble',
-         'train_split': config.data.train_split}
+  out = {'method': k.method, 'source': k.source, 'train_split': config.data.train_split}
   if k.method == 'group_inference':
     out.update(scales=list(k.scales), flip=bool(k.flip), num_nodes=config.model.num_nodes,
-               crop_size=config.data.crop_size, seed=config.seed)
+               crop_size=input_pipeline.input_size(config), seed=config.seed)
   return out
 
 
 def run(config, workdir: str) -> dict:
   k = config.cams
-  if k.method == 'oaa' and k.source != 'ensemble':
-    raise UserError(f'config.cams.source={k.source!r}: OAA accumulates the self-ensembled maps '
-                    "only; use cams.source='ensemble', or cams.method='group_inference' to "
-                    'export (and compare) the graph and intermediate readouts')
   dataset = datasets.load_split(config, config.data.train_split)
   if jax.process_index() == 0:
     export.check_manifest(workdir, settings(config))
   if k.method == 'oaa':
     if jax.process_index() != 0:
       return {}
-    return export.export_oaa(workdir, dataset, k.save_png)
+    return export.export_oaa(workdir, dataset, k.save_png, k.source)
   from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
   model, variables = train_cls.load_trained(config, workdir)
   return export.export_group_inference(config, workdir, dataset, model, variables,

@@ -2,8 +2,9 @@
 
 Per step, a global batch of `train.batch_size` groups of K images (split over all devices of all
 hosts) goes through the classifier; the loss is Eq. (12); SGD as in the paper and the release
-(`train.optim.classifier_optimizer`). With `cams.method='oaa'` each step's self-ensembled CAMs are
-merged into the OAA store (online attention accumulation), which the `export_cams` stage reads.
+(`train.optim.classifier_optimizer`). With `cams.method='oaa'` each step's self-ensembled CAMs (of
+the anchors, or of every member: `cams.oaa_*`) are merged into the OAA store (online attention
+accumulation, `cams.oaa.accumulate_groups`), which the `export_cams` stage reads.
 
 Resumable: checkpoints go to `<workdir>/cls_checkpoints` every `train.checkpoint_every_steps`, at
 each epoch end and at the end; a restarted run continues from the latest one (the input pipeline
@@ -20,6 +21,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from gwsss_jax.cams import export
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
@@ -59,7 +61,7 @@ def schedule(config, num_examples: int) -> tuple[int, int]:
 def init_variables(model, config, rng) -> dict:
   """Fresh variables at the training input size ({'params', ['batch_stats']}), shapes only
   being computed when `rng` is None (a restore template)."""
-  k, c = config.model.num_nodes, config.data.crop_size
+  k, c = config.model.num_nodes, input_pipeline.input_size(config)
   images = jnp.zeros((1, k, c, c, 3), jnp.float32)
   adjacency = jnp.ones((1, k, k), jnp.float32)
   init = lambda r: model.init(r, images, adjacency, train=False)
@@ -97,12 +99,22 @@ def normalization(config, workdir: str) -> dict:
       convert.normalization_for(config.data.normalization, config.model.pretrained))
 
 
+def oaa_readouts(config) -> tuple:
+  """The readouts the OAA store accumulates: `cams.source`, or all three."""
+  return export.READOUTS if config.cams.oaa_all_readouts else (config.cams.source,)
+
+
 def make_loss_fn(model, config, with_cams: bool):
   """`loss_fn(params, batch_stats, batch, rng)` of `trainer.make_train_step` (Eq. 12).
 
   Per-example outputs: sigmoid probabilities of the graph readout [b, K, L] and, for OAA,
-  the export CAMs [b, K, h, w, L] (`classifier.cams_for_export`).
+  {readout: export CAMs} (`classifier.cams_for_export`, the readouts of `oaa_readouts`) of the
+  members OAA reads: [b, 1, h, w, L] for the anchors (`cams.oaa_members='anchor'`), else
+  [b, K, h, w, L].
   """
+  anchors_only = config.cams.oaa_members == 'anchor'
+  readouts = oaa_readouts(config)
+
   train_bn = bool(not config.model.freeze_bn)
 
   def loss_fn(params, batch_stats, batch, rng):
@@ -116,7 +128,9 @@ def make_loss_fn(model, config, with_cams: bool):
     loss, terms = classifier.loss_fn(logits, out, batch['labels'], config.model)
     per_example = {'probs': jax.nn.sigmoid(logits)}
     if with_cams:
-      per_example['cams'] = classifier.cams_for_export(out, batch['labels'])
+      members = slice(0, 1) if anchors_only else slice(None)
+      per_example['cams'] = {r: classifier.cams_for_export(out, batch['labels'], r)[:, members]
+                             for r in readouts}
     return loss, (terms, new_stats.get('batch_stats', batch_stats), per_example)
   return loss_fn
 
@@ -157,7 +171,7 @@ def _evaluate_fn(config, model, dp, dataset, norm):
   labels = dataset.label_matrix()
   # At the training scale by default: full resolution pads every image to the largest one and
   # can cost more than an epoch of training on small crops.
-  resize = max(config.data.resize, config.data.crop_size) if (
+  resize = max(config.data.resize, input_pipeline.input_size(config)) if (
       config.train.eval_resolution == 'train') else 0
 
   def evaluate(state):
@@ -168,7 +182,7 @@ def _evaluate_fn(config, model, dp, dataset, norm):
     for batch in input_pipeline.eval_iterator(
         dataset, config, batch_size=per_device * len(dp.local_devices), normalization=norm,
         process_index=dp.process_index, process_count=dp.process_count, with_masks=False,
-        resize=resize):
+        resize=resize, square=config.data.resize_mode == 'square'):
       out = dp.local_rows(predict(variables, dp.shard_batch(
           {'images': batch['images'], 'hw': batch['hw']})))
       valid = np.asarray(batch['valid'], bool)
@@ -201,8 +215,7 @@ def run(config, workdir: str) -> dict:
   if start >= total:
     print(f'[{NAME}] complete at step {start}; skipping', flush=True)
     ckpt.close()
-    done = gio.read_metrics(workdir)
-    return {k: v for k, v in done.items() if k.startswith(f'{NAME}/')}
+    return {}  # the figures of the finished run stay in metrics/train_cls.json
 
   model = classifier.build_classifier(config.model, config.data.num_classes)
   norm = normalization(config, workdir)
@@ -271,25 +284,24 @@ def _batches(config, dataset, dp, start: int, spe: int, norm):
 def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
   """The OAA store and the fit callbacks that feed and flush it."""
   from gwsss_jax.cams import oaa  # pylint: disable=g-import-not-at-top
+  size = input_pipeline.input_size(config)
   shapes = jax.eval_shape(
-      lambda v: model.apply(v, jnp.zeros((1, config.model.num_nodes, config.data.crop_size,
-                                          config.data.crop_size, 3)),
+      lambda v: model.apply(v, jnp.zeros((1, config.model.num_nodes, size, size, 3)),
                             jnp.ones((1, config.model.num_nodes, config.model.num_nodes)),
                             train=False), init_variables(model, config, None))
   map_hw = shapes[1]['cam_mid'].shape[2:4]
-  store = oaa.OAAStore.open(workdir, dataset.label_matrix(), map_hw, reset=start == 0)
+  store = oaa.OAAStore.open(workdir, dataset.label_matrix(), map_hw, reset=start == 0,
+                            readouts=oaa_readouts(config))
   last_epoch = (total - 1) // spe
 
   def on_step(step, host_batch, per_example):
+    epoch = (step - 1) // spe
+    if epoch < config.cams.oaa_first_epoch:
+      return  # nothing to accumulate: skip the device-to-host copy
     rows = dp.local_rows(per_example)
-    num_classes = rows['probs'].shape[-1]
-    store.update(np.asarray(host_batch['index']).reshape(-1),
-                 rows['cams'].reshape((-1,) + rows['cams'].shape[2:]),
-                 rows['probs'].reshape(-1, num_classes),
-                 threshold=config.cams.prob_threshold,
-                 last_epoch=(step - 1) // spe == last_epoch,
-                 boxes=np.asarray(host_batch['boxes']).reshape(-1, 4),
-                 flips=np.asarray(host_batch['flips']).reshape(-1))
+    oaa.accumulate_groups(store, config.cams, epoch, last_epoch, host_batch['index'],
+                          rows['cams'], rows['probs'], boxes=host_batch['boxes'],
+                          flips=host_batch['flips'])
   return store, on_step, store.flush
 
 
