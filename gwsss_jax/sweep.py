@@ -24,9 +24,8 @@ deviation, ddof=1; 0 for one seed), and every seed's raw figures go to
 """
 
 import csv
-import io
-
 import importlib.util
+import io
 import json
 import os
 import shlex
@@ -103,6 +102,20 @@ def reuse_command(name: str, seed=None) -> list:
   return args
 
 
+def _reuse_classifier(name: str, reuse: str, stages: str, seed=None) -> str:
+  """Copies the trained classifier of `reuse` (and the OAA maps it accumulated, when it did)
+  into the variant (the same seed's); drops train_cls from stages."""
+  for directory in REUSED_DIRS:
+    src = os.path.join(run_dir(FLAGS.workdir, reuse, seed), directory)
+    dst = os.path.join(run_dir(FLAGS.workdir, name, seed), directory)
+    if not os.path.isdir(src):
+      if directory == REUSED_DIRS[0]:
+        raise UserError(f'variant {name} reuses {reuse}, whose classifier {src} does not exist '
+                        'yet')
+      continue
+    if not os.path.isdir(dst):
+      shutil.copytree(src, dst + '.tmp', dirs_exist_ok=True)
+      os.replace(dst + '.tmp', dst)
   base_metrics = gio.read_metrics(run_dir(FLAGS.workdir, reuse, seed))
   gio.write_stage_metrics(run_dir(FLAGS.workdir, name, seed), 'train_cls',
                           {k: v for k, v in base_metrics.items() if k.startswith('train_cls/')})
