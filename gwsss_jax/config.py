@@ -13,8 +13,9 @@ import ml_collections
 from gwsss_jax.cams.pseudo import CAM_NORMS
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data.normalization import NORMALIZATIONS
+from gwsss_jax.models import hub
 
-STAGES = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
+STAGES = ('check_data', 'train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
           'eval_seg')
 DATASETS = ('voc', 'coco', 'msrc', 'synthetic', 'tfds_voc', 'tfds_coco')
 BACKBONES = ('vgg16', 'resnet101')
@@ -23,6 +24,16 @@ OAA_MEMBERS = ('anchor', 'all')
 RESIZE_MODES = ('shorter_side', 'square')
 ANCHOR_ORDERS = ('shuffle', 'list')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
+CRF_IMPLS = ('reference', 'jax')
+
+
+def input_size(config) -> int:
+  """Side of the square classifier input: `data.crop_size`, or `data.resize` without a crop.
+
+  Here rather than in the input pipeline (which re-exports it) so that the training steps get
+  it without importing TensorFlow.
+  """
+  return config.data.crop_size or config.data.resize
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -81,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.drop_mask = 'binary'       # paper variant's drop branch: 'binary' (ADL, release) or 'eq10'
   m.loss_lambda = 0.4          # lambda of Eq. (12)
   m.dtype = 'float32'          # activations: float32 or bfloat16
-  m.pretrained = ''            # converted backbone weights (see gwsss_jax.models.convert)
+  m.pretrained = ''            # converted weights directory, or a name: docs/weights.md
 
   # --- classifier training (train_cls) ----------------------------------------------
   c.train = t = ml_collections.ConfigDict()
@@ -133,7 +144,12 @@ def base_config() -> ml_collections.ConfigDict:
   k.bg_threshold = 0.2         # background score without saliency (IRNet style)
   k.bg_sweep = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
   k.save_png = False
-  k.crf = False
+  k.crf = False                # dense CRF on the pseudo labels (implementation: crf.impl)
+  # IRNet's crf_inference_label: unaries from the label map (gt_prob), Gaussian sxy=3 compat=3,
+  # bilateral sxy=50 srgb=5 compat=10, 10 iterations.
+  k.crf_params = ml_collections.ConfigDict(dict(
+      iterations=10, pos_xy_std=3.0, pos_w=3.0, bi_xy_std=50.0, bi_rgb_std=5.0, bi_w=10.0,
+      gt_prob=0.7))
   k.num_vis = 8                # picture grids written to <workdir>/vis
 
   c.pseudo = q = ml_collections.ConfigDict()
@@ -151,7 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
   g.model = 'deeplab_v2_resnet101'
   g.width = 1.0
   g.output_stride = 8
-  g.pretrained = ''
+  g.pretrained = ''            # as model.pretrained (e.g. 'deeplab:coco_init')
   g.oracle = False             # train on ground-truth masks instead of pseudo labels
   g.batch_size = 10
   g.crop_size = 321
@@ -167,11 +183,23 @@ def base_config() -> ml_collections.ConfigDict:
   g.eval_scales = (1.0,)
   g.eval_flip = False
   g.eval_batch_size = 1
-  g.crf = False
+  g.crf = False                # dense CRF on the predictions (implementation: crf.impl)
+  # DeepLab-v2's published CRF for ResNet-101 on VOC (its LargeFOV VGG16: bi_w=4,
+  # bi_xy_std=121, bi_rgb_std=5, pos_w=3, pos_xy_std=3); unaries -log(softmax).
+  g.crf_params = ml_collections.ConfigDict(dict(
+      iterations=10, pos_xy_std=1.0, pos_w=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_w=4.0))
   g.log_every_steps = 50
   g.checkpoint_every_steps = 1000
   g.dtype = 'float32'
+  # train_seg stops when fewer pseudo-label pixels of the training set than this are labelled
+  # (not 255): DeepLab would learn nothing (0 = no check).
+  g.min_labelled_fraction = 0.01
   g.num_classes = c.data.get_ref('num_classes') + 1  # with background
+
+  # --- dense CRF (cams.crf, seg.crf) ------------------------------------------------
+  c.crf = r = ml_collections.ConfigDict()
+  r.impl = 'reference'         # 'reference' (pydensecrf2, CPU worker pool) or 'jax' (on device)
+  r.batch_size = 2             # impl='jax': images per call, split over the local devices
   return c
 
 
@@ -272,15 +300,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f'choose from {", ".join(map(repr, CAM_NORMS))}')
   _check(0.0 <= q.min_fg_fraction <= 1.0, 'pseudo.min_fg_fraction', q.min_fg_fraction,
          'must lie in [0, 1]')
+  _check_crf_params(k.crf_params, 'cams.crf_params')
+  _check(0.0 < k.crf_params.gt_prob < 1.0, 'cams.crf_params.gt_prob', k.crf_params.gt_prob,
+         'must lie in (0, 1)')
+  _check(config.crf.impl in CRF_IMPLS, 'crf.impl', config.crf.impl,
+         f'choose from {", ".join(map(repr, CRF_IMPLS))}')
+  _check(config.crf.batch_size >= 1, 'crf.batch_size', config.crf.batch_size, 'must be >= 1')
   g = config.seg
+  _check_crf_params(g.crf_params, 'seg.crf_params')
+  for key, value in (('model.pretrained', m.pretrained), ('seg.pretrained', g.pretrained)):
+    hub.check_name(value, key)  # an unknown name fails here; a download happens at first use
   _check(g.model in SEG_MODELS, 'seg.model', g.model, f'choose from {", ".join(SEG_MODELS)}')
   _check(g.batch_size >= 1, 'seg.batch_size', g.batch_size, 'must be >= 1')
   _check(g.num_steps >= 1, 'seg.num_steps', g.num_steps, 'must be >= 1')
   _check(0 <= g.head_warmup_steps < g.num_steps, 'seg.head_warmup_steps', g.head_warmup_steps,
          f'must be >= 0 and below seg.num_steps={g.num_steps}')
+  _check(0.0 <= g.min_labelled_fraction <= 1.0, 'seg.min_labelled_fraction',
+         g.min_labelled_fraction, 'must lie in [0, 1]')
   _check(g.output_stride in (8, 16), 'seg.output_stride', g.output_stride, 'must be 8 or 16')
   _check(len(g.scale_range) == 2 and 0 < g.scale_range[0] <= g.scale_range[1], 'seg.scale_range',
          g.scale_range, 'must be (low, high) with 0 < low <= high')
+
+
+def _check_crf_params(c, key: str) -> None:
+  _check(c.iterations >= 0, f'{key}.iterations', c.iterations, 'must be >= 0')
+  for name in ('pos_xy_std', 'bi_xy_std', 'bi_rgb_std'):
+    _check(c[name] > 0, f'{key}.{name}', c[name], 'must be > 0')
+  for name in ('pos_w', 'bi_w'):
+    _check(c[name] >= 0, f'{key}.{name}', c[name], 'must be >= 0')
 
 
 def stage_list(config) -> list[str]:

@@ -22,9 +22,12 @@ from jax.experimental import multihost_utils
 
 from gwsss_jax import config as config_lib
 from gwsss_jax import workdir as workdir_lib
+from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
+from gwsss_jax.data import check as data_check
 from gwsss_jax.data import datasets
 from gwsss_jax.evaluation import metrics as metrics_lib
+from gwsss_jax.models import convert
 from gwsss_jax.train import distributed as jax_distributed
 
 
@@ -44,10 +47,23 @@ def run(config, workdir: str, distributed: bool = False, discard_from: str = '')
     return _run_locked(config, workdir, discard_from)
 
 
+def _fetch_named_weights(config, stages) -> None:
+  """Downloads and converts the weights given by name (`torchvision:vgg16`) before the first
+  stage, so that a failed download stops the run at its start rather than at train_seg.
+  Process 0 only: the others find the conversion in the cache (a shared filesystem)."""
+  if jax.process_index() == 0:
+    for stage, key, value in (('train_cls', 'model.pretrained', config.model.pretrained),
+                              ('train_seg', 'seg.pretrained', config.seg.pretrained)):
+      if stage in stages and value:
+        convert.resolve_pretrained(value, key)
+  _barrier('named weights fetched')
+
+
 def _run_locked(config, workdir: str, discard_from: str) -> dict:
   stages = config_lib.stage_list(config)
   records = {s: workdir_lib.record_name(s, config) for s in stages}
   datasets.prepare(config, workdir)  # bad data settings fail before anything is discarded
+  _fetch_named_weights(config, stages)
   if discard_from:
     if jax.process_index() == 0:
       gone = workdir_lib.discard_from(workdir, discard_from, config)
@@ -59,6 +75,8 @@ def _run_locked(config, workdir: str, discard_from: str) -> dict:
     metrics = gio.rebuild_metrics(workdir, workdir_lib.RECORDS)
     gio.atomic_write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(
         indent=2, sort_keys=True) + '\n')
+  if 'check_data' not in stages:  # the files the stages will read, before any training step
+    data_check.check(config, stages)
   for stage in stages:
     record = records[stage]
     if jax.process_index() == 0:
@@ -78,7 +96,8 @@ def _run_locked(config, workdir: str, discard_from: str) -> dict:
       gio.write_stage_metrics(workdir, record, result)
       metrics = gio.rebuild_metrics(workdir, workdir_lib.RECORDS)
     print(f'[{stage}] done in {time.time() - start:.1f}s', flush=True)
-    logging.info('%s: %s', stage, json.dumps(result, default=float)[:2000])
+    if console.verbose():  # the same figures as the summary table and metrics/<stage>.json
+      logging.info('%s: %s', stage, json.dumps(result, default=float)[:2000])
   if jax.process_index() != 0:
     return {}
   print(summary_table(metrics), flush=True)
@@ -92,8 +111,12 @@ SUMMARY = (('train_cls/mAP', 'classification mAP (held-out)'),
            ('eval_cams/cam_best_threshold', 'CAM best background threshold'),
            ('eval_cams/pseudo_label_miou', 'pseudo-label mIoU (train)'),
            ('eval_cams/pseudo_label_coverage', 'pseudo-label coverage'),
-           ('seg_miou', 'segmentation val mIoU (DeepLab on pseudo labels)'),
-           ('seg_oracle_miou', 'oracle val mIoU (DeepLab on ground truth)'))
+           ('pseudo_labels/miou_no_crf', 'pseudo-label mIoU without CRF (pseudo_labels)'),
+           ('pseudo_labels/miou_crf', 'pseudo-label mIoU with CRF (cams.crf)'),
+           ('seg_miou_no_crf', 'segmentation val mIoU without CRF'),
+           ('seg_miou', 'segmentation val mIoU (DeepLab on pseudo labels; with seg.crf if on)'),
+           ('seg_oracle_miou_no_crf', 'oracle val mIoU without CRF'),
+           ('seg_oracle_miou', 'oracle val mIoU (DeepLab on ground truth; with seg.crf if on)'))
 
 
 def summary_table(metrics: dict) -> str:

@@ -6,12 +6,15 @@
 For every `*.jpg`, `*.jpeg` or `*.png` in `--images` (not recursive) it writes `<out>/<stem>.png`,
 a palette PNG of class indices (VOC colour map: open it in any viewer; read the indices with
 PIL `np.array(Image.open(path))`), and `<out>/<stem>_overlay.jpg`, the colours blended over the
-photo. The config selects the run (`seg.oracle`) and the inference (`seg.eval_scales`,
-`seg.eval_flip`); the checkpoint's own record supplies the input normalisation.
+photo. A file that is not a readable image is skipped with a warning and counted (`--strict`
+stops instead). The config selects the run (`seg.oracle`) and the inference (`seg.eval_scales`,
+`seg.eval_flip`); the run's own record (`gwsss_jax.train.artifact`) supplies the network and the
+input normalisation, and only the parameters are read.
 """
 
 import io
 import os
+import sys
 
 import jax
 import numpy as np
@@ -29,6 +32,7 @@ from gwsss_jax.data import palette
 from gwsss_jax.seg import common
 from gwsss_jax.seg import inference
 from gwsss_jax.stages import eval_seg
+from gwsss_jax.train import artifact
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 OVERLAY_ALPHA = 0.5
@@ -48,7 +52,7 @@ def read_rgb(path: str) -> np.ndarray:
   try:
     with Image.open(path) as img:
       return np.asarray(img.convert('RGB'))
-  except (OSError, SyntaxError) as e:
+  except (OSError, SyntaxError, ValueError) as e:
     raise UserError(f'unreadable image {path}: {e}') from None
 
 
@@ -66,17 +70,39 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def predict_folder(config, workdir: str, images_dir: str, out_dir: str) -> list:
-  """Writes the label PNG and overlay of every image; returns the label PNG paths."""
-  eval_seg.check_crf(config.seg)
+def predict_folder(config, workdir: str, images_dir: str, out_dir: str,
+                   strict: bool = False) -> list:
+  """Writes the label PNG and overlay of every image; returns the label PNG paths.
+
+  A file that is not a readable image (a text file named .jpg, a truncated download) is
+  skipped with a warning and counted, or stops the run before anything is written when
+  `strict`.
+  """
+  if config.seg.crf:
+    raise UserError('config.seg.crf=True: the predict command does not apply the dense CRF '
+                    '(eval_seg does); set seg.crf=False')
   paths = list_images(images_dir)
-  module, variables, info, _ = common.load_trained(config, workdir)
+  pictures, skipped = [], []
+  for path in paths:
+    try:
+      pictures.append((path, read_rgb(path)))
+    except UserError as e:
+      if strict:
+        raise UserError(f'{e} (without --strict such files are skipped)') from None
+      skipped.append(path)
+      print(f'warning: skipping {e}', file=sys.stderr, flush=True)
+  if skipped:
+    print(f'warning: skipped {len(skipped)} of {len(paths)} files in {images_dir} that are not '
+          'readable images (--strict stops instead)', file=sys.stderr, flush=True)
+  if not pictures:
+    raise UserError(f'--images={images_dir!r}: none of its {len(paths)} files is a readable '
+                    'image')
+  module, variables, info = artifact.load(common.checkpoint_dir(config, workdir))
   predict = eval_seg.make_predict_fn(module, tuple(config.seg.eval_scales), config.seg.eval_flip)
-  pictures = [read_rgb(p) for p in paths]
-  canvas = inference.canvas_size([p.shape[:2] for p in pictures])
+  canvas = inference.canvas_size([p.shape[:2] for _, p in pictures])
   variables = jax.device_put(variables, jax.local_devices()[0])
   written = []
-  for path, picture in zip(paths, pictures):
+  for path, picture in pictures:
     h, w = picture.shape[:2]
     x = inference.pad_to(norm_lib.normalize(picture, info['normalization']), canvas)
     label = np.asarray(predict(variables, x[None]))[0, :h, :w]
@@ -95,6 +121,8 @@ config_flags.DEFINE_config_file('config', None, 'Config file the model was train
 flags.DEFINE_string('workdir', None, 'Workdir holding the trained segmentation checkpoints.')
 flags.DEFINE_string('images', None, 'Folder of .jpg/.jpeg/.png images to segment.')
 flags.DEFINE_string('out', None, 'Output folder for label PNGs and overlays.')
+flags.DEFINE_bool('strict', False, 'Stop at a file that is not a readable image instead of '
+                  'skipping it with a warning.')
 flags.mark_flags_as_required(['config', 'workdir', 'images', 'out'])
 
 
@@ -102,7 +130,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   xla_flags.configure_cpu()
-  written = predict_folder(FLAGS.config, FLAGS.workdir, FLAGS.images, FLAGS.out)
+  written = predict_folder(FLAGS.config, FLAGS.workdir, FLAGS.images, FLAGS.out,
+                           strict=FLAGS.strict)
   print(f'wrote {len(written)} label PNGs and overlays to {FLAGS.out}')
 
 

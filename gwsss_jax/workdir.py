@@ -39,7 +39,8 @@ _LOCATIONS = ('data.root', 'data.cache_dir', 'data.tfds_data_dir')
 # the parallel implementation), not what it computes.
 _NO_EFFECT = ('data.prefetch', 'train.log_every_steps', 'train.checkpoint_every_steps',
               'train.max_to_keep', 'train.eval_every_epochs', 'train.profile_steps',
-              'parallel.impl', 'seg.log_every_steps', 'seg.checkpoint_every_steps')
+              'parallel.impl', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
+              'seg.min_labelled_fraction')
 # The data keys that decide which images and labels a run sees (the segmentation run does not
 # read the classifier's augmentation settings).
 _DATA_SOURCE = ('data.name', 'data.num_classes', 'data.train_split', 'data.val_split',
@@ -50,7 +51,7 @@ _DATA_SOURCE = ('data.name', 'data.num_classes', 'data.train_split', 'data.val_s
 _SEG_EVAL = ('seg.eval_scales', 'seg.eval_flip', 'seg.eval_batch_size', 'seg.crf', 'seg.oracle')
 
 # record -> the records whose outputs it reads.
-UPSTREAM = {'train_cls': (), 'export_cams': ('train_cls',), 'pseudo_labels': ('export_cams',),
+UPSTREAM = {'check_data': (), 'train_cls': (), 'export_cams': ('train_cls',), 'pseudo_labels': ('export_cams',),
             'eval_cams': ('export_cams', 'pseudo_labels'), 'train_seg': ('pseudo_labels',),
             'eval_seg': ('train_seg',), 'train_seg_oracle': (),
             'eval_seg_oracle': ('train_seg_oracle',)}
@@ -218,6 +219,8 @@ def outputs(workdir: str, record: str) -> list:
   from gwsss_jax.seg import common  # pylint: disable=g-import-not-at-top
   from gwsss_jax.stages import pseudo_labels  # pylint: disable=g-import-not-at-top
   join = lambda *p: os.path.join(workdir, *p)
+  if record == 'check_data':  # reads only
+    return []
   if record == 'train_cls':
     from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
     return [train_cls.checkpoint_dir(workdir), oaa.store_dir(workdir),

@@ -69,32 +69,36 @@ class _NullWriter:
     pass
 
 
-def _batch(step, nan_at=-1):
-  """The batch of `step` is a function of the step alone (as the real input pipeline)."""
+def _batch(step, nan_at=-1, blow_at=-1):
+  """The batch of `step` is a function of the step alone (as the real input pipeline).
+  `nan_at`: that step's loss is NaN; `blow_at`: that step's loss is finite but so large that
+  the update it makes leaves parameters whose own loss is not."""
   rng = np.random.default_rng(step)
+  scale = np.nan if step == nan_at else 1e36 if step == blow_at else 1.0
   return {'x': rng.normal(size=(BATCH, 512)).astype(np.float32),
           'y': (rng.random((BATCH, 3)) > 0.5).astype(np.float32),
-          'scale': np.full((BATCH,), np.nan if step == nan_at else 1.0, np.float32)}
+          'scale': np.full((BATCH,), scale, np.float32)}
 
 
-def train(workdir, impl='shard_map', num_devices=4, nan_at=-1, sleep=0.0):
+def train(workdir, impl='shard_map', num_devices=4, nan_at=-1, sleep=0.0, blow_at=-1):
   """Trains to TOTAL steps from the latest checkpoint in `workdir`; returns the host state."""
   params, tx, loss_fn = _setup()
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'ckpt'), max_to_keep=2)
-  start = ckpt.latest_step() or 0
-  state = trainer.init_state(params, {}, tx, seed=3)
-  if start:
-    state = ckpt.restore(trainer.abstract_state(params, {}, tx), start)
+  start, state = ckpt.restore_latest(trainer.abstract_state(params, {}, tx))
+  start = start or 0
+  if not start:
+    state = trainer.init_state(params, {}, tx, seed=3)
   dp = parallel.DataParallel(impl, parallel.make_mesh(jax.devices()[:num_devices]), BATCH)
   step_fn = dp.compile(trainer.make_train_step(loss_fn, tx))
 
   def batches():
     for s in range(start, TOTAL):
       time.sleep(sleep)
-      yield _batch(s, nan_at)
+      yield _batch(s, nan_at, blow_at)
 
   spec = trainer.Fit(name='toy', total_steps=TOTAL, steps_per_epoch=5, log_every=1,
-                     checkpoint_every=EVERY)
+                     checkpoint_every=EVERY,
+                     check_step=dp.compile(trainer.make_check_step(loss_fn), donate=False))
   writer = _NullWriter()  # clu's writers import TensorFlow: seconds per subprocess
   try:
     state, _ = trainer.fit(dp, step_fn, trainer.from_checkpoint(dp, state), batches(), spec,
@@ -182,8 +186,80 @@ def test_nan_stops_before_saving_the_bad_state(tmp_path):
   ckpt.close()
 
 
+def test_a_blown_up_state_is_not_saved_although_its_step_loss_was_finite(tmp_path):
+  # Batch 5 (the 6th step, an epoch-end save) has a finite loss of about 1e36 whose update
+  # leaves parameters that give a non-finite loss: that state must not become a checkpoint.
+  with pytest.raises(UserError, match=r'parameters after step 6 .*the last good checkpoint is '
+                                      r'step 5 in'):
+    train(str(tmp_path), blow_at=5)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'))
+  assert ckpt.latest_step() == 5
+  ckpt.close()
+
+
+def _largest_file(directory):
+  files = [os.path.join(r, f) for r, _, names in os.walk(directory) for f in names]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize('damage', ['truncated data file', 'deleted _METADATA'])
+def test_corrupt_newest_checkpoint_warns_and_resumes_from_the_previous_one(
+    tmp_path, capsys, damage):
+  reference = train(str(tmp_path / 'reference'))
+  workdir = str(tmp_path / 'run')
+  train(workdir)
+  ckpt_dir = os.path.join(workdir, 'ckpt')
+  assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [12, TOTAL]
+  newest = os.path.join(ckpt_dir, str(TOTAL))
+  if damage == 'truncated data file':
+    with open(_largest_file(newest), 'r+b') as f:
+      f.truncate(100)
+  else:
+    os.remove(os.path.join(newest, 'default', '_METADATA'))
+  capsys.readouterr()
+  resumed = train(workdir)
+  err = capsys.readouterr().err
+  assert f'checkpoint {newest} is unreadable' in err and 'resuming from step 12' in err, err
+  assert 'does not match' not in err
+  assert os.path.isdir(newest + '.corrupt')
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_checkpoint_of_another_model_is_a_mismatch_naming_the_leaf(tmp_path):
+  train(str(tmp_path))
+  params, tx, _ = _setup()
+  params['wide']['kernel'] = np.zeros((512, 256), np.float32)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'))
+  with pytest.raises(UserError, match=r'does not match the model.*wide/kernel: shape '
+                                      r'\(512, 512\) in the checkpoint, \(512, 256\) in the model'):
+    ckpt.restore_latest(trainer.abstract_state(params, {}, tx))
+  assert ckpt.latest_step() == TOTAL  # a mismatch is not set aside
+  ckpt.close()
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_earlier_one(small_disk):
+  # About 2 MB of state (params and momentum) on a 3 MB disk: the save of step 3 fits, that
+  # of step 5 does not.
+  proc = subprocess.run([sys.executable, __file__, str(small_disk)], capture_output=True,
+                        text=True, env=_worker_env(), timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and errors[0].startswith(
+      f'error: no space left on device writing the checkpoint of step 5 to '
+      f'{small_disk}/ckpt ('), proc.stderr[-3000:]
+  assert 'left there, about 2.0 MB needed' in errors[0]
+  ckpt = checkpoint.Checkpointer(str(small_disk / 'ckpt'))
+  assert ckpt.all_steps() == [3]
+  params, tx, _ = _setup()
+  assert int(ckpt.restore(trainer.abstract_state(params, {}, tx))['step']) == 3
+  ckpt.close()
+
+
 if __name__ == '__main__':
-  train(sys.argv[1])
+  from gwsss_jax.common import cli  # pylint: disable=g-import-not-at-top
+  cli.run(lambda argv: train(argv[1]))
 
 
 def test_unfinished_step_directories_are_removed_before_the_manager_opens(tmp_path):

@@ -47,8 +47,9 @@ def test_cli_errors_are_one_line(tmp_path, args, named):
 
 @pytest.mark.parametrize('overrides, hint', [
     # cams.crf exists: the unknown flag is the second one, whose section does not exist.
-    (['--config.cams.crf=True', '--config.crf.impl=jax'],
-     '--config.crf.impl: unknown config key (did you mean --config.cams.crf or --config.seg.crf?)'),
+    (['--config.cams.crf=True', '--config.cams_crf.impl=jax'],
+     '--config.cams_crf.impl: unknown config key (did you mean --config.crf.impl or '
+     '--config.parallel.impl?)'),
     (['--config.seed=1', '--config.model.num_nodez=2'],
      '--config.model.num_nodez: unknown config key (did you mean --config.model.num_nodes?)'),
     (['--config.modle.num_nodes=2'],
@@ -130,6 +131,35 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
   assert path.read_text() == 'new' and os.listdir(tmp_path) == ['out.txt']
 
 
+def test_disk_full_names_the_file_and_the_space_left(small_disk):
+  path = small_disk / 'cams' / 'img.npy'
+  gio.atomic_write_bytes(str(path), b'old')
+  with pytest.raises(UserError) as e:
+    gio.atomic_write_bytes(str(path), bytes(4 << 20))
+  assert str(e.value).startswith(f'no space left on device writing img.npy to {path.parent} (')
+  assert 'left there, about 4.0 MB needed)' in str(e.value)
+  assert path.read_bytes() == b'old' and os.listdir(path.parent) == ['img.npy']
+
+
+def test_disk_full_injected(tmp_path, monkeypatch):
+  def full(fd):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(gio.os, 'fsync', full)
+  with pytest.raises(UserError, match=f'no space left on device writing x.png to {tmp_path} '):
+    gio.atomic_write_bytes(str(tmp_path / 'x.png'), b'data')
+  assert not os.listdir(tmp_path)
+
+
+def test_disk_full_without_a_file_name_is_one_line():
+  code = ('import errno\nfrom gwsss_jax.common import cli\n'
+          'def main(argv):\n  raise OSError(errno.ENOSPC, "No space left on device")\n'
+          'cli.run(main)\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                        check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.startswith('error: no space left on device writing a file to '), proc.stderr
+
+
 def test_stage_metrics_rebuild_the_summary(tmp_path):
   """Per-stage metrics files, merged into metrics.json, which is rebuilt from them when it is
   deleted or corrupt; an unreadable stage file is one error naming it (issue 18.6)."""
@@ -191,6 +221,8 @@ def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkey
   config.data.synthetic.num_train = 4
   config.data.synthetic.num_val = 2
   config.data.synthetic.size = 48
+  config.data.train_split = 'train'  # the splits of the built-in dataset, which the data check
+  config.data.val_split = 'val'      # reads before the first stage
   config.stages = 'eval_seg,train_cls,pseudo_labels'
   config_lib.lock(config)
   workdir = str(tmp_path / 'wd')

@@ -1,7 +1,9 @@
 """CAM and pseudo-label evaluation against an independent per-image computation, and the
 picture grids."""
 
+import logging
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -10,6 +12,7 @@ from PIL import Image
 
 from gwsss_jax.cams import export
 from gwsss_jax.cams import vis
+from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import palette
 from gwsss_jax.stages import eval_cams
@@ -107,6 +110,50 @@ def test_metrics_match_an_independent_computation(run_dir):
   assert '| pseudo labels |' in table and '| CAM (graph) |' in table and '| dog |' in table
 
 
+def _out_of_range(run_dir):
+  """Image 0's ground truth with pixels of values 5, 100 and 254 (3 classes: 0..3 and 255)."""
+  workdir, ds, data = run_dir
+  gt = data[0][1].copy()
+  gt[1, :3], gt[2, :2], gt[3, :1] = 5, 100, 254
+  palette.save_label_png(ds.examples[0].mask_path, gt)
+  return workdir, ds, data, gt
+
+
+def _tasks(workdir, ds, *skip_bad):
+  return [(export.cam_path(workdir, ex.name), ex.mask_path,
+           pseudo_labels.label_path(workdir, ex.name), THRESHOLDS, 4, *skip_bad)
+          for ex in ds.examples]
+
+
+def test_mask_values_out_of_range_stop_naming_file_and_values(run_dir):
+  workdir, ds, _, _ = _out_of_range(run_dir)
+  with pytest.raises(UserError, match=rf'{ds.examples[0].mask_path}: mask values out of range '
+                                      r'0\.\.3 .*: 5 \(3 px\), 100 \(2 px\), 254 \(1 px\)'):
+    eval_cams.accumulate(_tasks(workdir, ds), 1)
+
+
+def test_mask_values_out_of_range_are_ignore_under_skip_bad(run_dir, caplog):
+  workdir, ds, data, gt = _out_of_range(run_dir)
+  with caplog.at_level(logging.WARNING):
+    got = eval_cams.accumulate(_tasks(workdir, ds, True), 1)
+  assert f'{ds.examples[0].mask_path}: 6 pixels with mask values out of range' in caplog.text
+  data[0][1][...] = np.where(np.isin(gt, (5, 100, 254)), 255, gt)
+  palette.save_label_png(ds.examples[0].mask_path, data[0][1])
+  want = eval_cams.accumulate(_tasks(workdir, ds), 1)
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_stages_reading_masks_through_tf_data_check_them_first(run_dir):
+  # eval_seg and the oracle train_seg call this before their pipelines.
+  _, ds, _, _ = _out_of_range(run_dir)
+  data_config = ml_collections.ConfigDict({'num_classes': 3, 'skip_bad': False})
+  with pytest.raises(UserError, match=rf'{ds.examples[0].mask_path}: mask values out of range'):
+    datasets.check_mask_values(ds, data_config)
+  data_config.skip_bad = True
+  datasets.check_mask_values(ds, data_config)
+
+
 def test_pictures(run_dir):
   workdir, ds, _ = run_dir
   config = ml_collections.ConfigDict({'seed': 0, 'cams': {'num_vis': 2}})
@@ -151,7 +198,8 @@ def test_stages_end_to_end_on_the_builtin_dataset(tmp_path, capsys):
 
   out = export_cams.run(config, workdir)
   assert out['export_cams/images'] == 10 and out['export_cams/missing_maps'] == 0
-  labelled = pseudo_labels.run(config, workdir)
+  out_plain = labelled = pseudo_labels.run(config, workdir)
+  assert 'pseudo_labels/miou_crf' not in labelled and labelled['pseudo_labels/miou_no_crf'] > 0.3
   assert labelled['pseudo_labels/images'] == 10
   coverage = [np.mean(palette.read_label_png(pseudo_labels.label_path(workdir, ex.name)) != 255)
               for ex in train.examples]
@@ -172,9 +220,24 @@ def test_stages_end_to_end_on_the_builtin_dataset(tmp_path, capsys):
   assert '| pseudo labels |' in capsys.readouterr().out
   assert len(os.listdir(os.path.join(workdir, 'vis'))) == 2
 
+  # The dense CRF: the reference in the worker pool, then JAX on 2 of the simulated devices.
   config.cams.crf = True
-  with pytest.raises(UserError, match='cams.crf'):
-    pseudo_labels.run(config, workdir)
+  shutil.rmtree(pseudo_labels.label_dir(workdir))
+  ref = pseudo_labels.run(config, workdir)
+  assert ref['pseudo_labels/images'] == 10 and ref['pseudo_labels/miou_crf'] > 0.3
+  assert ref['pseudo_labels/miou_no_crf'] == out_plain['pseudo_labels/miou_no_crf']
+  names = [ex.name for ex in train.examples]
+  read = lambda: np.stack([palette.read_label_png(pseudo_labels.label_path(workdir, n))
+                           for n in names])
+  ref_labels = read()
+  config.crf.impl = 'jax'
+  config.crf.batch_size = 2
+  shutil.rmtree(pseudo_labels.label_dir(workdir))
+  jx = pseudo_labels.run(config, workdir)
+  assert np.mean(read() == ref_labels) >= 0.98
+  assert abs(jx['pseudo_labels/miou_crf'] - ref['pseudo_labels/miou_crf']) < 0.01
+  resumed = pseudo_labels.run(config, workdir)  # labels on disk: read back and scored again
+  assert resumed == jx
   config.cams.crf = False
   config.cams.method = 'group_inference'
   with pytest.raises(UserError, match='export.json'):  # cams/ holds the OAA export

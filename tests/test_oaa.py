@@ -60,6 +60,19 @@ def test_rule_on_hand_made_maps(tmp_path):
   assert store.num_written() == 2
 
 
+def test_non_finite_maps_never_enter_the_store(tmp_path):
+  store = oaa.OAAStore.open(str(tmp_path), LABELS, (2, 2), process_index=0)
+  a = np.array([[1.0, 0.5], [0.0, 0.2]])
+  store.update([0], _cams({0: a}), _probs({0: 0.5}), 0.1, False)
+  for bad in (np.nan, np.inf):
+    store.update([0], _cams({0: np.full((2, 2), bad), 2: np.full((2, 2), bad)}),
+                 _probs({0: 0.5, 2: 0.5}), 0.1, True)
+    store.update([0], _cams({0: a, 2: a}), _probs({0: bad, 2: 0.5}), 0.1, True)
+  assert sorted(store.get(0)) == [0]
+  np.testing.assert_array_equal(store.get(0)[0], [[255, 128], [0, 51]])
+  assert store.num_rejected == 8  # 4 refused updates of image 0's 2 classes
+
+
 def test_crop_and_flip_are_mapped_back_to_the_whole_image(tmp_path):
   store = oaa.OAAStore.open(str(tmp_path), LABELS, (4, 4), process_index=0)
   crop = np.array([[1.0, 0.2], [0.6, 0.0]])  # the map of a mirrored bottom-right quarter

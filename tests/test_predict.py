@@ -18,6 +18,7 @@ from gwsss_jax.data import palette
 from gwsss_jax import predict
 from gwsss_jax.seg import common
 from gwsss_jax.seg import inference
+from gwsss_jax.train import artifact
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import trainer
 
@@ -48,7 +49,7 @@ def _fake_trained_run(config, workdir):
   ckpt = checkpoint.Checkpointer(directory, asynchronous=False)
   ckpt.save(1, trainer.init_state(params, {}, tx, 0), force=True)
   ckpt.close()
-  common.write_model_info(directory, common.model_info(config, None))
+  artifact.save(directory, common.model_info(config, None))
   return module, {'params': params, 'batch_stats': {}}
 
 
@@ -87,6 +88,49 @@ def test_predict_folder_round_trips_palette_pngs(tmp_path):
     with Image.open(os.path.join(out_dir, name + '_overlay.jpg')) as overlay:
       assert overlay.size == (photo.shape[1], photo.shape[0])
   assert labels_seen <= set(range(config.seg.num_classes))
+
+
+def _photos(images_dir):
+  images_dir.mkdir()
+  Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(
+      images_dir / 'a.png')
+  (images_dir / 'notes.jpg').write_text('not an image')  # a non-image named .jpg
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images_dir / 'c.jpg')
+  (images_dir / 'cut.jpg').write_bytes((images_dir / 'c.jpg').read_bytes()[:40])  # truncated
+
+
+def test_non_images_named_jpg_are_skipped_with_a_warning_and_a_count(tmp_path, capsys):
+  config = _config()
+  workdir = str(tmp_path / 'work')
+  _fake_trained_run(config, workdir)
+  _photos(tmp_path / 'photos')
+  written = predict.predict_folder(config, workdir, str(tmp_path / 'photos'),
+                                   str(tmp_path / 'out'))
+  assert sorted(os.path.basename(p) for p in written) == ['a.png', 'c.png']
+  err = capsys.readouterr().err
+  assert 'notes.jpg' in err and 'cut.jpg' in err
+  assert 'skipped 2 of 4 files' in err
+  with pytest.raises(UserError, match='cut.jpg'):
+    predict.predict_folder(config, workdir, str(tmp_path / 'photos'), str(tmp_path / 'out2'),
+                           strict=True)
+  assert not os.path.exists(tmp_path / 'out2')
+
+
+def test_prediction_reads_parameters_only(tmp_path):
+  # Trained with a head warm-up (its optimizer state has another structure); predicted with
+  # the defaults, which only the training keys distinguish.
+  trained = _config()
+  trained.seg.num_steps, trained.seg.head_warmup_steps = 10, 5
+  workdir = str(tmp_path / 'work')
+  module, variables = _fake_trained_run(trained, workdir)
+  _photos(tmp_path / 'photos')
+  written = predict.predict_folder(_config(), workdir, str(tmp_path / 'photos'),
+                                   str(tmp_path / 'out'))
+  assert len(written) == 2
+  got_module, got, record = artifact.load(common.checkpoint_dir(trained, workdir))
+  assert got_module == module and record['step'] == 1
+  for x, y in zip(jax.tree.leaves(got['params']), jax.tree.leaves(variables['params'])):
+    np.testing.assert_array_equal(x, y)
 
 
 def test_overlay_keeps_background_and_blends_objects():

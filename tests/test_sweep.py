@@ -169,10 +169,10 @@ def test_seed_commands_and_reuse_per_seed(tmp_path):
 def test_docs_msrc_print_commands_as_written():
   """docs/msrc.md's command, run exactly as written (printing the commands needs no data)."""
   import shlex  # pylint: disable=g-import-not-at-top
+  cmd = 'python -m gwsss_jax.sweep --config=configs/msrc.py --sweep=configs/sweeps/msrc_groupwise.py --workdir=runs/msrc_groupwise --seeds=0,1,2 --print_commands'  # pylint: disable=line-too-long
   with open(os.path.join(REPO, 'docs', 'msrc.md')) as f:
-    line = next(l for l in f if l.startswith('python -m gwsss_jax.sweep') and
-                '--print_commands' in l)
-  args = shlex.split(line)
+    assert cmd in f.read().splitlines()
+  args = shlex.split(cmd)
   assert args[:3] == ['python', '-m', 'gwsss_jax.sweep']
   result = _sweep(args[3:])
   assert result.returncode == 0, result.stderr

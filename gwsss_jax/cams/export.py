@@ -28,10 +28,10 @@ import time
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from gwsss_jax.cams import oaa
 from gwsss_jax.cams.pseudo import normalize_maps
+from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 
@@ -163,7 +163,7 @@ class Writer:
     self.pending = []
     self.done = 0
     self.start = time.time()
-    self.bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
+    self.bar = console.progress(total, desc)
     os.makedirs(cam_dir(workdir), exist_ok=True)
     if save_png:
       os.makedirs(png_dir(workdir), exist_ok=True)

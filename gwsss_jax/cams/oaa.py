@@ -52,6 +52,7 @@ import os
 
 import cv2
 import numpy as np
+from absl import logging
 
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
@@ -127,6 +128,7 @@ class OAAStore:
     self.process_index = process_index
     self._maps = maps
     self._written = written
+    self.num_rejected = 0  # non-finite maps refused (a diverging step)
 
   @classmethod
   def open(cls, workdir: str, label_matrix, map_hw, process_index: int | None = None,
@@ -202,6 +204,9 @@ class OAAStore:
         input showed (a training crop); None = the whole image. The map is resized into those
         cells of the store's grid (whose size is `map_hw` over the whole image).
       flips: optional [n] bool: the input was mirrored; the map is mirrored back first.
+
+    A map or probability that is NaN or Inf (a diverging step) is refused, counted in
+    `num_rejected` with a warning: cast to uint8 it would become 0 or 255 for good.
     """
     index = np.asarray(index).reshape(-1)
     if not isinstance(cams, dict):
@@ -223,6 +228,12 @@ class OAAStore:
     for row, i in enumerate(index):
       classes = self.index.classes(int(i))
       if classes.size == 0:
+        continue
+      if not (np.isfinite(cams[row][..., classes]).all()
+              and np.isfinite(probs[row, classes]).all()):
+        self.num_rejected += classes.size
+        logging.warning('OAA: refused the non-finite maps of image %d (classes %s)', int(i),
+                        classes.tolist())
         continue
       slots = self.index.slots(int(i))
       new = np.rint(np.clip(np.moveaxis(cams[row][..., classes], -1, 0), 0.0, 1.0)

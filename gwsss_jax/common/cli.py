@@ -1,9 +1,11 @@
 """What every command-line entry point shares: errors as one line and exit status 2."""
 
+import os
 import sys
 
 from absl import app
 
+from gwsss_jax.common import disk
 from gwsss_jax.common.errors import UserError
 
 
@@ -22,3 +24,7 @@ def run(main, flags_parser=None):
       app.run(main, flags_parser=flags_parser)
   except UserError as e:
     fail(str(e))
+  except OSError as e:  # a full disk met by a write that does not name itself
+    if not disk.is_disk_full(e):
+      raise
+    fail(str(disk.full_error('a file', e.filename or os.getcwd())))

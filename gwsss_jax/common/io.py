@@ -10,6 +10,7 @@ import tempfile
 
 import numpy as np
 
+from gwsss_jax.common import disk
 from gwsss_jax.common.errors import UserError
 
 METRICS_FILE = 'metrics.json'
@@ -52,11 +53,17 @@ def remove_stale_tmp(directory: str, recursive: bool = True) -> int:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-  with atomic_path(path) as tmp:
-    with open(tmp, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
+  try:
+    with atomic_path(path) as tmp:
+      with open(tmp, 'wb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+  except OSError as e:
+    if disk.is_disk_full(e):
+      raise disk.full_error(os.path.basename(path), os.path.dirname(os.path.abspath(path)),
+                            len(data)) from None
+    raise
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -43,6 +43,20 @@ class Dataset:
     return out
 
 
+def check_mask_values(dataset: Dataset, data_config, num_workers: int = 8) -> None:
+  """Decodes every ground-truth mask of `dataset` and checks its values (`palette.read_mask`:
+  an error naming the file and the values, or a warning under `data.skip_bad`). Stages that
+  read masks through tf.data call it first: an error raised inside the pipeline would not
+  reach the user as one line."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.data import palette  # pylint: disable=g-import-not-at-top
+  paths = [ex.mask_path for ex in dataset.examples if ex.mask_path]
+  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+    for _ in pool.map(lambda p: palette.read_mask(p, data_config.num_classes,
+                                                  data_config.skip_bad), paths):
+      pass
+
+
 def synthetic_root(workdir: str) -> str:
   return os.path.join(workdir, 'data', 'synthetic')
 

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from gwsss_jax import config as config_lib
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
@@ -120,9 +121,7 @@ def _random_crop_offsets(height, width, size, seed):
   return top, left
 
 
-def input_size(config) -> int:
-  """Side of the square classifier input: `data.crop_size`, or `data.resize` without a crop."""
-  return config.data.crop_size or config.data.resize
+input_size = config_lib.input_size  # defined with the config: the steps need it without TF
 
 
 def _train_image(path, seed, config, normalization):
@@ -236,24 +235,26 @@ def image_sizes(dataset) -> np.ndarray:
 
 def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
                   normalization='imagenet_rgb', process_index=None, process_count=None,
-                  with_masks: bool = True, resize: int = 0, square: bool = False):
+                  with_masks: bool = True, with_rgb: bool = False, resize: int = 0,
+                  square: bool = False):
   """This process's evaluation batches: full-resolution images padded bottom/right.
 
   `pad_to` (H, W) fixes the padded shape (one compilation); None pads to the largest image of
   the dataset (read from the file headers). The last batch is filled with padding examples
   ('valid' False, 'index' -1), never dropped. `resize` > 0 instead resizes each image's shorter
   side to `resize` and centre-crops it to `resize` x `resize`, or with `square` resizes it to
-  that square ('hw' is then the square's size; images only, with_masks must be False).
+  that square ('hw' is then the square's size; images only: with_masks and with_rgb False).
 
   Yields 'images' float32 [b, Hp, Wp, 3] (padding 0, the mean after normalisation), 'masks'
   uint8 [b, Hp, Wp] (255 in the padding, and everywhere when there is no ground truth or
-  with_masks is False), 'hw' int32 [b, 2] original sizes, 'index' int32 [b], 'valid' bool [b].
+  with_masks is False), 'hw' int32 [b, 2] original sizes, 'index' int32 [b], 'valid' bool [b],
+  and with `with_rgb` the images as decoded, 'rgb' uint8 [b, Hp, Wp, 3] (the dense CRF's input).
   """
   norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
   pi, pc = _process(process_index, process_count)
   if resize:
-    if with_masks:
-      raise ValueError('eval_iterator: resize needs with_masks=False')
+    if with_masks or with_rgb:
+      raise ValueError('eval_iterator: resize needs with_masks=False and with_rgb=False')
     largest = pad_to = (resize, resize)
   else:
     sizes = image_sizes(dataset)
@@ -277,7 +278,8 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
   def load(i):
     valid = i >= 0
     j = tf.maximum(i, 0)
-    image = tf.cast(_decode(paths[j]), tf.float32)
+    decoded = _decode(paths[j])
+    image = tf.cast(decoded, tf.float32)
     if resize:
       hw = tf.cast(tf.shape(image)[:2], tf.float32)
       new_hw = tf.maximum(tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32), resize)
@@ -297,8 +299,12 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
     else:
       mask = tf.fill([h, w], tf.constant(palette.IGNORE, tf.uint8))
     mask = tf.pad(mask, [[0, hp - h], [0, wp - w]], constant_values=palette.IGNORE)
-    return {'images': tf.ensure_shape(x, [hp, wp, 3]), 'masks': tf.ensure_shape(mask, [hp, wp]),
-            'hw': tf.stack([h, w]), 'index': i, 'valid': valid}
+    out = {'images': tf.ensure_shape(x, [hp, wp, 3]), 'masks': tf.ensure_shape(mask, [hp, wp]),
+           'hw': tf.stack([h, w]), 'index': i, 'valid': valid}
+    if with_rgb:
+      out['rgb'] = tf.ensure_shape(tf.image.pad_to_bounding_box(decoded, 0, 0, hp, wp),
+                                   [hp, wp, 3])
+    return out
 
   ds = tf.data.Dataset.from_tensor_slices(index)
   ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)

@@ -4,6 +4,7 @@ import io
 import os
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from gwsss_jax.common import io as gio
@@ -58,6 +59,28 @@ def read_label_png(path: str) -> np.ndarray:
       return np.array(img, dtype=np.uint8)
   except (OSError, SyntaxError) as e:
     raise UserError(f'unreadable label file {path}: {e}') from None
+
+
+def read_mask(path: str, num_classes: int, skip_bad: bool = False) -> np.ndarray:
+  """A ground-truth mask, checked: values 0..num_classes (0 = background) and 255 (ignore).
+
+  `num_classes` excludes the background (`data.num_classes`). Any other value stops with a
+  UserError naming the file and the values; with `skip_bad` (`data.skip_bad`) those pixels
+  become ignore, with a warning that counts them.
+  """
+  label = read_label_png(path)
+  bad = (label > num_classes) & (label != IGNORE)
+  if not bad.any():
+    return label
+  values, counts = np.unique(label[bad], return_counts=True)
+  found = ', '.join(f'{v} ({c} px)' for v, c in zip(values.tolist(), counts.tolist()))
+  if not skip_bad:
+    raise UserError(f'{path}: mask values out of range 0..{num_classes} (255 = ignore; '
+                    f'data.num_classes={num_classes}): {found} (set '
+                    '--config.data.skip_bad=True to take them as ignore)')
+  logging.warning('%s: %d pixels with mask values out of range 0..%d taken as ignore '
+                  '(data.skip_bad=True): %s', path, int(counts.sum()), num_classes, found)
+  return np.where(bad, np.uint8(IGNORE), label)
 
 
 def colorize(label: np.ndarray) -> np.ndarray:

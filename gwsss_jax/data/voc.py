@@ -106,9 +106,15 @@ def find_image(image_dir: str, name: str):
 
 def header_size(path: str):
   """(width, height) from the file header, without decoding the pixels; None if unreadable."""
+  header = read_header(path)
+  return None if header is None else header[0]
+
+
+def read_header(path: str):
+  """((width, height), PIL mode) from the file header; None if unreadable."""
   try:
     with Image.open(path) as img:
-      return img.size
+      return img.size, img.mode
   except (OSError, SyntaxError, ValueError):
     return None
 
@@ -131,9 +137,13 @@ def check_files(examples: list, bad: BadItems, num_workers: int = 8) -> list:
     if size is None:
       return f'unreadable image {ex.image_path}'
     if ex.mask_path is not None:
-      msize = header_size(ex.mask_path)
-      if msize is None:
+      header = read_header(ex.mask_path)
+      if header is None:
         return f'unreadable mask {ex.mask_path}'
+      msize, mode = header
+      if mode not in ('P', 'L'):
+        return (f'mask {ex.mask_path} is of mode {mode}: class masks must be 8-bit palette '
+                '(P) or greyscale (L) PNGs')
       if msize != size:
         return (f'mask {ex.mask_path} is {msize[0]}x{msize[1]} but its image '
                 f'{ex.image_path} is {size[0]}x{size[1]}')

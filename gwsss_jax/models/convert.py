@@ -15,7 +15,9 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from typing import Any, Optional, Sequence
 
 import jax
@@ -28,6 +30,7 @@ from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data.normalization import DEEPLAB_CAFFE_MEAN
 from gwsss_jax.data.normalization import normalization_spec
+from gwsss_jax.models import hub
 from gwsss_jax.models import resnet as resnet_lib
 from gwsss_jax.models import vgg as vgg_lib
 
@@ -362,7 +365,37 @@ def save_pretrained(path: str, variables: dict, normalization: dict | str, sourc
   io_lib.atomic_write_text(os.path.join(path, META_FILE), json.dumps(meta, indent=2) + '\n')
 
 
+def resolve_pretrained(value: str, config_key: str = 'model.pretrained', log=print) -> str:
+  """The converted directory for a `model.pretrained` / `seg.pretrained` value: the value itself,
+  or for a name of `hub.NAMES` its conversion in the cache, downloaded and converted on first
+  use. The conversion is written beside its final name and renamed when complete."""
+  if value not in hub.NAMES:
+    hub.check_name(value, config_key)
+    return value
+  out = hub.converted_dir(value)
+  if os.path.isfile(os.path.join(out, META_FILE)):
+    return out
+  src, entry = hub.fetch(value, config_key, log)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f'.{os.path.basename(out)}.',
+                         suffix='.tmp')
+  try:
+    log(f'converting {src} to {out}')
+    convert(entry.fmt, src, tmp)
+    if os.path.isdir(out) and not os.path.isfile(os.path.join(out, META_FILE)):
+      shutil.rmtree(out)  # not ours to keep: a conversion is complete only with its META_FILE
+    try:
+      os.rename(tmp, out)
+    except OSError:  # another process (host) finished the same conversion first
+      if not os.path.isfile(os.path.join(out, META_FILE)):
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out
+
+
 def read_meta(path: str, config_key: str = 'model.pretrained') -> dict:
+  path = resolve_pretrained(path, config_key)
   meta_path = os.path.join(path, META_FILE)
   if not os.path.isfile(meta_path):
     what = 'is not a converted weight directory' if os.path.isdir(path) else 'does not exist'
@@ -375,7 +408,7 @@ def load_pretrained(path: str, arch: Optional[str] = None,
                     config_key: str = 'model.pretrained') -> tuple[dict, dict]:
   """Returns (variables as saved, metadata); `arch` checks the weights' network."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(path)
+  path = os.path.abspath(resolve_pretrained(path, config_key))
   meta = read_meta(path, config_key)
   if arch is not None and meta['arch'] != arch:
     raise UserError(f'config.{config_key}={path!r} holds {meta["arch"]} weights, '
@@ -441,16 +474,25 @@ def _load_torch(path: str) -> dict:
     raise UserError(f'{path}: not a readable PyTorch state dict ({e})') from e
 
 
+def _file_width(state_dict: dict, first_conv: str) -> float:
+  """The width multiplier of a file: its first convolution's filters / 64 (1.0 for the
+  published files; a narrower file converts for a `model.width` < 1 model)."""
+  weight = _unwrap_state_dict(state_dict).get(first_conv)
+  return 1.0 if weight is None else weight.shape[0] / 64
+
+
 def convert(fmt: str, src: str, out: str) -> dict:
   """Converts `src` of format `fmt` and saves it at `out`; returns the metadata."""
   if fmt == 'torchvision_vgg16':
     state_dict = _load_torch(src)
-    variables, norm = from_torchvision_vgg16(state_dict), normalization_spec('imagenet_rgb')
+    variables = from_torchvision_vgg16(state_dict, _file_width(state_dict, 'features.0.weight'))
+    norm = normalization_spec('imagenet_rgb')
     fc = largefov_fc_from_torchvision(state_dict)
     if fc is not None:  # kept beside the trunk for DeepLab-LargeFOV's fc6/fc7
       variables = {'backbone': variables, LARGEFOV_FC: fc}
   elif fmt == 'torchvision_resnet101':
-    variables = from_torchvision_resnet101(_load_torch(src))
+    state_dict = _load_torch(src)
+    variables = from_torchvision_resnet101(state_dict, _file_width(state_dict, 'conv1.weight'))
     norm = normalization_spec('imagenet_rgb')
   elif fmt == 'deeplab_coco':
     variables = from_deeplab_coco_init(_load_torch(src))

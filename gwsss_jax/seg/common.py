@@ -3,13 +3,13 @@ its pretrained initialisation, DeepLab's optimiser, and loading a trained checkp
 
 A segmentation run is either the pseudo-label run (`config.seg.oracle=False`) or the oracle run
 on ground-truth masks (`True`); both can live in one workdir side by side (`RunNames`).
-Next to its checkpoints a run records `seg_model.json`: the input normalisation and ResNet
-layout it was trained with, so that evaluation and prediction need neither the pretrained
-weights nor a matching `data.normalization`.
+Next to its checkpoints a run records `seg_model.json` (`gwsss_jax.train.artifact`): the
+network, input normalisation and ResNet layout it was trained with, so that evaluation and
+prediction need neither the pretrained weights, nor a matching `data.normalization`, nor the
+training keys of the optimizer.
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -19,16 +19,13 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.models import convert
 from gwsss_jax.models import deeplab
-from gwsss_jax.train import checkpoint
+from gwsss_jax.train import artifact
 from gwsss_jax.train import optim
-from gwsss_jax.train import trainer
 
-MODEL_FILE = 'seg_model.json'
 # The network each segmentation model's trunk needs (`meta['arch']` of converted weights).
 _ARCHS = {'deeplab_v2_resnet101': ('resnet101', 'resnet101_caffe'),
           'deeplab_largefov_vgg16': ('vgg16',)}
@@ -83,7 +80,7 @@ def model_info(config, meta: Optional[dict], pretrained: Optional[dict] = None) 
   return {'model': g.model, 'width': g.width, 'output_stride': g.output_stride,
           'num_classes': g.num_classes, 'caffe_layout': deeplab.caffe_layout(meta),
           'normalization': resolve_normalization(config, meta),
-          'pretrained': g.pretrained, 'oracle': bool(g.oracle),
+          'pretrained': g.pretrained, 'oracle': bool(g.oracle), 'dtype': g.dtype,
           'pretrained_head': pretrained_head(config, pretrained)}
 
 
@@ -174,39 +171,17 @@ def optimizer(config, params, pretrained_head=()) -> tuple[optax.GradientTransfo
   return tx, reported
 
 
-def write_model_info(directory: str, info: dict) -> None:
-  gio.atomic_write_text(os.path.join(directory, MODEL_FILE), json.dumps(info, indent=2) + '\n')
-
-
-def read_model_info(directory: str) -> dict:
-  path = os.path.join(directory, MODEL_FILE)
-  if not os.path.isfile(path):
-    raise UserError(f'no trained segmentation model in {directory} (missing {MODEL_FILE}): '
-                    'run the train_seg stage first (--config.stages=train_seg)')
-  with open(path) as f:
-    return json.load(f)
-
-
 def load_trained(config, workdir: str) -> tuple[Any, dict, dict, int]:
-  """The trained network of this config's run: (module, variables, info, step).
+  """The trained network of this config's run: (module, variables, info, step), parameters
+  only (`artifact.load`).
 
-  The config must describe the same model as the one trained (`seg.model`, `seg.width`, ...);
-  a mismatch is a UserError from the checkpoint restore.
+  The config must describe the same model as the one trained (`seg.model`, `seg.width`, ...).
   """
   directory = checkpoint_dir(config, workdir)
-  info = read_model_info(directory)
+  info = artifact.read(directory)
   for key in ('model', 'width', 'output_stride', 'num_classes'):
     if info[key] != config.seg[key]:
       raise UserError(f'config.seg.{key}={config.seg[key]!r}, but the checkpoints in '
                       f'{directory} were trained with {info[key]!r}')
-  module = build_model(config, info['caffe_layout'])
-  template = jax.eval_shape(lambda: init_variables(module, config, 0))
-  tx, _ = optimizer(config, template['params'], info.get('pretrained_head', ()))
-  ckpt = checkpoint.Checkpointer(directory, asynchronous=False)
-  step = ckpt.latest_step()
-  if step is None:
-    raise UserError(f'no checkpoint in {directory}: run the train_seg stage first')
-  state = ckpt.restore(trainer.abstract_state(template['params'], template['batch_stats'], tx),
-                       step)
-  ckpt.close()
-  return module, {'params': state['params'], 'batch_stats': state['batch_stats']}, info, step
+  module, variables, info = artifact.load(directory)
+  return module, variables, info, info['step']

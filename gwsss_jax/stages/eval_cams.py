@@ -18,6 +18,7 @@ import numpy as np
 from gwsss_jax.cams import export
 from gwsss_jax.cams import pseudo
 from gwsss_jax.cams import vis
+from gwsss_jax.common import console
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import palette
@@ -39,10 +40,14 @@ def sweep_labels(cams, keys, thresholds):
 
 
 def evaluate_image(task) -> dict:
-  """Worker: confusion matrices of one image (per readout and threshold; pseudo label)."""
-  cam_file, mask_file, label_file, thresholds, num_classes = task
+  """Worker: confusion matrices of one image (per readout and threshold; pseudo label).
+
+  task: (cam file, mask file, pseudo-label file, thresholds, classes with background[,
+  data.skip_bad]).
+  """
+  cam_file, mask_file, label_file, thresholds, num_classes, *skip_bad = task
   record = export.load_record(cam_file)
-  gt = palette.read_label_png(mask_file)
+  gt = palette.read_mask(mask_file, num_classes - 1, bool(skip_bad and skip_bad[0]))
   if tuple(record['high_res'].shape[1:]) != gt.shape:
     raise UserError(f'{cam_file}: maps of size {record["high_res"].shape[1:]} but the ground '
                     f'truth {mask_file} is {gt.shape}; re-export the CAMs')
@@ -61,21 +66,24 @@ def evaluate_image(task) -> dict:
 def accumulate(tasks, workers: int) -> dict:
   """Runs `evaluate_image` over the tasks (on `workers` processes) and sums its outputs."""
   total = {'images': 0, 'pseudo_images': 0}
+  bar = console.progress(len(tasks), 'eval_cams')
 
   def add(res):
+    bar.update(1)
     total['images'] += 1
     total['source'] = res.pop('source')
     total['pseudo_images'] += 'pseudo' in res
     for k, v in res.items():
       total[k] = total[k] + v if k in total else v
 
-  if workers <= 1:
-    for res in map(evaluate_image, tasks):
-      add(res)
-    return total
-  with multiprocessing.get_context('spawn').Pool(workers) as pool:
-    for res in pool.imap_unordered(evaluate_image, tasks, chunksize=8):
-      add(res)
+  with bar:
+    if workers <= 1:
+      for res in map(evaluate_image, tasks):
+        add(res)
+      return total
+    with multiprocessing.get_context('spawn').Pool(workers) as pool:
+      for res in pool.imap_unordered(evaluate_image, tasks, chunksize=8):
+        add(res)
   return total
 
 
@@ -154,8 +162,8 @@ def run(config, workdir: str) -> dict:
     raise UserError('config.cams.bg_sweep is empty: give at least one background threshold')
   num_classes = dataset.num_classes + 1
   tasks = [(export.cam_path(workdir, ex.name), ex.mask_path,
-            pseudo_labels.label_path(workdir, ex.name), thresholds, num_classes)
-           for ex in examples]
+            pseudo_labels.label_path(workdir, ex.name), thresholds, num_classes,
+            config.data.skip_bad) for ex in examples]
   workers = min(config.pseudo.num_workers or os.cpu_count() or 1, max(len(tasks), 1))
   pictures = write_pictures(config, workdir, dataset, examples)
   if not tasks:

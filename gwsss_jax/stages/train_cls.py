@@ -21,7 +21,6 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gwsss_jax.cams import export
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
@@ -33,12 +32,19 @@ from gwsss_jax.models import convert
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import optim
 from gwsss_jax.train import parallel
+from gwsss_jax.train import steps
 from gwsss_jax.train import trainer
 from gwsss_jax.train import writers
 
 NAME = 'train_cls'
 CHECKPOINT_DIR = 'cls_checkpoints'
 INFO_FILE = 'model_info.json'
+
+# The model's variables and loss live in train.steps, which imports no TensorFlow (the
+# benchmarks and the device check run the step where TensorFlow is not installed).
+init_variables = steps.init_classifier
+oaa_readouts = steps.oaa_readouts
+make_loss_fn = steps.classifier_loss_fn
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -56,18 +62,6 @@ def schedule(config, num_examples: int) -> tuple[int, int]:
   if config.train.max_steps > 0:
     total = min(total, config.train.max_steps)
   return spe, total
-
-
-def init_variables(model, config, rng) -> dict:
-  """Fresh variables at the training input size ({'params', ['batch_stats']}), shapes only
-  being computed when `rng` is None (a restore template)."""
-  k, c = config.model.num_nodes, input_pipeline.input_size(config)
-  images = jnp.zeros((1, k, c, c, 3), jnp.float32)
-  adjacency = jnp.ones((1, k, k), jnp.float32)
-  init = lambda r: model.init(r, images, adjacency, train=False)
-  if rng is None:
-    return jax.eval_shape(init, jax.random.key(0))
-  return trainer.run_init(init, rng)
 
 
 def _pretrained(config, variables) -> dict:
@@ -97,42 +91,6 @@ def normalization(config, workdir: str) -> dict:
       return norm_lib.resolve(json.load(f)['normalization'])
   return norm_lib.resolve(
       convert.normalization_for(config.data.normalization, config.model.pretrained))
-
-
-def oaa_readouts(config) -> tuple:
-  """The readouts the OAA store accumulates: `cams.source`, or all three."""
-  return export.READOUTS if config.cams.oaa_all_readouts else (config.cams.source,)
-
-
-def make_loss_fn(model, config, with_cams: bool):
-  """`loss_fn(params, batch_stats, batch, rng)` of `trainer.make_train_step` (Eq. 12).
-
-  Per-example outputs: sigmoid probabilities of the graph readout [b, K, L] and, for OAA,
-  {readout: export CAMs} (`classifier.cams_for_export`, the readouts of `oaa_readouts`) of the
-  members OAA reads: [b, 1, h, w, L] for the anchors (`cams.oaa_members='anchor'`), else
-  [b, K, h, w, L].
-  """
-  anchors_only = config.cams.oaa_members == 'anchor'
-  readouts = oaa_readouts(config)
-
-  train_bn = bool(not config.model.freeze_bn)
-
-  def loss_fn(params, batch_stats, batch, rng):
-    variables = {'params': params}
-    if batch_stats:
-      variables['batch_stats'] = batch_stats
-    mutable = ['batch_stats'] if (train_bn and batch_stats) else False
-    result = model.apply(variables, batch['images'], batch['adjacency'], train=True,
-                         rngs={'dropout': rng}, mutable=mutable)
-    (logits, out), new_stats = result if mutable else (result, {})
-    loss, terms = classifier.loss_fn(logits, out, batch['labels'], config.model)
-    per_example = {'probs': jax.nn.sigmoid(logits)}
-    if with_cams:
-      members = slice(0, 1) if anchors_only else slice(None)
-      per_example['cams'] = {r: classifier.cams_for_export(out, batch['labels'], r)[:, members]
-                             for r in readouts}
-    return loss, (terms, new_stats.get('batch_stats', batch_stats), per_example)
-  return loss_fn
 
 
 def make_eval_fn(model, num_nodes: int):
@@ -211,26 +169,28 @@ def run(config, workdir: str) -> dict:
   spe, total = schedule(config, len(train_set))
   directory = checkpoint_dir(workdir)
   ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.train.max_to_keep)
-  start = ckpt.latest_step() or 0
+  model = classifier.build_classifier(config.model, config.data.num_classes)
+  shapes = init_variables(model, config, None)
+  tx, learning_rates = optim.classifier_optimizer(
+      config.train, shapes['params'], shapes.get('batch_stats', {}), config.model.freeze_bn, spe)
+  # The newest readable checkpoint (a corrupt one is set aside with a warning), also when the
+  # run looks complete: a stage is only skipped over a final checkpoint that reads back.
+  start, state = ckpt.restore_latest(
+      trainer.abstract_state(shapes['params'], shapes.get('batch_stats', {}), tx))
+  start = start or 0
   if start >= total:
     print(f'[{NAME}] complete at step {start}; skipping', flush=True)
     ckpt.close()
     return {}  # the figures of the finished run stay in metrics/train_cls.json
 
-  model = classifier.build_classifier(config.model, config.data.num_classes)
   norm = normalization(config, workdir)
   if start:
-    variables = init_variables(model, config, None)
-  else:
-    variables = _pretrained(config, init_variables(model, config, jax.random.key(config.seed)))
-  params, batch_stats = variables['params'], variables.get('batch_stats', {})
-  tx, learning_rates = optim.classifier_optimizer(config.train, params, batch_stats,
-                                                  config.model.freeze_bn, spe)
-  if start:
-    state = ckpt.restore(trainer.abstract_state(params, batch_stats, tx), start)
+    batch_stats = shapes.get('batch_stats', {})
     print(f'[{NAME}] resuming from step {start} of {total}', flush=True)
   else:
-    state = trainer.init_state(params, batch_stats, tx, config.seed)
+    variables = _pretrained(config, init_variables(model, config, jax.random.key(config.seed)))
+    batch_stats = variables.get('batch_stats', {})
+    state = trainer.init_state(variables['params'], batch_stats, tx, config.seed)
     if jax.process_index() == 0:
       gio.atomic_write_text(os.path.join(directory, INFO_FILE),
                             json.dumps({'normalization': norm}, indent=1) + '\n')
@@ -252,8 +212,10 @@ def run(config, workdir: str) -> dict:
       profile_steps=config.train.profile_steps, learning_rates=learning_rates,
       evaluate=_evaluate_fn(config, model, dp, val_set, norm), on_step=on_step,
       before_save=before_save, device_keys=('images', 'labels', 'adjacency'))
+  loss_fn = make_loss_fn(model, config, oaa_store is not None)
+  spec.check_step = dp.compile(trainer.make_check_step(loss_fn), donate=False)
   train_step = dp.compile(trainer.make_train_step(
-      make_loss_fn(model, config, oaa_store is not None), tx,
+      loss_fn, tx,
       update_batch_stats=bool(not config.model.freeze_bn and jax.tree.leaves(batch_stats))))
   logging.info('%s: %d images, %d steps/epoch, %d steps, %d devices (%s)', NAME, len(train_set),
                spe, total, dp.num_devices, dp.impl)
@@ -306,23 +268,20 @@ def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
 
 
 def load_trained(config, workdir: str):
-  """(model, variables) of the final classifier checkpoint, for the CAM stages."""
+  """(model, variables) of the newest readable classifier checkpoint, for the CAM stages:
+  parameters (and BatchNorm statistics) only, so that no training key has to match."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise UserError(f'{directory}: no classifier checkpoint; run the train_cls stage first')
   ckpt = checkpoint.Checkpointer(directory, max_to_keep=None)
   try:
-    step = ckpt.latest_step()
+    model = classifier.build_classifier(config.model, config.data.num_classes)
+    shapes = init_variables(model, config, None)
+    step, state = ckpt.restore_latest(
+        {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})},
+        partial=True)
     if step is None:
       raise UserError(f'{directory}: no complete classifier checkpoint; run train_cls')
-    model = classifier.build_classifier(config.model, config.data.num_classes)
-    variables = init_variables(model, config, None)
-    params, batch_stats = variables['params'], variables.get('batch_stats', {})
-    train_set = datasets.load_split(config, config.data.train_split)
-    spe, _ = schedule(config, len(train_set))
-    tx, _ = optim.classifier_optimizer(config.train, params, batch_stats,
-                                       config.model.freeze_bn, spe)
-    state = ckpt.restore(trainer.abstract_state(params, batch_stats, tx), step)
   finally:
     ckpt.close()
   out = {'params': state['params']}

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from gwsss_jax.common import console
 from gwsss_jax.train import parallel
 from gwsss_jax.train import writers
 
@@ -77,6 +78,24 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
   return step
 
 
+def make_check_step(loss_fn: LossFn) -> Callable:
+  """The per-device test that a state is fit to be saved, `(state, batch) -> (scalars, {}, {})`
+  for `DataParallel.compile(..., donate=False)`: scalars {'finite', 'loss'}, whether every
+  parameter is finite (1.0) and the loss that the state's own parameters give on `batch`.
+
+  A step's loss is that of the parameters before its update, so a finite loss does not vouch
+  for the parameters the step leaves: a huge update can leave finite weights whose own forward
+  pass is NaN. No update is made.
+  """
+  def check(state, batch):
+    rng = parallel.device_key(jnp.asarray(state['rng'], jnp.uint32), state['step'])
+    loss, _ = loss_fn(state['params'], state['batch_stats'], batch, rng)
+    leaves = jax.tree.leaves(state['params'])
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return parallel.pmean({'finite': finite.astype(jnp.float32), 'loss': loss}), {}, {}
+  return check
+
+
 def prefetch(batches: Iterable, put: Callable, size: int = 2) -> Iterator[tuple]:
   """Yields (host_batch, device_batch), with `size` batches already transferred ahead.
 
@@ -115,6 +134,9 @@ class Fit:
     device_keys: the batch entries the step needs (None = all); the others stay on the host
       for `on_step`.
     lr_key: the config key a divergence message tells the user to lower.
+    check_step: `DataParallel.compile(make_check_step(loss_fn), donate=False)`; when given,
+      a state is saved only if its parameters are finite and give a finite loss on the step's
+      batch (else the run stops: the checkpoint on disk stays the last good one).
   """
 
   def __init__(self, *, name: str, total_steps: int, steps_per_epoch: int = 0,
@@ -124,7 +146,8 @@ class Fit:
                evaluate: Optional[Callable[[Any], dict]] = None,
                on_step: Optional[Callable[[int, Any, Any], None]] = None,
                before_save: Optional[Callable[[], None]] = None,
-               device_keys: Optional[tuple] = None, lr_key: str = 'train.base_lr'):
+               device_keys: Optional[tuple] = None, lr_key: str = 'train.base_lr',
+               check_step: Optional[Callable] = None):
     self.name = name
     self.total_steps = total_steps
     self.steps_per_epoch = steps_per_epoch
@@ -139,6 +162,7 @@ class Fit:
     self.before_save = before_save
     self.device_keys = device_keys
     self.lr_key = lr_key
+    self.check_step = check_step
 
   def to_device(self, dp: parallel.DataParallel, host_batch):
     if self.device_keys is not None:
@@ -180,8 +204,9 @@ def fit(dp: parallel.DataParallel, train_step: Callable, state, batches: Iterabl
         spec.on_step(step, host_batch, per_example)
       for hook in hooks:
         hook(step)
-      loop.after_step(step, state)
+      loop.after_step(step, state, batch)
   finally:  # a save in flight holds a good state: let it finish, also on errors
+    loop.bar.close()
     writer.flush()
     checkpointer.wait()
   if step < spec.total_steps:
@@ -194,13 +219,16 @@ class _Loop:
 
   def __init__(self, dp, spec: Fit, checkpointer, writer, step: int):
     self.dp, self.spec, self.checkpointer, self.writer = dp, spec, checkpointer, writer
-    self.guard = writers.NanGuard(checkpointer.directory, spec.lr_key)
+    self.guard = writers.NanGuard(checkpointer.directory, spec.lr_key,
+                                  latest_step=checkpointer.latest_step)
     self.meter = writers.MeanMeter()
     self.last = {}
     self._tick, self._tick_step = time.time(), step
+    self.bar = console.progress(spec.total_steps, spec.name, unit='step', initial=step)
 
-  def after_step(self, step: int, state) -> None:
+  def after_step(self, step: int, state, batch) -> None:
     spec = self.spec
+    self.bar.update(1)
     epoch_end = spec.steps_per_epoch > 0 and step % spec.steps_per_epoch == 0
     final = step == spec.total_steps
     if step % spec.log_every == 0 or final:
@@ -209,11 +237,11 @@ class _Loop:
         epoch_end and (step // spec.steps_per_epoch) % spec.eval_every_epochs == 0)):
       self._evaluate(step, state)
     if step % spec.checkpoint_every == 0 or epoch_end or final:
-      self._save(step, state)
+      self._save(step, state, batch)
 
   def _print(self, name: str, step: int, scalars: dict) -> None:
     if jax.process_index() == 0:
-      print(writers.progress_line(name, step, self.spec.total_steps, scalars), flush=True)
+      console.line(writers.progress_line(name, step, self.spec.total_steps, scalars))
 
   def _log(self, step: int) -> None:
     self.guard.check(self.dp.unreplicate)
@@ -241,8 +269,11 @@ class _Loop:
     self.last.update(results)
     self._tick, self._tick_step = time.time(), step  # keep evaluation out of steps/s
 
-  def _save(self, step: int, state) -> None:
+  def _save(self, step: int, state, batch) -> None:
     self.guard.check(self.dp.unreplicate)
+    if self.spec.check_step is not None:
+      scalars = self.dp.unreplicate(self.spec.check_step(state, batch)[0])
+      self.guard.check_state(step, bool(scalars['finite']), float(scalars['loss']))
     if self.spec.before_save is not None:
       self.spec.before_save()
     self.checkpointer.save(step, to_checkpoint(self.dp, state), force=True)

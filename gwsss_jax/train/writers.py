@@ -5,6 +5,7 @@ import TensorFlow (seconds), so they are imported where a writer is made.
 """
 
 import math
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +15,13 @@ from gwsss_jax.common.errors import UserError
 
 
 def create_writer(logdir: str):
-  """TensorBoard events under `logdir` plus the console (absl logging) on process 0."""
+  """TensorBoard events under `logdir` on process 0, nothing on the others. No console writer:
+  the training loop prints its own line per interval (`progress_line`), and clu's
+  `LoggingWriter` would print the same numbers a second time."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(logdir)])
 
 
 def periodic_hooks(logdir: str, writer, *, num_train_steps: int, profile_steps: int) -> list:
@@ -37,13 +42,17 @@ class NanGuard:
   """Remembers each step's loss (device arrays, no host transfer) until `check`.
 
   `check` runs before every checkpoint save and at each log step, so a non-finite loss stops the
-  run before its state can be saved: the last checkpoint on disk is the last good one.
+  run before its state can be saved; `check_state` stops it when the state about to be saved
+  has non-finite parameters or parameters whose own loss is not finite. The last checkpoint on
+  disk is then the last good one.
   """
 
-  def __init__(self, checkpoint_dir: str = '', lr_key: str = 'train.base_lr'):
+  def __init__(self, checkpoint_dir: str = '', lr_key: str = 'train.base_lr',
+               latest_step: Optional[Callable[[], Optional[int]]] = None):
     self._pending = []
     self._checkpoint_dir = checkpoint_dir
     self._lr_key = lr_key
+    self._latest_step = latest_step
 
   def add(self, step: int, loss) -> None:
     self._pending.append((step, loss))
@@ -54,10 +63,23 @@ class NanGuard:
     for step, loss in pending:
       value = float(np.asarray(to_host(loss)))
       if not math.isfinite(value):
-        where = (f'; the last good checkpoint is in {self._checkpoint_dir}'
-                 if self._checkpoint_dir else '')
-        raise UserError(f'training diverged: loss is {value} at step {step} (lower the learning '
-                        f'rate, config.{self._lr_key}){where}')
+        self._stop(f'loss is {value} at step {step}')
+
+  def check_state(self, step: int, finite_params: bool, own_loss: float) -> None:
+    """Raises UserError when the state of `step` is not fit to be saved."""
+    if not finite_params:
+      self._stop(f'the parameters after step {step} are not finite; not saved')
+    if not math.isfinite(own_loss):
+      self._stop(f'the parameters after step {step} give a loss of {own_loss}; not saved')
+
+  def _stop(self, what: str):
+    where = ''
+    if self._checkpoint_dir:
+      last = self._latest_step() if self._latest_step is not None else None
+      step = f'step {last} ' if last is not None else ''
+      where = f'; the last good checkpoint is {step}in {self._checkpoint_dir}'
+    raise UserError(f'training diverged: {what} (lower the learning rate, '
+                    f'config.{self._lr_key}){where}')
 
 
 class MeanMeter:
