@@ -603,16 +603,22 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _YNN_CONV.value:
     xla_flags.configure_cpu()
-  if _QUICK.value:
+  # GWSSS_BENCH_SMOKE=1 (as benchmarks/smoke.py): a documented full-size command runs at --quick
+  # sizes, so that a test can prove it runs without taking the minutes its figures need.
+  quick = _QUICK.value or os.environ.get('GWSSS_BENCH_SMOKE') == '1'
+  if quick and not _QUICK.value:
+    print('# GWSSS_BENCH_SMOKE=1: --quick sizes; the figures say nothing about speed',
+          file=sys.stderr, flush=True)
+  if quick:
     xla_flags.configure_quick_cpu()
   if _PER_DEVICE_BATCH.value < 0:
     raise app.UsageError(f'--per_device_batch={_PER_DEVICE_BATCH.value}: must be >= 0')
   try:
     steps, warmup = _STEPS.value, _WARMUP.value
-    if _QUICK.value:  # one step without warm-up unless --steps/--warmup say otherwise
+    if quick:  # one step without warm-up unless --steps/--warmup say otherwise
       steps = steps if flags.FLAGS['steps'].present else 1
       warmup = warmup if flags.FLAGS['warmup'].present else 0
-    run(_CONFIG.value, [g.strip() for g in _ONLY.value if g.strip()], quick=_QUICK.value,
+    run(_CONFIG.value, [g.strip() for g in _ONLY.value if g.strip()], quick=quick,
         num_devices=_NUM_DEVICES.value, steps=max(steps, 1), warmup=max(warmup, 0),
         backbones=_BACKBONES.value, ks=_KS.value, graph_ks=_GRAPH_KS.value,
         per_device_batch=_PER_DEVICE_BATCH.value, workdir=_WORKDIR.value,
