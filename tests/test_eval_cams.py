@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from gwsss_jax.cams import export
+from gwsss_jax.cams import pseudo
 from gwsss_jax.cams import vis
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
@@ -73,7 +74,7 @@ def run_dir(tmp_path):
     if i < 2:
       label = np.where(rng.random((h, w)) < 0.7, gt, 255).astype(np.uint8)
       label[rng.random((h, w)) < 0.1] = 0
-      palette.save_label_png(pseudo_labels.label_path(workdir, f'im{i}'), label)
+      palette.save_label_png(pseudo.label_path(workdir, f'im{i}'), label)
     examples.append(datasets.Example(f'im{i}', img_path, mask_path, tuple(keys)))
     data.append((record, gt, label))
   return workdir, datasets.Dataset(examples, NAMES, 'train'), data
@@ -82,7 +83,7 @@ def run_dir(tmp_path):
 def test_metrics_match_an_independent_computation(run_dir):
   workdir, ds, data = run_dir
   tasks = [(export.cam_path(workdir, ex.name), ex.mask_path,
-            pseudo_labels.label_path(workdir, ex.name), THRESHOLDS, 4) for ex in ds.examples]
+            pseudo.label_path(workdir, ex.name), THRESHOLDS, 4) for ex in ds.examples]
   out, table = eval_cams.summarize(eval_cams.accumulate(tasks, 1), THRESHOLDS, NAMES)
   for r in export.READOUTS:
     per_t = []
@@ -120,7 +121,7 @@ def _out_of_range(run_dir):
 
 def _tasks(workdir, ds, *skip_bad):
   return [(export.cam_path(workdir, ex.name), ex.mask_path,
-           pseudo_labels.label_path(workdir, ex.name), THRESHOLDS, 4, *skip_bad)
+           pseudo.label_path(workdir, ex.name), THRESHOLDS, 4, *skip_bad)
           for ex in ds.examples]
 
 
@@ -199,14 +200,14 @@ def test_stages_end_to_end_on_the_builtin_dataset(tmp_path, capsys):
   assert out['export_cams/images'] == 10 and out['export_cams/missing_maps'] == 0
   labelled = pseudo_labels.run(config, workdir)
   assert labelled['pseudo_labels/images'] == 10
-  coverage = [np.mean(palette.read_label_png(pseudo_labels.label_path(workdir, ex.name)) != 255)
+  coverage = [np.mean(palette.read_label_png(pseudo.label_path(workdir, ex.name)) != 255)
               for ex in train.examples]
   assert labelled['pseudo_labels/mean_coverage'] == pytest.approx(np.mean(coverage), abs=1e-12)
   assert labelled['pseudo_labels/all_ignored'] == sum(c == 0 for c in coverage)
   # A repeated run, and one resumed after an interruption, report the same figures (18.7).
   assert pseudo_labels.run(config, workdir) == labelled
   for ex in train.examples[:4]:
-    os.remove(pseudo_labels.label_path(workdir, ex.name))
+    os.remove(pseudo.label_path(workdir, ex.name))
   capsys.readouterr()
   assert pseudo_labels.run(config, workdir) == labelled
   assert '4 labels written, 6 kept' in capsys.readouterr().out

@@ -44,8 +44,7 @@ def check(config, stages) -> dict:
     files += sum(1 + bool(ex.mask_path) for ex in dataset.examples)
   train = loaded.get(config.data.train_split)
   if train is not None and 'train_seg' in stages and config.seg.oracle:
-    from gwsss_jax.stages import train_seg  # pylint: disable=g-import-not-at-top
-    train_seg.require_masks(config, train)
+    datasets.require_masks(config, train)
   if train is not None and 'pseudo_labels' in stages and config.data.saliency_dir:
     files += _check_saliency(config, train)
   for key, stage in (('model.pretrained', 'train_cls'), ('seg.pretrained', 'train_seg')):
@@ -59,8 +58,7 @@ def check(config, stages) -> dict:
 
 
 def _check_saliency(config, dataset) -> int:
-  from gwsss_jax.stages import pseudo_labels  # pylint: disable=g-import-not-at-top
-  root = pseudo_labels.saliency_root(config)
+  root = datasets.saliency_root(config)
 
   def problem(ex):
     path = os.path.join(root, ex.name + '.png')

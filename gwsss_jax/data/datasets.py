@@ -57,6 +57,23 @@ def check_mask_values(dataset: Dataset, data_config, num_workers: int = 8) -> No
       pass
 
 
+def require_masks(config, dataset: Dataset) -> None:
+  """UserError unless every image of the training split has a ground-truth mask (oracle)."""
+  missing = [ex.name for ex in dataset.examples if not ex.mask_path]
+  if missing:
+    raise UserError(f'config.seg.oracle=True needs ground-truth masks, but split '
+                    f'{config.data.train_split!r} has none for {len(missing)} images '
+                    f'(e.g. {missing[0]})')
+
+
+def saliency_root(config) -> str:
+  """`data.saliency_dir` resolved against `data.root` when relative; '' when unset."""
+  d = config.data.saliency_dir
+  if not d:
+    return ''
+  return d if os.path.isabs(d) else os.path.join(config.data.root, d)
+
+
 def synthetic_root(workdir: str) -> str:
   return os.path.join(workdir, 'data', 'synthetic')
 

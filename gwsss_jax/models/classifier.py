@@ -49,6 +49,12 @@ from gwsss_jax.models.resnet import ResNet101
 from gwsss_jax.models.vgg import VGG16, scaled
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The keys of `config.model` that describe the network, recorded with a trained classifier
+# (`gwsss_jax.train.artifact`) so that later stages rebuild it from the record; `num_nodes` is the
+# group size its variables are initialised for.
+ARCH_KEYS = ('variant', 'backbone', 'width', 'output_stride', 'freeze_bn', 'node_dim', 'num_nodes',
+             'num_steps', 'reduction', 'gru_kernel', 'graph_dropout', 'drop_rate',
+             'drop_threshold', 'drop_mask', 'dtype')
 
 
 class GroupClassifier(nn.Module):

@@ -17,7 +17,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -26,33 +25,16 @@ from jax.sharding import PartitionSpec as P
 
 from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
-from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
 from gwsss_jax.data import palette
 from gwsss_jax.evaluation import metrics as metrics_lib
 from gwsss_jax.seg import common
 from gwsss_jax.seg import inference
+from gwsss_jax.train import artifact
 
 MANIFEST = 'manifest.json'
 VOC_TEST_LAYOUT = os.path.join('VOC2012', 'Segmentation', 'comp6_test_cls')
-
-
-def check_crf(seg_config) -> None:
-  """Dense CRF post-processing is not offered, as for the pseudo labels (`cams.crf`)."""
-  if seg_config.crf:
-    raise UserError('config.seg.crf=True: dense CRF is not available (no maintained dense-CRF '
-                    'package installs from wheels here: pydensecrf2 and SimpleCRF need a C++ '
-                    'toolchain and Cython); set seg.crf=False')
-
-
-def make_predict_fn(module, scales, flip: bool):
-  """jit(variables, images [B, H, W, 3]) -> labels uint8 [B, H, W]."""
-  def predict(variables, images):
-    probs = inference.multiscale_probs(
-        lambda x: module.apply(variables, x, train=False), images, scales, flip)
-    return jnp.argmax(probs, axis=-1).astype(jnp.uint8)
-  return jax.jit(predict)
 
 
 def output_dir(config, workdir: str, has_masks: bool) -> str:
@@ -95,8 +77,10 @@ def _local_sharding(batch_size: int):
 def run(config, workdir: str) -> dict:
   g = config.seg
   names = common.run_names(g.oracle)
-  check_crf(g)
-  module, variables, info, step = common.load_trained(config, workdir)
+  inference.check_crf(g)
+  module, variables, info = artifact.load(common.checkpoint_dir(config, workdir),
+                                          artifact.SEGMENTER, config)
+  step = info['step']
   dataset = datasets.load_split(config, config.data.val_split)
   class_names = ('background',) + tuple(dataset.class_names)
   has_masks = all(ex.mask_path for ex in dataset.examples)
@@ -130,7 +114,7 @@ def run(config, workdir: str) -> dict:
                                            pad_to=canvas, normalization=info['normalization'],
                                            process_index=0, process_count=1,
                                            with_masks=has_masks)
-    predict = make_predict_fn(module, tuple(g.eval_scales), g.eval_flip)
+    predict = inference.make_predict_fn(module, tuple(g.eval_scales), g.eval_flip)
     data_sharding, replicated = _local_sharding(g.eval_batch_size)
     variables = jax.device_put(variables, replicated)
     bar = console.progress(len(todo), names.miou.replace('_miou', '_eval'))

@@ -29,22 +29,6 @@ from gwsss_jax.data import datasets
 from gwsss_jax.data import palette
 
 
-def label_dir(workdir: str) -> str:
-  return os.path.join(workdir, 'pseudo_labels')
-
-
-def label_path(workdir: str, name: str) -> str:
-  return os.path.join(label_dir(workdir), name + '.png')
-
-
-def saliency_root(config) -> str:
-  """`data.saliency_dir` resolved against `data.root` when relative; '' when unset."""
-  d = config.data.saliency_dir
-  if not d:
-    return ''
-  return d if os.path.isabs(d) else os.path.join(config.data.root, d)
-
-
 def read_saliency(path: str, header_only: bool = False):
   """uint8 [H, W] saliency (0..255; RGB maps are converted to grey), or its (H, W) from the
   header alone; UserError naming the file when it is missing or unreadable."""
@@ -103,7 +87,7 @@ def run(config, workdir: str) -> dict:
                     'package installs from wheels here: pydensecrf2 and SimpleCRF need a C++ '
                     'toolchain); set cams.crf=False')
   dataset = datasets.load_split(config, config.data.train_split)
-  sal_root = saliency_root(config)
+  sal_root = datasets.saliency_root(config)
   if sal_root and not os.path.isdir(sal_root):
     raise UserError(f'config.data.saliency_dir={config.data.saliency_dir!r}: directory '
                     f'{sal_root} not found')
@@ -115,12 +99,12 @@ def run(config, workdir: str) -> dict:
             'cam_norm': q.cam_norm,
             'bg_threshold': config.cams.bg_threshold}
   mine = dataset.examples[jax.process_index()::jax.process_count()]
-  os.makedirs(label_dir(workdir), exist_ok=True)
+  os.makedirs(pseudo.label_dir(workdir), exist_ok=True)
   # Every label, not only those written now: the figures describe all of them (labels of an
   # earlier run are read back), so that a resumed or repeated run reports the same.
   tasks = [(ex.name, export.cam_path(workdir, ex.name),
             os.path.join(sal_root, ex.name + '.png') if sal_root else '',
-            label_path(workdir, ex.name), params) for ex in mine]
+            pseudo.label_path(workdir, ex.name), params) for ex in mine]
   workers = min(q.num_workers or os.cpu_count() or 1, max(len(tasks), 1))
   results = {}
   bar = console.progress(len(tasks), 'pseudo_labels')
