@@ -10,8 +10,8 @@ readable header, checked before the first training step (headers only: no pixel 
 - ground-truth masks for every training image when `seg.oracle` trains on them;
 - a saliency map with a readable header for every training image (`data.saliency_dir`, read by
   pseudo_labels);
-- the pretrained weights named by `model.pretrained` (train_cls) and `seg.pretrained`
-  (train_seg).
+- the pretrained weights directories of `model.pretrained` (train_cls) and `seg.pretrained`
+  (train_seg); a name (`torchvision:vgg16`) is fetched and checked when the run starts.
 The first problem stops the run with one line naming the file (`data.skip_bad` skips bad
 items of the lists instead, as the stages do).
 """
@@ -22,6 +22,7 @@ import os
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import voc
+from gwsss_jax.models import hub
 
 NAME = 'check_data'  # the stage that runs the check alone
 _READS_TRAIN = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg')
@@ -49,7 +50,7 @@ def check(config, stages) -> dict:
     files += _check_saliency(config, train)
   for key, stage in (('model.pretrained', 'train_cls'), ('seg.pretrained', 'train_seg')):
     path = config.model.pretrained if key == 'model.pretrained' else config.seg.pretrained
-    if stage in stages and path:
+    if stage in stages and path and path not in hub.NAMES:  # a name is fetched at the start
       if not os.path.exists(path):
         raise UserError(f'config.{key}={path!r}: not found')
       files += 1
