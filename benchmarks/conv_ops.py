@@ -1,13 +1,16 @@
 """Per-op timing of VGG16's convolutions at 224x224 (batch 3): forward, backprop-input and
 backprop-filter under XLA:CPU (NHWC/HWIO, as flax) against torch CPU (NCHW) doing the same op.
 
-  .venv/bin/python benchmarks/conv_ops.py [--reps=5] [--layers=all|conv1_2,conv3_2,...]
+  .venv/bin/python -m benchmarks.conv_ops [--reps=5] [--layers=all|conv1_2,conv3_2,...]
+  (from the repository root)
 
 Prints one JSON line per (layer, op, framework) with the median time in ms and GFLOP/s, and the
 totals over the 13 convolutions. `bwd_filter_taps` / `bwd_filter_im2col` compute the weight
 gradient by hand (nine shifted matmuls / one patches matmul), the candidates of a custom VJP.
 Run it under `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`
 to time XLA's Eigen convolutions instead of YNNPACK (see gwsss_jax/common/xla_flags.py).
+With GWSSS_BENCH_SMOKE=1 (benchmarks/smoke.py) every layer shrinks (1/8 of the side and of the
+channels, batch 1) and each op runs once, without warm-up.
 """
 
 import argparse
@@ -20,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from benchmarks import smoke
+
 # (name, H=W of the input, C_in, C_out, dilation) of the release's VGG16 (stride 8).
 LAYERS = (('conv1_1', 224, 3, 64, 1), ('conv1_2', 224, 64, 64, 1),
           ('conv2_1', 112, 64, 128, 1), ('conv2_2', 112, 128, 128, 1),
@@ -29,8 +34,9 @@ LAYERS = (('conv1_1', 224, 3, 64, 1), ('conv1_2', 224, 64, 64, 1),
 COUNT = {'conv3_2': 2, 'conv4_2': 2, 'conv5_1': 3}  # identical layers in the network
 
 
-def median_time(fn, reps):
-  fn()
+def median_time(fn, reps, warmup=True):
+  if warmup:
+    fn()
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
@@ -102,16 +108,21 @@ def main():
   parser.add_argument('--batch', type=int, default=3)
   parser.add_argument('--layers', default='all')
   args = parser.parse_args()
+  smoke_mode = smoke.enabled()
+  if smoke_mode:
+    args.reps, args.batch = 1, 1
   torch.set_num_threads(2)
   total = {}
   for name, h, cin, cout, d in LAYERS:
     if args.layers != 'all' and name not in args.layers.split(','):
       continue
+    if smoke_mode:  # the RGB input keeps its 3 channels
+      h, cin, cout = max(h // 8, 4), (cin if cin == 3 else cin // 8), cout // 8
     flops = 2.0 * args.batch * h * h * cin * cout * 9
     for fw, make in (('jax', jax_ops), ('torch', torch_ops)):
       ops = make(args.batch, h, cin, cout, d)
       for op, fn in ops.items():
-        t = median_time(fn, args.reps)
+        t = median_time(fn, args.reps, warmup=not smoke_mode)
         total[(fw, op)] = total.get((fw, op), 0.0) + t * COUNT.get(name, 1)
         print(json.dumps({'layer': name, 'op': op, 'fw': fw, 'ms': round(t * 1e3, 2),
                           'gflops': round(flops / t / 1e9, 1)}), flush=True)

@@ -7,6 +7,8 @@ expands its select-and-scatter into iotas, an argmax reduce-window and a scatter
 `gwsss_jax.models.pooling.max_pool` (the project's custom VJP) and torch's max_pool2d (NCHW,
 2 threads). The gradient timings include the forward, as a training step computes both.
 Prints one JSON line per (pool, implementation, op) with the median in ms, then the totals.
+With GWSSS_BENCH_SMOKE=1 (benchmarks/smoke.py) every pool shrinks (1/8 of the side and of the
+channels, batch 1) and each op runs once, without warm-up.
 """
 
 import argparse
@@ -16,7 +18,10 @@ import time
 
 from gwsss_jax.common import xla_flags
 
+from benchmarks import smoke
+
 xla_flags.configure_cpu()
+SMOKE = smoke.enabled()
 
 import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -32,7 +37,8 @@ POOLS = (('pool1', 224, 64, 2, 2, 0), ('pool2', 112, 128, 2, 2, 0),
 
 
 def median_ms(fn, reps):
-  jax.block_until_ready(fn())
+  if not SMOKE:
+    jax.block_until_ready(fn())
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
@@ -66,10 +72,14 @@ def main():
   parser.add_argument('--reps', type=int, default=7)
   parser.add_argument('--batch', type=int, default=3)
   args = parser.parse_args()
+  if SMOKE:
+    args.reps, args.batch = 1, 1
   torch.set_num_threads(2)
   rng = np.random.default_rng(0)
   total = {}
   for name, h, c, window, stride, pad in POOLS:
+    if SMOKE:
+      h, c = h // 8, c // 8
     # Post-ReLU activations: a quarter of the windows are all zeros (ties).
     x = jnp.asarray(np.maximum(rng.standard_normal((args.batch, h, h, c), np.float32), 0))
     padding = ((pad, pad), (pad, pad))

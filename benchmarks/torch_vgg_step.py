@@ -1,6 +1,7 @@
 """The release-sized training step in PyTorch CPU, as a same-machine, same-moment baseline.
 
   .venv/bin/python benchmarks/torch_vgg_step.py [--steps=5] [--threads=2] [--serve] [--no_graph]
+      [--device=cuda] [--compile] [--width=1.0] [--size=224]
 
 VGG16 as the release builds it (pools 1-3 2x2/2, pool4 3x3/1, conv5 dilated 2), three 3x3
 convolutions of 512 + ReLU, a 1x1 class convolution (20 classes); then the release's graph over
@@ -13,7 +14,11 @@ the release loops over nodes and pairs. `--no_graph` keeps the trunk and one rea
 (the graph is a small share of the FLOPs but a larger share of the time in PyTorch's loops).
 Prints JSON lines: the median training step and forward (no_grad) times. With `--serve` it
 builds the model once, then times one `step` or `forward` per line read from stdin and answers
-each with a JSON line (`benchmarks/versus_torch.py` interleaves it with the JAX step).
+each with a JSON line (`benchmarks/versus_torch.py` and `benchmarks/device_check.py` interleave
+it with the JAX step). `--device=cuda` runs on the GPU (TF32 allowed for convolutions and
+matmuls, as JAX does at its default precision; each timing ends with a synchronize);
+`--compile` wraps the trunk and the graph in `torch.compile` (its first call compiles);
+`--width`/`--size` shrink the network and the images (smoke tests).
 """
 
 import argparse
@@ -28,7 +33,9 @@ from torch import nn
 CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'P', 'D', 'D', 'D')
 
 
-def vgg_release(num_classes: int = 20) -> nn.Sequential:
+def vgg_release(num_classes: int = 20, width: float = 1.0) -> nn.Sequential:
+  """`width` scales every channel count as `gwsss_jax.models.vgg.scaled` does."""
+  ch = lambda c: max(1, int(round(c * width)))
   layers, cin = [], 3
   for v in CFG:
     if v == 'M':
@@ -36,12 +43,13 @@ def vgg_release(num_classes: int = 20) -> nn.Sequential:
     elif v == 'P':
       layers.append(nn.MaxPool2d(3, 1, 1))
     else:
-      cout, dil = (512, 2) if v == 'D' else (v, 1)
+      cout, dil = (ch(512), 2) if v == 'D' else (ch(v), 1)
       layers += [nn.Conv2d(cin, cout, 3, padding=dil, dilation=dil), nn.ReLU(inplace=True)]
       cin = cout
   for _ in range(3):
-    layers += [nn.Conv2d(512, 512, 3, padding=1), nn.ReLU(inplace=True)]
-  layers.append(nn.Conv2d(512, num_classes, 1))
+    layers += [nn.Conv2d(cin, ch(512), 3, padding=1), nn.ReLU(inplace=True)]
+    cin = ch(512)
+  layers.append(nn.Conv2d(cin, num_classes, 1))
   return nn.Sequential(*layers)
 
 
@@ -96,16 +104,29 @@ def main():
   parser.add_argument('--batch', type=int, default=3)
   parser.add_argument('--serve', action='store_true', help='time one step per stdin line')
   parser.add_argument('--no_graph', action='store_true', help='the trunk and one readout only')
+  parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+  parser.add_argument('--compile', action='store_true', help='torch.compile trunk and graph')
+  parser.add_argument('--width', type=float, default=1.0, help='channel multiplier')
+  parser.add_argument('--size', type=int, default=224, help='image side')
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
-  model = vgg_release()
-  graph = None if args.no_graph else ReleaseGraph(k=args.batch)
+  device = torch.device(args.device)
+  if device.type == 'cuda':
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+  model = vgg_release(width=args.width).to(device)
+  graph = None if args.no_graph else ReleaseGraph(k=args.batch).to(device)
   params = list(model.parameters()) + ([] if graph is None else list(graph.parameters()))
   opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
-  x = torch.randn(args.batch, 3, 224, 224)
-  y = (torch.rand(args.batch, 20) < 0.2).float()
+  if args.compile:
+    model = torch.compile(model)
+    graph = None if graph is None else torch.compile(graph)
+  x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+  y = (torch.rand(args.batch, 20) < 0.2).float().to(device)
   loss_fn = nn.functional.multilabel_soft_margin_loss
+  sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
 
   def run():
     maps = model(x)
@@ -123,15 +144,18 @@ def main():
       loss = (0.4 * loss_fn(mid, y) + loss_fn(out, y)) / 2  # the six terms' mean
     loss.backward()
     opt.step()
+    sync()
 
   def forward():
     with torch.no_grad():
       run()
+    sync()
 
   if args.serve:
     fns = {'step': step, 'forward': forward}
     for line in sys.stdin:
       fn = fns[line.strip()]
+      sync()
       t0 = time.perf_counter()
       fn()
       print(json.dumps({'op': line.strip(), 's': time.perf_counter() - t0}), flush=True)

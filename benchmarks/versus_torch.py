@@ -11,7 +11,9 @@ network in PyTorch (2 threads; the release's graph included unless `--torch_no_g
 times one JAX step and one torch step, in alternating order, with a pause between them so
 neither framework's idle threads spin during the other's step. Same for the forward pass
 (the JAX forward includes the graph). Prints one JSON line per round and the medians with the
-JAX/torch ratio.
+JAX/torch ratio. With GWSSS_BENCH_SMOKE=1 (benchmarks/smoke.py) both networks shrink to
+`bench --quick`'s width and image size, torch runs one thread, and one round runs without
+warm-up or pauses.
 """
 
 import argparse
@@ -24,7 +26,10 @@ import time
 
 from gwsss_jax.common import xla_flags
 
+from benchmarks import smoke
+
 xla_flags.configure_cpu()
+SMOKE = smoke.enabled()
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -41,9 +46,11 @@ class TorchServer:
   """`torch_vgg_step.py --serve` in a subprocess: one timed op per request."""
 
   def __init__(self, threads: int, no_graph: bool):
+    # Smoke: `bench --quick`'s width and image size (Bench.model_config), as the JAX side.
     self.proc = subprocess.Popen(
         [sys.executable, TORCH_SCRIPT, '--serve', f'--threads={threads}']
-        + (['--no_graph'] if no_graph else []),
+        + (['--no_graph'] if no_graph else [])
+        + (['--width=0.0625', '--size=32'] if SMOKE else []),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
   def time(self, op: str) -> float:
@@ -67,10 +74,12 @@ def main():
   parser.add_argument('--torch_no_graph', action='store_true',
                       help="torch without the release's graph (the JAX step keeps it)")
   args = parser.parse_args()
+  if SMOKE:  # one thread: idle OpenMP threads would spin against JAX's without the pauses
+    args.rounds, args.pause, args.threads = 1, 0.0, 1
   flags.FLAGS(sys.argv[:1])  # bench's absl flags keep their defaults
   config = voc.get_config()
   config.model.variant = 'release'
-  runner = bench.Bench(config, quick=False, num_devices=1, steps=1, warmup=0)
+  runner = bench.Bench(config, quick=SMOKE, num_devices=1, steps=1, warmup=0)
   config = runner.model_config('vgg16', 3)
   step, step_args, _ = runner.build_classifier_step(config)
   step = step.lower(*step_args).compile()
@@ -98,7 +107,7 @@ def main():
   torch_server = TorchServer(args.threads, args.torch_no_graph)
   jax_ops = {'step': jax_step, 'forward': jax_forward}
   times = {(fw, op): [] for fw in ('jax', 'torch') for op in jax_ops}
-  for op in jax_ops:  # warm-up, untimed
+  for op in jax_ops if not SMOKE else ():  # warm-up, untimed
     jax_ops[op]()
     torch_server.time(op)
   for r in range(args.rounds):

@@ -4,19 +4,29 @@
 
 Groups (`--only`, default all): `train_cls` (classifier training step: images/s, step time,
 compile time, FLOPs and achieved FLOP/s against the device's peak, for each backbone of
-`--backbones` and K of `--ks` at `data.crop_size`), `graph_share` (the graph's share of the
+`--backbones` and K of `--ks` at the classifier's input size), `graph_share` (the graph's share of the
 step for K in `--graph_ks`: the step with `model.num_steps` message-passing rounds against the
 same step with none), `input_pipeline` (groups/s of `input_pipeline.train_iterator`),
 `cam_export` (the group-inference forward of `export_cams` over `cams.scales` and flips),
-`train_seg` (DeepLab training step). After each group, the process's peak host memory
+`train_seg` (DeepLab training step), `crf` (dense CRF images/s, reference and JAX:
+`gwsss_jax/crf/bench.py`). After each group, the process's peak host memory
 (`getrusage` maxrss: a running maximum over the whole process, so run one group per process for
 a per-group figure) and, where the runtime reports it, the device's peak memory.
 
+Each compiled step also gives `<group>.mfu`: XLA's FLOP count of the step over its time, as a
+fraction of the device's peak for `model.dtype` (`--config.model.dtype=bfloat16` for bf16
+activations; parameters, optimizer state and loss stay float32). `--per_device_batch=N` runs N
+groups on each device (the global batch is N x devices).
+
 Each line is `{"name", "value", "unit", ...context}`; a figure that cannot be measured (no data
-for the input pipeline, an unknown peak) gets `"value": null` and a `"note"`. `--quick` shrinks
-widths and sizes so that every group runs in seconds (the smoke test); its figures say nothing
-about speed. Timings are the median of `--steps` steps after `--warmup` steps, on
-`--num_devices` devices (the global batch is the configured one rounded up to a multiple).
+for the input pipeline, an unknown peak, no device memory statistics) gets `"value": null` and
+a `"note"`. Only the `input_pipeline` group imports TensorFlow: the step groups run without it.
+`--quick` shrinks widths and sizes so that every group runs in seconds (the smoke test); its
+figures say nothing about speed. Timings are the median of `--steps` steps after `--warmup`
+steps, on `--num_devices` devices (the global batch is the configured one rounded up to a
+multiple).
+`--quick` defaults to one step without warm-up and, on a CPU, compiles without XLA's backend
+optimisations (`xla_flags.configure_quick_cpu`).
 
 On XLA:CPU the command first takes convolutions off YNNPACK (`common.xla_flags.configure_cpu`,
 which makes training there several times faster); `--ynn_conv` measures jaxlib's default
@@ -46,10 +56,11 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from gwsss_jax import config as config_lib
 from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
 
-GROUPS = ('train_cls', 'graph_share', 'input_pipeline', 'cam_export', 'train_seg')
+GROUPS = ('train_cls', 'graph_share', 'input_pipeline', 'cam_export', 'train_seg', 'crf')
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/voc.py', 'Configuration file.')
 _ONLY = flags.DEFINE_list('only', list(GROUPS), f'Figure groups to run, from {GROUPS}.')
@@ -57,8 +68,11 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Tiny widths and sizes (smoke test; n
                            'figure).')
 _BACKBONES = flags.DEFINE_list('backbones', ['vgg16', 'resnet101'], 'train_cls backbones.')
 _KS = flags.DEFINE_list('ks', ['3', '4'], 'train_cls group sizes K.')
-_GRAPH_KS = flags.DEFINE_list('graph_ks', [str(k) for k in range(2, 9)],
-                              'graph_share group sizes K (2,3 by default with --quick).')
+_GRAPH_KS = flags.DEFINE_list('graph_ks', None,
+                              'graph_share group sizes K (default 2..8; 2,3 with --quick).')
+_PER_DEVICE_BATCH = flags.DEFINE_integer(
+    'per_device_batch', 0, 'Groups per device for train_cls and graph_share (0 = '
+    'train.batch_size rounded up to a multiple of the device count).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (median reported).')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compilation.')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 1, 'Devices to run on (0 = all).')
@@ -71,26 +85,27 @@ _WORKDIR = flags.DEFINE_string('workdir', '', 'Where the built-in dataset is gen
                                "(data.name='synthetic' with an empty data.root); '' = a "
                                'temporary directory.')
 
-# Per-device dense peaks in FLOP/s, (float32, bfloat16), keyed by a substring of
-# `device.device_kind` (first match wins). TPU v2/v3 devices are single cores, v4+ chips.
+# Per-device dense peaks in FLOP/s, (float32, TF32 tensor cores, bfloat16), keyed by a substring
+# of `device.device_kind` (first match wins). TPU v2/v3 devices are single cores, v4+ chips.
+# V100 and T4 have no bf16 units: their third figure is FP16, their TF32 None.
 ACCELERATOR_PEAKS = (
-    ('H200', (67e12, 989e12)),
-    ('H100 PCIe', (51e12, 756e12)),
-    ('H100', (67e12, 989e12)),
-    ('A100', (19.5e12, 312e12)),
-    ('A10G', (31.2e12, 125e12)),
-    ('L4', (30.3e12, 121e12)),
-    ('V100', (15.7e12, 125e12)),
-    ('T4', (8.1e12, 65e12)),
-    ('TPU v2', (None, 22.5e12)),
-    ('TPU v3', (None, 61.5e12)),
-    ('TPU v4', (None, 275e12)),
-    ('TPU v5 lite', (None, 197e12)),
-    ('TPU v5e', (None, 197e12)),
-    ('TPU v5p', (None, 459e12)),
-    ('TPU v5', (None, 459e12)),
-    ('TPU v6 lite', (None, 918e12)),
-    ('TPU v6e', (None, 918e12)),
+    ('H200', (67e12, 494.7e12, 989.4e12)),
+    ('H100 PCIe', (51e12, 378e12, 756e12)),
+    ('H100', (67e12, 494.7e12, 989.4e12)),
+    ('A100', (19.5e12, 156e12, 312e12)),
+    ('A10G', (31.2e12, 62.5e12, 125e12)),
+    ('L4', (30.3e12, 60e12, 121e12)),
+    ('V100', (15.7e12, None, 125e12)),
+    ('T4', (8.1e12, None, 65e12)),
+    ('TPU v2', (None, None, 22.5e12)),
+    ('TPU v3', (None, None, 61.5e12)),
+    ('TPU v4', (None, None, 275e12)),
+    ('TPU v5 lite', (None, None, 197e12)),
+    ('TPU v5e', (None, None, 197e12)),
+    ('TPU v5p', (None, None, 459e12)),
+    ('TPU v5', (None, None, 459e12)),
+    ('TPU v6 lite', (None, None, 918e12)),
+    ('TPU v6e', (None, None, 918e12)),
 )
 
 
@@ -151,16 +166,26 @@ def cpu_peak_flops(num_cores: Optional[int] = None) -> tuple[Optional[float], st
 
 
 def device_peak_flops(device, dtype: str) -> tuple[Optional[float], str]:
-  """(peak FLOP/s of one device for `dtype`, source) or (None, why)."""
+  """(peak FLOP/s of one device for `dtype`, source) or (None, why).
+
+  float32 on a GPU with TF32 units counts against the TF32 peak unless
+  `jax_default_matmul_precision` asks for full float32: at JAX's default precision XLA runs
+  float32 convolutions and matmuls on the TF32 tensor cores there, as PyTorch does its
+  convolutions.
+  """
   if device.platform == 'cpu':
     return cpu_peak_flops()
   kind = getattr(device, 'device_kind', '')
-  for key, (fp32, bf16) in ACCELERATOR_PEAKS:
+  for key, (fp32, tf32, bf16) in ACCELERATOR_PEAKS:
     if key.lower() in kind.lower():
-      peak = bf16 if dtype == 'bfloat16' else fp32
-      if peak is None:
+      if dtype == 'bfloat16':
+        return bf16, f'data sheet ({key}, dense bfloat16)'
+      precision = str(jax.config.jax_default_matmul_precision or '').lower()
+      if device.platform == 'gpu' and tf32 and precision not in ('highest', 'float32'):
+        return tf32, f'data sheet ({key}, dense TF32: float32 at JAX\'s default precision)'
+      if fp32 is None:
         return None, f'{kind}: no FP32 peak listed (matmuls run in bf16 passes)'
-      return peak, f'data sheet ({key}, dense {dtype})'
+      return fp32, f'data sheet ({key}, dense float32)'
   return None, f'unknown device kind {kind!r}'
 
 
@@ -202,7 +227,23 @@ def compile_and_time(fn, args: tuple, *, steps: int, warmup: int,
     if carry is not None:
       args = carry(args, result)
   return {'compile_s': compile_s, 'step_s': statistics.median(times), 'step_all': times,
-          'flops': cost_flops(compiled)}
+          'flops': cost_flops(compiled), 'memory': compiled_memory(compiled)}
+
+
+def compiled_memory(compiled) -> Optional[dict]:
+  """XLA's memory analysis of a compiled function in bytes ({'arguments', 'outputs',
+  'aliased', 'temp'}), or None where the backend gives none."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if m is None:
+    return None
+  try:
+    return {'arguments': int(m.argument_size_in_bytes), 'outputs': int(m.output_size_in_bytes),
+            'aliased': int(m.alias_size_in_bytes), 'temp': int(m.temp_size_in_bytes)}
+  except AttributeError:
+    return None
 
 
 def carry_state(args: tuple, result) -> tuple:
@@ -210,28 +251,72 @@ def carry_state(args: tuple, result) -> tuple:
   return (result[0],) + tuple(args[1:])
 
 
+def device_memory_peak_gib(device=None) -> Optional[float]:
+  """The device's peak bytes in use so far (GiB), or None where `memory_stats()` has none."""
+  try:
+    stats = (device or jax.devices()[0]).memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if stats and 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 1024**3
+  return None
+
+
 def memory_figures(group: str, context: dict) -> None:
   """Peak host memory of the process so far and, where reported, of the first device."""
   maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   emit('host_memory_peak', maxrss_kib / 1024**2, 'GiB', after=group,
        scope='process maximum so far (getrusage maxrss)', **context)
-  stats = None
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:  # pylint: disable=broad-except
-    stats = None
-  if stats and 'peak_bytes_in_use' in stats:
-    emit('device_memory_peak', stats['peak_bytes_in_use'] / 1024**3, 'GiB', after=group,
+  peak = device_memory_peak_gib()
+  if peak is not None:
+    emit('device_memory_peak', peak, 'GiB', after=group,
          scope='device 0, process maximum so far', **context)
+  else:
+    emit('device_memory_peak', None, 'GiB', after=group, note='n/a: the runtime reports no '
+         'memory_stats() for this device', **context)
+
+
+def flops_figures(device, prefix: str, flops, step_s: float, dtype: str,
+                  context: dict) -> Optional[float]:
+  """Emits `<prefix>.flops_per_step`, `.achieved_flops_per_s` and `.mfu`; returns the MFU.
+
+  MFU here is XLA's FLOP count of the compiled step (per device) over the step time, as a
+  fraction of the device's dense peak for `dtype` (`device_peak_flops`). XLA counts the
+  convolutions and matmuls the step really runs, so the figure is comparable across
+  frameworks only for the same network and batch.
+  """
+  if flops is None:
+    emit(f'{prefix}.achieved_flops_per_s', None, 'FLOP/s', note='no XLA cost analysis',
+         **context)
+    emit(f'{prefix}.mfu', None, 'fraction of peak', note='no XLA cost analysis', **context)
+    return None
+  emit(f'{prefix}.flops_per_step', flops, 'FLOP', source='XLA cost_analysis (per device)',
+       **context)
+  peak, source = device_peak_flops(device, dtype)
+  achieved = flops / step_s
+  mfu = (achieved / peak) if peak else None
+  emit(f'{prefix}.achieved_flops_per_s', achieved, 'FLOP/s', peak_flops_per_s=peak,
+       fraction_of_peak=mfu, peak_source=source, **context)
+  emit(f'{prefix}.mfu', mfu, 'fraction of peak', peak_flops_per_s=peak, peak_source=source,
+       **({} if peak else {'note': source}), **context)
+  return mfu
 
 
 class Bench:
   """Holds the configuration, devices and shared context of one benchmark run."""
 
-  def __init__(self, config, quick: bool, num_devices: int, steps: int, warmup: int):
+  def __init__(self, config, quick: bool, num_devices: int, steps: int, warmup: int, *,
+               backbones=('vgg16', 'resnet101'), ks=(3, 4), graph_ks=None,
+               per_device_batch: int = 0):
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
     self.config = config
     self.quick = quick
+    self.backbones = tuple(backbones)
+    self.ks = tuple(int(k) for k in ks)
+    self.graph_ks = tuple(int(k) for k in (
+        graph_ks if graph_ks is not None else ((2, 3) if quick else range(2, 9))))
+    self.per_device_batch = per_device_batch
+    self._init_cache = {}
     devices = jax.devices()
     self.devices = devices[:num_devices] if num_devices > 0 else devices
     self.mesh = parallel.make_mesh(self.devices)
@@ -243,8 +328,11 @@ class Bench:
                     'date': time.strftime('%Y-%m-%d'), 'quick': quick,
                     'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
-  def global_batch(self, configured: int) -> int:
+  def global_batch(self, configured: int, per_device: int = 0) -> int:
+    """`per_device` x devices when given, else `configured` rounded up to a multiple."""
     n = len(self.devices)
+    if per_device > 0:
+      return per_device * n
     return -(-configured // n) * n
 
   def model_config(self, backbone: str, num_nodes: int, num_steps: Optional[int] = None):
@@ -262,16 +350,8 @@ class Bench:
     return c
 
   def flops_figures(self, prefix: str, flops, step_s: float, dtype: str, context: dict):
-    if flops is None:
-      emit(f'{prefix}.achieved_flops_per_s', None, 'FLOP/s', note='no XLA cost analysis',
-           **context)
-      return
-    emit(f'{prefix}.flops_per_step', flops, 'FLOP', source='XLA cost_analysis (per device)',
-         **context)
-    peak, source = device_peak_flops(self.devices[0], dtype)
-    achieved = flops / step_s
-    emit(f'{prefix}.achieved_flops_per_s', achieved, 'FLOP/s', peak_flops_per_s=peak,
-         fraction_of_peak=(achieved / peak) if peak else None, peak_source=source, **context)
+    """FLOPs per step, achieved FLOP/s and MFU (achieved / the device's peak for `dtype`)."""
+    return flops_figures(self.devices[0], prefix, flops, step_s, dtype, context)
 
   def matmul_ceiling(self, n: int = 2048):
     """The FLOP/s of one large float32 matmul: a practical ceiling next to the peak."""
@@ -301,26 +381,34 @@ class Bench:
     it with `carry_state`.
     """
     from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top
-    from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import optim  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
+    from gwsss_jax.train import steps  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import trainer  # pylint: disable=g-import-not-at-top
     model = classifier.build_classifier(config.model, config.data.num_classes)
-    variables = train_cls.init_variables(model, config, jax.random.key(config.seed))
+    # The same network at another batch reuses its host copy of the initial variables (an
+    # init compiles for seconds on a CPU; the step's state is donated, so the copy stays here).
+    key = (config.model.to_json(), config_lib.input_size(config), config.data.num_classes,
+           config.seed)
+    if key not in self._init_cache:
+      self._init_cache[key] = jax.device_get(
+          steps.init_classifier(model, config, jax.random.key(config.seed)))
+    variables = self._init_cache[key]
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
     tx, _ = optim.classifier_optimizer(config.train, params, batch_stats, config.model.freeze_bn,
                                        steps_per_epoch=1000)
     state = trainer.init_state(params, batch_stats, tx, config.seed)
-    batch_size = self.global_batch(config.train.batch_size)
-    dp = parallel.DataParallel('shard_map', self.mesh, batch_size)
+    batch_size = self.global_batch(config.train.batch_size, self.per_device_batch)
+    dp = parallel.DataParallel(config.parallel.impl, self.mesh, batch_size)
     step = dp.compile(trainer.make_train_step(
-        train_cls.make_loss_fn(model, config, with_cams=False), tx,
+        steps.classifier_loss_fn(model, config, with_cams=False), tx,
         update_batch_stats=bool(not config.model.freeze_bn and jax.tree.leaves(batch_stats))))
     batch = dp.shard_batch(self.classifier_batch(config, batch_size))
     return step, (dp.replicate(state), batch), batch_size
 
   def classifier_batch(self, config, batch_size: int) -> dict:
-    k, size, num_classes = config.model.num_nodes, config.data.crop_size, config.data.num_classes
+    k, num_classes = config.model.num_nodes, config.data.num_classes
+    size = config_lib.input_size(config)
     rng = np.random.default_rng(0)
     labels = np.zeros((batch_size, k, num_classes), np.float32)
     labels[:, :, 0] = 1  # the group's common class
@@ -330,12 +418,12 @@ class Bench:
             'labels': labels, 'adjacency': adjacency}
 
   def train_cls(self):
-    for backbone in _BACKBONES.value:
-      for k in (int(v) for v in _KS.value):
+    for backbone in self.backbones:
+      for k in self.ks:
         config = self.model_config(backbone, k)
         timing = self.classifier_step(config)
         ctx = dict(self.context, backbone=backbone, K=k, T=config.model.num_steps,
-                   image_size=config.data.crop_size, width=config.model.width,
+                   image_size=config_lib.input_size(config), width=config.model.width,
                    variant=config.model.variant, dtype=config.model.dtype,
                    batch_groups=timing['batch'])
         images = timing['batch'] * k
@@ -348,7 +436,7 @@ class Bench:
 
   def graph_share(self):
     backbone = self.config.model.backbone
-    for k in (int(v) for v in _GRAPH_KS.value):
+    for k in self.graph_ks:
       with_graph = self.model_config(backbone, k)
       without = self.model_config(backbone, k, num_steps=0)
       full = self.classifier_step(with_graph)
@@ -359,7 +447,7 @@ class Bench:
         flops_share = (full['flops'] - base['flops']) / full['flops']
       emit('graph_share', share, 'fraction of step time', **dict(
           self.context, backbone=backbone, K=k, T=with_graph.model.num_steps,
-          image_size=with_graph.data.crop_size, width=with_graph.model.width,
+          image_size=config_lib.input_size(with_graph), width=with_graph.model.width,
           variant=with_graph.model.variant, step_time_s=full['step_s'],
           step_time_without_graph_s=base['step_s'], flops_share=flops_share))
 
@@ -394,15 +482,23 @@ class Bench:
          threads=os.cpu_count(), **ctx)
 
   def cam_export(self):
+    timing, ctx = self.cam_export_timing()
+    emit('cam_export.images_per_s', ctx['images'] / timing['step_s'], 'images/s',
+         note='model forward over all scales and flips; file writing not included', **ctx)
+    emit('cam_export.compile_time', timing['compile_s'], 's', **ctx)
+    self.flops_figures('cam_export', timing['flops'], timing['step_s'], ctx['dtype'], ctx)
+
+  def cam_export_timing(self) -> tuple[dict, dict]:
+    """Times the group-inference forward of `export_cams`: (timing, context with 'images')."""
     from gwsss_jax.cams import export  # pylint: disable=g-import-not-at-top
     from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top
-    from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
+    from gwsss_jax.train import steps  # pylint: disable=g-import-not-at-top
     from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
     config = self.model_config(self.config.model.backbone, self.config.model.num_nodes)
     model = classifier.build_classifier(config.model, config.data.num_classes)
-    variables = train_cls.init_variables(model, config, jax.random.key(0))
-    k, base = config.model.num_nodes, config.data.crop_size
+    variables = steps.init_classifier(model, config, jax.random.key(0))
+    k, base = config.model.num_nodes, config_lib.input_size(config)
     scales = tuple(config.cams.scales)
     sides = export.scale_sides(base, scales)
     side1 = export.scale_sides(base, (1.0,))[0]
@@ -423,16 +519,22 @@ class Bench:
                               warmup=self.warmup)
     ctx = dict(self.context, backbone=config.model.backbone, K=k, image_size=base,
                scales=list(scales), flip=bool(config.cams.flip), width=config.model.width,
-               batch_groups=batch, dtype=config.model.dtype)
-    emit('cam_export.images_per_s', batch * k / timing['step_s'], 'images/s',
-         note='model forward over all scales and flips; file writing not included', **ctx)
-    emit('cam_export.compile_time', timing['compile_s'], 's', **ctx)
-    self.flops_figures('cam_export', timing['flops'], timing['step_s'], config.model.dtype, ctx)
+               batch_groups=batch, dtype=config.model.dtype, images=batch * k)
+    return timing, ctx
 
   def train_seg(self):
+    timing, ctx = self.train_seg_timing()
+    emit('train_seg.images_per_s', ctx['batch'] / timing['step_s'], 'images/s', **ctx)
+    emit('train_seg.step_time', timing['step_s'], 's',
+         all_steps_s=[round(t, 4) for t in timing['step_all']], **ctx)
+    emit('train_seg.compile_time', timing['compile_s'], 's', **ctx)
+    self.flops_figures('train_seg', timing['flops'], timing['step_s'], ctx['dtype'], ctx)
+
+  def train_seg_timing(self) -> tuple[dict, dict]:
+    """Times the DeepLab training step of `train_seg`: (timing, context with 'batch')."""
     from gwsss_jax.seg import common  # pylint: disable=g-import-not-at-top
-    from gwsss_jax.stages import train_seg  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
+    from gwsss_jax.train import steps  # pylint: disable=g-import-not-at-top
     from gwsss_jax.train import trainer  # pylint: disable=g-import-not-at-top
     config = self.config.copy_and_resolve_references()
     if self.quick:
@@ -440,12 +542,13 @@ class Bench:
       config.seg.crop_size = 33
       config.seg.batch_size = 2
     module = common.build_model(config, caffe_layout=False)
-    variables = common.init_variables(module, config, jax.random.key(config.seed))
+    variables = common.init_variables(module, config, config.seed)  # int: the fast 'rbg' init
     tx, _ = common.optimizer(config, variables['params'])
     state = trainer.init_state(variables['params'], variables['batch_stats'], tx, config.seed)
     batch_size = self.global_batch(config.seg.batch_size)
     dp = parallel.DataParallel('shard_map', self.mesh, batch_size, 'seg.batch_size')
-    step = dp.compile(trainer.make_train_step(train_seg.make_loss_fn(module, config.seg.msc), tx))
+    step = dp.compile(trainer.make_train_step(steps.segmentation_loss_fn(module, config.seg.msc),
+                                              tx))
     size = config.seg.crop_size
     rng = np.random.default_rng(0)
     batch = dp.shard_batch({
@@ -455,21 +558,30 @@ class Bench:
                               warmup=self.warmup, carry=carry_state)
     ctx = dict(self.context, model=config.seg.model, crop_size=size, width=config.seg.width,
                batch=batch_size, msc=bool(config.seg.msc), dtype=config.seg.dtype)
-    emit('train_seg.images_per_s', batch_size / timing['step_s'], 'images/s', **ctx)
-    emit('train_seg.step_time', timing['step_s'], 's',
-         all_steps_s=[round(t, 4) for t in timing['step_all']], **ctx)
-    emit('train_seg.compile_time', timing['compile_s'], 's', **ctx)
-    self.flops_figures('train_seg', timing['flops'], timing['step_s'], config.seg.dtype, ctx)
+    return timing, ctx
+
+
+def _crf_group(self):
+  from gwsss_jax import crf as crf_lib  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.crf import bench as crf_bench  # pylint: disable=g-import-not-at-top
+  crf_bench.run(emit, crf_lib.params_from_config(self.config.seg.crf_params), self.devices,
+                quick=self.quick, rounds=self.steps, context=self.context)
+
+
+Bench.crf = _crf_group
 
 
 def run(config, groups, *, quick: bool = False, num_devices: int = 1, steps: int = 5,
-        warmup: int = 1) -> None:
-  """Runs the benchmark `groups` (names from GROUPS) for `config`, printing JSON lines."""
+        warmup: int = 1, **options) -> None:
+  """Runs the benchmark `groups` (names from GROUPS) for `config`, printing JSON lines.
+
+  `options`: `Bench`'s keyword arguments (backbones, ks, graph_ks, per_device_batch).
+  """
   unknown = [g for g in groups if g not in GROUPS]
   if unknown:
     raise UserError(f'--only={",".join(groups)}: unknown group(s) {unknown}; choose from '
                     f'{", ".join(GROUPS)}')
-  bench = Bench(config, quick, num_devices, steps, warmup)
+  bench = Bench(config, quick, num_devices, steps, warmup, **options)
   bench.matmul_ceiling()
   for group in groups:
     getattr(bench, group)()
@@ -481,12 +593,19 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _YNN_CONV.value:
     xla_flags.configure_cpu()
-  if _QUICK.value and not flags.FLAGS['graph_ks'].present:
-    _GRAPH_KS.value = ['2', '3']
+  if _QUICK.value:
+    xla_flags.configure_quick_cpu()
+  if _PER_DEVICE_BATCH.value < 0:
+    raise app.UsageError(f'--per_device_batch={_PER_DEVICE_BATCH.value}: must be >= 0')
   try:
+    steps, warmup = _STEPS.value, _WARMUP.value
+    if _QUICK.value:  # one step without warm-up unless --steps/--warmup say otherwise
+      steps = steps if flags.FLAGS['steps'].present else 1
+      warmup = warmup if flags.FLAGS['warmup'].present else 0
     run(_CONFIG.value, [g.strip() for g in _ONLY.value if g.strip()], quick=_QUICK.value,
-        num_devices=_NUM_DEVICES.value, steps=max(_STEPS.value, 1),
-        warmup=max(_WARMUP.value, 0))
+        num_devices=_NUM_DEVICES.value, steps=max(steps, 1), warmup=max(warmup, 0),
+        backbones=_BACKBONES.value, ks=_KS.value, graph_ks=_GRAPH_KS.value,
+        per_device_batch=_PER_DEVICE_BATCH.value)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

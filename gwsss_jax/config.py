@@ -24,6 +24,16 @@ OAA_MEMBERS = ('anchor', 'all')
 RESIZE_MODES = ('shorter_side', 'square')
 ANCHOR_ORDERS = ('shuffle', 'list')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
+CRF_IMPLS = ('reference', 'jax')
+
+
+def input_size(config) -> int:
+  """Side of the square classifier input: `data.crop_size`, or `data.resize` without a crop.
+
+  Here rather than in the input pipeline (which re-exports it) so that the training steps get
+  it without importing TensorFlow.
+  """
+  return config.data.crop_size or config.data.resize
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -129,7 +139,12 @@ def base_config() -> ml_collections.ConfigDict:
   k.bg_threshold = 0.2         # background score without saliency (IRNet style)
   k.bg_sweep = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
   k.save_png = False
-  k.crf = False
+  k.crf = False                # dense CRF on the pseudo labels (implementation: crf.impl)
+  # IRNet's crf_inference_label: unaries from the label map (gt_prob), Gaussian sxy=3 compat=3,
+  # bilateral sxy=50 srgb=5 compat=10, 10 iterations.
+  k.crf_params = ml_collections.ConfigDict(dict(
+      iterations=10, pos_xy_std=3.0, pos_w=3.0, bi_xy_std=50.0, bi_rgb_std=5.0, bi_w=10.0,
+      gt_prob=0.7))
   k.num_vis = 8                # picture grids written to <workdir>/vis
 
   c.pseudo = q = ml_collections.ConfigDict()
@@ -163,7 +178,11 @@ def base_config() -> ml_collections.ConfigDict:
   g.eval_scales = (1.0,)
   g.eval_flip = False
   g.eval_batch_size = 1
-  g.crf = False
+  g.crf = False                # dense CRF on the predictions (implementation: crf.impl)
+  # DeepLab-v2's published CRF for ResNet-101 on VOC (its LargeFOV VGG16: bi_w=4,
+  # bi_xy_std=121, bi_rgb_std=5, pos_w=3, pos_xy_std=3); unaries -log(softmax).
+  g.crf_params = ml_collections.ConfigDict(dict(
+      iterations=10, pos_xy_std=1.0, pos_w=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_w=4.0))
   g.log_every_steps = 50
   g.checkpoint_every_steps = 1000
   g.dtype = 'float32'
@@ -171,6 +190,11 @@ def base_config() -> ml_collections.ConfigDict:
   # (not 255): DeepLab would learn nothing (0 = no check).
   g.min_labelled_fraction = 0.01
   g.num_classes = c.data.get_ref('num_classes') + 1  # with background
+
+  # --- dense CRF (cams.crf, seg.crf) ------------------------------------------------
+  c.crf = r = ml_collections.ConfigDict()
+  r.impl = 'reference'         # 'reference' (pydensecrf2, CPU worker pool) or 'jax' (on device)
+  r.batch_size = 2             # impl='jax': images per call, split over the local devices
   return c
 
 
@@ -260,7 +284,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f'choose from {", ".join(map(repr, CAM_NORMS))}')
   _check(0.0 <= q.min_fg_fraction <= 1.0, 'pseudo.min_fg_fraction', q.min_fg_fraction,
          'must lie in [0, 1]')
+  _check_crf_params(k.crf_params, 'cams.crf_params')
+  _check(0.0 < k.crf_params.gt_prob < 1.0, 'cams.crf_params.gt_prob', k.crf_params.gt_prob,
+         'must lie in (0, 1)')
+  _check(config.crf.impl in CRF_IMPLS, 'crf.impl', config.crf.impl,
+         f'choose from {", ".join(map(repr, CRF_IMPLS))}')
+  _check(config.crf.batch_size >= 1, 'crf.batch_size', config.crf.batch_size, 'must be >= 1')
   g = config.seg
+  _check_crf_params(g.crf_params, 'seg.crf_params')
   for key, value in (('model.pretrained', m.pretrained), ('seg.pretrained', g.pretrained)):
     hub.check_name(value, key)  # an unknown name fails here; a download happens at first use
   _check(g.model in SEG_MODELS, 'seg.model', g.model, f'choose from {", ".join(SEG_MODELS)}')
@@ -273,6 +304,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(g.output_stride in (8, 16), 'seg.output_stride', g.output_stride, 'must be 8 or 16')
   _check(len(g.scale_range) == 2 and 0 < g.scale_range[0] <= g.scale_range[1], 'seg.scale_range',
          g.scale_range, 'must be (low, high) with 0 < low <= high')
+
+
+def _check_crf_params(c, key: str) -> None:
+  _check(c.iterations >= 0, f'{key}.iterations', c.iterations, 'must be >= 0')
+  for name in ('pos_xy_std', 'bi_xy_std', 'bi_rgb_std'):
+    _check(c[name] > 0, f'{key}.{name}', c[name], 'must be > 0')
+  for name in ('pos_w', 'bi_w'):
+    _check(c[name] >= 0, f'{key}.{name}', c[name], 'must be >= 0')
 
 
 def stage_list(config) -> list[str]:

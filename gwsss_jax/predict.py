@@ -77,7 +77,9 @@ def predict_folder(config, workdir: str, images_dir: str, out_dir: str,
   skipped with a warning and counted, or stops the run before anything is written when
   `strict`.
   """
-  inference.check_crf(config.seg)
+  if config.seg.crf:
+    raise UserError('config.seg.crf=True: the predict command does not apply the dense CRF '
+                    '(eval_seg does); set seg.crf=False')
   paths = list_images(images_dir)
   pictures, skipped = [], []
   for path in paths:
@@ -96,7 +98,8 @@ def predict_folder(config, workdir: str, images_dir: str, out_dir: str,
                     'image')
   module, variables, info = artifact.load(common.checkpoint_dir(config, workdir),
                                           artifact.SEGMENTER)
-  predict = inference.make_predict_fn(module, tuple(config.seg.eval_scales), config.seg.eval_flip)
+  predict = inference.make_predict_fn(module, tuple(config.seg.eval_scales),
+                                      config.seg.eval_flip)
   canvas = inference.canvas_size([p.shape[:2] for _, p in pictures])
   variables = jax.device_put(variables, jax.local_devices()[0])
   written = []

@@ -1,8 +1,10 @@
-"""Smoke test of the benchmark command: `--quick` on tiny widths prints one valid JSON line per
-figure with the expected names (no timing is checked: the figures depend on the machine)."""
+"""Smoke test of the benchmark command as the docs give it: `--quick` on tiny widths prints one
+valid JSON line per figure with the expected names (no timing is checked: the figures depend on
+the machine)."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -10,25 +12,29 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Exactly as docs/benchmarks.md and docs/accelerators.md write it; `python` is this interpreter.
+QUICK_COMMAND = 'python -m gwsss_jax.bench --config=configs/demo.py --quick'
+
 EXPECTED = {
     'train_cls.images_per_s', 'train_cls.step_time', 'train_cls.compile_time',
-    'train_cls.flops_per_step', 'train_cls.achieved_flops_per_s', 'graph_share',
-    'input_pipeline.groups_per_s', 'cam_export.images_per_s', 'cam_export.compile_time',
-    'train_seg.images_per_s', 'train_seg.step_time', 'train_seg.compile_time',
-    'host_memory_peak', 'device.matmul_flops_per_s',
+    'train_cls.flops_per_step', 'train_cls.achieved_flops_per_s', 'train_cls.mfu',
+    'graph_share', 'input_pipeline.groups_per_s', 'cam_export.images_per_s',
+    'cam_export.compile_time', 'cam_export.mfu', 'train_seg.images_per_s', 'train_seg.step_time',
+    'train_seg.compile_time', 'train_seg.mfu', 'host_memory_peak', 'device_memory_peak',
+    'device.matmul_flops_per_s',
 }
 
 
 @pytest.mark.slow
-def test_quick_bench_prints_json_lines(tmp_path):
-  cmd = [sys.executable, '-m', 'gwsss_jax.bench', '--config=configs/demo.py', '--quick',
-         '--backbones=vgg16', '--ks=3', '--graph_ks=2', '--steps=1', '--warmup=0',
-         f'--workdir={tmp_path}']
-  # Compilation dominates at these sizes: skip XLA's backend optimisations (speed is not tested).
-  xla_flags = (os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
-               ' --xla_llvm_disable_expensive_passes=true')
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS=xla_flags))
+def test_documented_quick_bench_prints_json_lines(tmp_path):
+  for doc in ('benchmarks.md', 'accelerators.md'):
+    with open(os.path.join(ROOT, 'docs', doc)) as f:
+      assert QUICK_COMMAND in f.read(), doc
+  argv = shlex.split(QUICK_COMMAND)
+  assert argv[0] == 'python'
+  # --quick itself compiles without XLA's backend optimisations on a CPU (nothing added here).
+  proc = subprocess.run([sys.executable] + argv[1:], cwd=ROOT, capture_output=True, text=True,
+                        timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [l for l in proc.stdout.splitlines() if l.strip()]
   records = [json.loads(l) for l in lines]  # every stdout line is one JSON object
@@ -36,15 +42,52 @@ def test_quick_bench_prints_json_lines(tmp_path):
   assert EXPECTED <= names, sorted(EXPECTED - names)
   for r in records:
     assert {'name', 'value', 'unit', 'device'} <= set(r), r
-  by_name = {r['name']: r for r in records}
+  by_name = {}
+  for r in records:
+    by_name.setdefault(r['name'], []).append(r)
   cls = by_name['train_cls.images_per_s']
-  assert (cls['backbone'], cls['K'], cls['image_size']) == ('vgg16', 3, 32)
-  assert cls['value'] > 0
-  assert by_name['train_cls.flops_per_step']['value'] > 0
-  assert 0.0 <= by_name['graph_share']['value'] <= 1.0
-  assert by_name['input_pipeline.groups_per_s']['value'] > 0
-  flops = by_name['train_cls.achieved_flops_per_s']
-  assert flops['peak_flops_per_s'] is None or flops['fraction_of_peak'] > 0
+  # The default backbones and Ks, each at the quick size.
+  assert {(r['backbone'], r['K'], r['image_size']) for r in cls} == {
+      (b, k, 32) for b in ('vgg16', 'resnet101') for k in (3, 4)}
+  assert all(r['value'] > 0 for r in cls)
+  assert all(r['all_steps_s'] and len(r['all_steps_s']) == 1
+             for r in by_name['train_cls.step_time'])  # --quick: one timed step
+  assert {r['K'] for r in by_name['graph_share']} == {2, 3}  # --quick's graph_ks (the bug)
+  assert all(0.0 <= r['value'] <= 1.0 for r in by_name['graph_share'])
+  assert by_name['input_pipeline.groups_per_s'][0]['value'] > 0
+  for r in by_name['train_cls.mfu']:
+    assert r['value'] is None or 0 < r['value'] < 1
+  for r in by_name['device_memory_peak']:  # XLA:CPU reports none
+    assert (r['value'] is None) == ('note' in r)
+  assert '--xla_backend_optimization_level=0' in cls[0]['xla_flags']
+
+
+def test_quick_cpu_flags_rules():
+  from gwsss_jax.common import xla_flags
+  env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  assert xla_flags.configure_quick_cpu(env)
+  assert env['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=4',
+                                      *xla_flags.QUICK_CPU_FLAGS]
+  assert xla_flags.configure_quick_cpu(env) and env['XLA_FLAGS'].count('optimization_level') == 1
+  gpu = {'JAX_PLATFORMS': 'cuda'}
+  assert not xla_flags.configure_quick_cpu(gpu) and 'XLA_FLAGS' not in gpu
+
+
+def test_accelerator_peaks():
+  """MFU's denominators: bf16 and, for float32 on GPUs with TF32 units, the TF32 peak."""
+  from gwsss_jax import bench
+
+  class Device:
+    def __init__(self, platform, kind):
+      self.platform, self.device_kind = platform, kind
+
+  assert bench.device_peak_flops(Device('gpu', 'NVIDIA H100 80GB HBM3'), 'bfloat16')[0] == 989.4e12
+  peak, source = bench.device_peak_flops(Device('gpu', 'NVIDIA H100 80GB HBM3'), 'float32')
+  assert peak == 494.7e12 and 'TF32' in source
+  assert bench.device_peak_flops(Device('gpu', 'NVIDIA H100 PCIe'), 'bfloat16')[0] == 756e12
+  assert bench.device_peak_flops(Device('gpu', 'Tesla V100-SXM2-16GB'), 'float32')[0] == 15.7e12
+  assert bench.device_peak_flops(Device('tpu', 'TPU v4'), 'float32')[0] is None
+  assert bench.device_peak_flops(Device('gpu', 'Mystery'), 'bfloat16')[0] is None
 
 
 def test_configure_cpu_flag_rules():

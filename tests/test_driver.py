@@ -47,8 +47,9 @@ def test_cli_errors_are_one_line(tmp_path, args, named):
 
 @pytest.mark.parametrize('overrides, hint', [
     # cams.crf exists: the unknown flag is the second one, whose section does not exist.
-    (['--config.cams.crf=True', '--config.crf.impl=jax'],
-     '--config.crf.impl: unknown config key (did you mean --config.cams.crf or --config.seg.crf?)'),
+    (['--config.cams.crf=True', '--config.cams_crf.impl=jax'],
+     '--config.cams_crf.impl: unknown config key (did you mean --config.crf.impl or '
+     '--config.parallel.impl?)'),
     (['--config.seed=1', '--config.model.num_nodez=2'],
      '--config.model.num_nodez: unknown config key (did you mean --config.model.num_nodes?)'),
     (['--config.modle.num_nodes=2'],

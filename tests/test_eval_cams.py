@@ -3,6 +3,7 @@ picture grids."""
 
 import logging
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -198,7 +199,8 @@ def test_stages_end_to_end_on_the_builtin_dataset(tmp_path, capsys):
 
   out = export_cams.run(config, workdir)
   assert out['export_cams/images'] == 10 and out['export_cams/missing_maps'] == 0
-  labelled = pseudo_labels.run(config, workdir)
+  out_plain = labelled = pseudo_labels.run(config, workdir)
+  assert 'pseudo_labels/miou_crf' not in labelled and labelled['pseudo_labels/miou_no_crf'] > 0.3
   assert labelled['pseudo_labels/images'] == 10
   coverage = [np.mean(palette.read_label_png(pseudo.label_path(workdir, ex.name)) != 255)
               for ex in train.examples]
@@ -219,9 +221,24 @@ def test_stages_end_to_end_on_the_builtin_dataset(tmp_path, capsys):
   assert '| pseudo labels |' in capsys.readouterr().out
   assert len(os.listdir(os.path.join(workdir, 'vis'))) == 2
 
+  # The dense CRF: the reference in the worker pool, then JAX on 2 of the simulated devices.
   config.cams.crf = True
-  with pytest.raises(UserError, match='cams.crf'):
-    pseudo_labels.run(config, workdir)
+  shutil.rmtree(pseudo.label_dir(workdir))
+  ref = pseudo_labels.run(config, workdir)
+  assert ref['pseudo_labels/images'] == 10 and ref['pseudo_labels/miou_crf'] > 0.3
+  assert ref['pseudo_labels/miou_no_crf'] == out_plain['pseudo_labels/miou_no_crf']
+  names = [ex.name for ex in train.examples]
+  read = lambda: np.stack([palette.read_label_png(pseudo.label_path(workdir, n))
+                           for n in names])
+  ref_labels = read()
+  config.crf.impl = 'jax'
+  config.crf.batch_size = 2
+  shutil.rmtree(pseudo.label_dir(workdir))
+  jx = pseudo_labels.run(config, workdir)
+  assert np.mean(read() == ref_labels) >= 0.98
+  assert abs(jx['pseudo_labels/miou_crf'] - ref['pseudo_labels/miou_crf']) < 0.01
+  resumed = pseudo_labels.run(config, workdir)  # labels on disk: read back and scored again
+  assert resumed == jx
   config.cams.crf = False
   config.cams.method = 'group_inference'
   with pytest.raises(UserError, match='export.json'):  # cams/ holds the OAA export

@@ -176,22 +176,22 @@ def test_saliency_dir_resolution(tmp_path):
 
 def test_missing_or_corrupt_saliency_names_the_file(tmp_path):
   cam = _cam_file(tmp_path, 'img1')
-  params = dict(LOOSE, bg_threshold=0.2, cam_norm='max')
+  params = dict(LOOSE, bg_threshold=0.2, cam_norm='max', num_classes=4, crf=None)
   missing = str(tmp_path / 'sal' / 'img1.png')
   with pytest.raises(UserError, match='img1.png'):
-    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
+    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), '', '', params))
   os.makedirs(tmp_path / 'sal')
   with open(missing, 'wb') as f:
     f.write(b'\x89PNG\r\n\x1a\n this is not a png')
   with pytest.raises(UserError, match='corrupt saliency map .*img1.png'):
-    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
+    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), '', '', params))
   # A label written by an earlier run is read back for the figures, its saliency header too.
   palette.save_label_png(str(tmp_path / 'out.png'), np.zeros((6, 8), np.uint8))
   with pytest.raises(UserError, match='corrupt saliency map .*img1.png'):
-    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
+    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), '', '', params))
   os.remove(missing)
   with pytest.raises(UserError, match='saliency map not found: .*img1.png'):
-    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), params))
+    pseudo_labels.label_image(('img1', cam, missing, str(tmp_path / 'out.png'), '', '', params))
 
 
 def test_label_image_writes_palette_png(tmp_path):
@@ -199,8 +199,8 @@ def test_label_image_writes_palette_png(tmp_path):
   sal_path = str(tmp_path / 'img1_sal.png')
   Image.fromarray(np.full((6, 8), 255, np.uint8)).save(sal_path)
   out = str(tmp_path / 'pl' / 'img1.png')
-  params = dict(LOOSE, bg_threshold=0.2, cam_norm='max')
-  pseudo_labels.label_image(('img1', cam, sal_path, out, params))
+  params = dict(LOOSE, bg_threshold=0.2, cam_norm='max', num_classes=4, crf=None)
+  pseudo_labels.label_image(('img1', cam, sal_path, out, '', '', params))
   with Image.open(out) as img:
     assert img.mode == 'P'
   np.testing.assert_array_equal(palette.read_label_png(out), np.full((6, 8), 2, np.uint8))

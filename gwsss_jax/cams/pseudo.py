@@ -56,7 +56,7 @@ def label_values(keys) -> np.ndarray:
   return np.concatenate([[0], np.asarray(keys, np.int64).reshape(-1) + 1]).astype(np.uint8)
 
 
-def threshold_label(cams, keys, bg_threshold: float) -> np.ndarray:
+def threshold_label(cams, keys, bg_threshold: float, refine=None) -> np.ndarray:
   """IRNet's CAM labelling (eval_cam / make_sem_seg_labels without CRF): argmax over a constant
   background score `bg_threshold` and the class maps. Ties go to background.
 
@@ -64,18 +64,26 @@ def threshold_label(cams, keys, bg_threshold: float) -> np.ndarray:
     cams: [n, H, W] maps in 0..1 of the image's classes `keys` (n may be 0).
     keys: [n] class indices (0..L-1, background excluded).
     bg_threshold: the background score (config.cams.bg_threshold).
+    refine: optional `refine(channel_index [H, W], num_channels) -> channel_index`, the dense
+      CRF of IRNet's cam_to_ir_label, applied to the argmax.
 
   Returns:
     uint8 [H, W] labels in {0} U {keys + 1}.
   """
   cams = np.asarray(cams, np.float32)
   scores = np.concatenate([np.full((1,) + cams.shape[1:], bg_threshold, np.float32), cams])
-  return label_values(keys)[np.argmax(scores, axis=0)]
+  return label_values(keys)[_argmax(scores, refine)]
+
+
+def _argmax(scores, refine):
+  index = np.argmax(scores, axis=0)
+  return index if refine is None else refine(index, scores.shape[0])
 
 
 def saliency_label(cams, keys, saliency, conflict_threshold: float = 0.9,
                    saliency_bg_threshold: float = 32, fg_ignore_threshold: float = 0.8,
-                   min_fg_fraction: float = 0.01, cam_norm: str = 'max') -> np.ndarray:
+                   min_fg_fraction: float = 0.01, cam_norm: str = 'max',
+                   refine=None) -> np.ndarray:
   """The release's rules with a saliency map (REFERENCE_NOTES, "Pseudo labels"):
 
   1. background score = 1 - saliency / 255; each class map scaled to 0..1 (`cam_norm`: 'max'
@@ -93,6 +101,7 @@ def saliency_label(cams, keys, saliency, conflict_threshold: float = 0.9,
     saliency: uint8 [H, W], 0..255.
     conflict_threshold, saliency_bg_threshold, fg_ignore_threshold, min_fg_fraction, cam_norm:
       the config.pseudo.* keys of the same names.
+    refine: as for `threshold_label`, applied to the argmax of step 1.
 
   Returns:
     uint8 [H, W] labels (0, keys + 1, 255).
@@ -102,7 +111,7 @@ def saliency_label(cams, keys, saliency, conflict_threshold: float = 0.9,
   if cams.shape[1:] != saliency.shape:
     raise ValueError(f'CAMs {cams.shape[1:]} and saliency {saliency.shape} differ in size')
   scores = np.concatenate([(1.0 - saliency / 255.0)[None], cams])
-  label = label_values(keys)[np.argmax(scores, axis=0)]
+  label = label_values(keys)[_argmax(scores, refine)]
   label[(scores > conflict_threshold).sum(0) > 1] = IGNORE
   class_like = (cams > fg_ignore_threshold).any(0) if cams.shape[0] else np.zeros_like(label, bool)
   label[(label == 0) & ((saliency >= saliency_bg_threshold) | class_like)] = IGNORE

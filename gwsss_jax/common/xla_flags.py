@@ -56,3 +56,32 @@ def configure_cpu(environ=None) -> bool:
     return False
   env['XLA_FLAGS'] = (flags + ' ' + YNN_CONV_OFF).strip()
   return True
+
+
+# Smoke tests (`--quick`) compile tiny networks once: XLA:CPU's backend optimisations then cost
+# far more than they save.
+QUICK_CPU_FLAGS = ('--xla_backend_optimization_level=0', '--xla_llvm_disable_expensive_passes=true')
+
+
+def _accelerator_plugin() -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return any(importlib.util.find_spec(name) is not None for name in ('jax_plugins', 'libtpu'))
+
+
+def configure_quick_cpu(environ=None) -> bool:
+  """Adds `QUICK_CPU_FLAGS` to XLA_FLAGS when JAX will run on the CPU; returns whether it did.
+
+  Only before the first backend starts, and only where JAX_PLATFORMS names the CPU first or,
+  unset, no accelerator plugin is installed (on a GPU machine the flags would slow the device's
+  compiled code, and `--quick` there still runs on the GPU).
+  """
+  env = os.environ if environ is None else environ
+  platforms = env.get('JAX_PLATFORMS', '')
+  if platforms.split(',')[0] not in ('', 'cpu') or (not platforms and _accelerator_plugin()):
+    return False
+  if environ is None and _backends_started():
+    return False
+  flags = env.get('XLA_FLAGS', '')
+  missing = [f for f in QUICK_CPU_FLAGS if f.split('=')[0] not in flags]
+  env['XLA_FLAGS'] = ' '.join([flags] + missing).strip()
+  return True

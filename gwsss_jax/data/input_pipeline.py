@@ -16,6 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from gwsss_jax import config as config_lib
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
@@ -120,9 +121,7 @@ def _random_crop_offsets(height, width, size, seed):
   return top, left
 
 
-def input_size(config) -> int:
-  """Side of the square classifier input: `data.crop_size`, or `data.resize` without a crop."""
-  return config.data.crop_size or config.data.resize
+input_size = config_lib.input_size  # defined with the config: the steps need it without TF
 
 
 def _train_image(path, seed, config, normalization):
@@ -231,7 +230,7 @@ def image_sizes(dataset) -> np.ndarray:
 
 def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
                   normalization='imagenet_rgb', process_index=None, process_count=None,
-                  with_masks: bool = True):
+                  with_masks: bool = True, with_rgb: bool = False):
   """This process's evaluation batches: full-resolution images padded bottom/right.
 
   `pad_to` (H, W) fixes the padded shape (one compilation); None pads to the largest image of
@@ -240,7 +239,8 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
 
   Yields 'images' float32 [b, Hp, Wp, 3] (padding 0, the mean after normalisation), 'masks'
   uint8 [b, Hp, Wp] (255 in the padding, and everywhere when there is no ground truth or
-  with_masks is False), 'hw' int32 [b, 2] original sizes, 'index' int32 [b], 'valid' bool [b].
+  with_masks is False), 'hw' int32 [b, 2] original sizes, 'index' int32 [b], 'valid' bool [b],
+  and with `with_rgb` the images as decoded, 'rgb' uint8 [b, Hp, Wp, 3] (the dense CRF's input).
   """
   norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
   pi, pc = _process(process_index, process_count)
@@ -277,8 +277,11 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
     else:
       mask = tf.fill([h, w], tf.constant(palette.IGNORE, tf.uint8))
     mask = tf.pad(mask, [[0, hp - h], [0, wp - w]], constant_values=palette.IGNORE)
-    return {'images': tf.ensure_shape(x, [hp, wp, 3]), 'masks': tf.ensure_shape(mask, [hp, wp]),
-            'hw': tf.stack([h, w]), 'index': i, 'valid': valid}
+    out = {'images': tf.ensure_shape(x, [hp, wp, 3]), 'masks': tf.ensure_shape(mask, [hp, wp]),
+           'hw': tf.stack([h, w]), 'index': i, 'valid': valid}
+    if with_rgb:
+      out['rgb'] = tf.ensure_shape(tf.image.pad_to_bounding_box(image, 0, 0, hp, wp), [hp, wp, 3])
+    return out
 
   ds = tf.data.Dataset.from_tensor_slices(index)
   ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)

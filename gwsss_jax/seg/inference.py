@@ -14,26 +14,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gwsss_jax.common.errors import UserError
-
 # The canvas side is a multiple of this (the network's output stride divides it).
 CANVAS_MULTIPLE = 8
 
 
-def check_crf(seg_config) -> None:
-  """Dense CRF post-processing is not offered, as for the pseudo labels (`cams.crf`)."""
-  if seg_config.crf:
-    raise UserError('config.seg.crf=True: dense CRF is not available (no maintained dense-CRF '
-                    'package installs from wheels here: pydensecrf2 and SimpleCRF need a C++ '
-                    'toolchain and Cython); set seg.crf=False')
-
-
-def make_predict_fn(module, scales, flip: bool):
-  """jit(variables, images [B, H, W, 3]) -> labels uint8 [B, H, W] (`multiscale_probs`)."""
+def make_predict_fn(module, scales, flip: bool, with_probs: bool = False):
+  """jit(variables, images [B, H, W, 3]) -> labels uint8 [B, H, W] (and the probabilities
+  [B, H, W, K] with `with_probs`), by `multiscale_probs`."""
   def predict(variables, images):
     probs = multiscale_probs(lambda x: module.apply(variables, x, train=False), images, scales,
                              flip)
-    return jnp.argmax(probs, axis=-1).astype(jnp.uint8)
+    labels = jnp.argmax(probs, axis=-1).astype(jnp.uint8)
+    return (labels, probs) if with_probs else labels
   return jax.jit(predict)
 
 

@@ -9,11 +9,18 @@ without masks (test) is written in the layout of the official evaluation server 
 `<workdir>/results/VOC2012/Segmentation/comp6_test_cls/<name>.png` (archive `results/` and
 upload it).
 
+Dense CRF (`seg.crf=True`, DeepLab-v2's post-processing with `seg.crf_params`, unaries
+-log(softmax)): by pydensecrf2 in a CPU worker pool (`crf.impl='reference'`) or on the devices in
+the same batches as the network (`crf.impl='jax'`). The written predictions are then the CRF's;
+with ground truth, the predictions without it also go to `<predictions>/no_crf/` and the mIoU of
+both is reported (`seg_miou` with, `seg_miou_no_crf` without; `seg_oracle_*` alike).
+
 Resumable: predictions already on disk from the same checkpoint and inference settings
 (`manifest.json` beside them) are read back instead of recomputed.
 """
 
 import json
+import multiprocessing
 import os
 
 import jax
@@ -25,6 +32,10 @@ from jax.sharding import PartitionSpec as P
 
 from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
+from gwsss_jax import crf as crf_lib
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.crf import dense as crf_dense
+from gwsss_jax.crf import reference as crf_reference
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
 from gwsss_jax.data import palette
@@ -37,6 +48,18 @@ MANIFEST = 'manifest.json'
 VOC_TEST_LAYOUT = os.path.join('VOC2012', 'Segmentation', 'comp6_test_cls')
 
 
+def check_crf(config) -> None:
+  """With `seg.crf` and the reference implementation: pydensecrf2 must be importable."""
+  if config.seg.crf and config.crf.impl == 'reference':
+    crf_reference.require('seg.crf')
+
+
+def _crf_reference_task(task):
+  """Worker: DeepLab's CRF on one image (probabilities [h, w, K], rgb [h, w, 3])."""
+  probs, rgb, params = task
+  return crf_reference.from_probs(probs.transpose(2, 0, 1), rgb, params).astype(np.uint8)
+
+
 def output_dir(config, workdir: str, has_masks: bool) -> str:
   names = common.run_names(config.seg.oracle)
   if not has_masks and config.data.name in ('voc', 'tfds_voc'):
@@ -46,8 +69,11 @@ def output_dir(config, workdir: str, has_masks: bool) -> str:
 
 def _settings(config, step: int) -> dict:
   g = config.seg
-  return {'checkpoint_step': int(step), 'eval_scales': [float(s) for s in g.eval_scales],
-          'eval_flip': bool(g.eval_flip), 'split': config.data.val_split}
+  out = {'checkpoint_step': int(step), 'eval_scales': [float(s) for s in g.eval_scales],
+         'eval_flip': bool(g.eval_flip), 'split': config.data.val_split}
+  if g.crf:  # both implementations give the same labels (to float rounding)
+    out['crf'] = g.crf_params.to_dict()
+  return out
 
 
 def prepare_output(directory: str, settings: dict, examples) -> None:
@@ -77,7 +103,7 @@ def _local_sharding(batch_size: int):
 def run(config, workdir: str) -> dict:
   g = config.seg
   names = common.run_names(g.oracle)
-  inference.check_crf(g)
+  check_crf(config)
   module, variables, info = artifact.load(common.checkpoint_dir(config, workdir),
                                           artifact.SEGMENTER, config)
   step = info['step']
@@ -100,12 +126,20 @@ def run(config, workdir: str) -> dict:
                           dataset.class_names, dataset.split)
 
   num_classes = g.num_classes
+  use_crf = bool(g.crf)
+  plain_dir = os.path.join(directory, 'no_crf')  # with the CRF: its input, for the comparison
+  if use_crf and has_masks:
+    os.makedirs(plain_dir, exist_ok=True)
   cm = np.zeros((num_classes, num_classes), np.int64)
+  cm_plain = np.zeros_like(cm)
   for ex in mine.examples:
     if ex.name in done and has_masks:
+      gt = palette.read_mask(ex.mask_path, config.data.num_classes, skip_bad=True)
       cm += metrics_lib.confusion_matrix(
-          palette.read_label_png(os.path.join(directory, ex.name + '.png')),
-          palette.read_mask(ex.mask_path, config.data.num_classes, skip_bad=True), num_classes)
+          palette.read_label_png(os.path.join(directory, ex.name + '.png')), gt, num_classes)
+      if use_crf:
+        cm_plain += metrics_lib.confusion_matrix(
+            palette.read_label_png(os.path.join(plain_dir, ex.name + '.png')), gt, num_classes)
 
   if len(todo):
     canvas = inference.canvas_size(input_pipeline.image_sizes(dataset))
@@ -113,25 +147,64 @@ def run(config, workdir: str) -> dict:
     batches = input_pipeline.eval_iterator(todo, config, batch_size=g.eval_batch_size,
                                            pad_to=canvas, normalization=info['normalization'],
                                            process_index=0, process_count=1,
-                                           with_masks=has_masks)
-    predict = inference.make_predict_fn(module, tuple(g.eval_scales), g.eval_flip)
+                                           with_masks=has_masks, with_rgb=use_crf)
+    predict = inference.make_predict_fn(module, tuple(g.eval_scales), g.eval_flip,
+                                        with_probs=use_crf)
     data_sharding, replicated = _local_sharding(g.eval_batch_size)
     variables = jax.device_put(variables, replicated)
+    crf_params = crf_lib.params_from_config(g.crf_params)
+    on_device = use_crf and config.crf.impl == 'jax'
+    pool = None
+    if on_device:
+      labeller = crf_dense.make_labeller(crf_params)
+      unary_fn = jax.jit(crf_dense.unary_from_probs)
+    elif use_crf:
+      workers = min(config.pseudo.num_workers or os.cpu_count() or 1, g.eval_batch_size)
+      if workers > 1:  # spawn: the parent holds JAX's threads, which fork does not copy safely
+        pool = multiprocessing.get_context('spawn').Pool(workers)
     bar = console.progress(len(todo), names.miou.replace('_miou', '_eval'))
-    for batch in batches:
-      out = np.asarray(predict(variables, jax.device_put(batch['images'], data_sharding)))
-      for i in np.flatnonzero(np.asarray(batch['valid'])):
-        ex = todo.examples[int(batch['index'][i])]
-        h, w = (int(v) for v in batch['hw'][i])
-        pred = out[i, :h, :w]
-        palette.save_label_png(os.path.join(directory, ex.name + '.png'), pred)
-        if has_masks:
-          cm += metrics_lib.confusion_matrix(pred, batch['masks'][i, :h, :w], num_classes)
-        bar.update(1)
-    bar.close()
+    try:
+      for batch in batches:
+        valid = np.flatnonzero(np.asarray(batch['valid']))
+        out = predict(variables, jax.device_put(batch['images'], data_sharding))
+        plain = refined = None
+        if not use_crf:
+          refined = np.asarray(out)
+        elif on_device:
+          plain = np.asarray(out[0])
+          refined = np.asarray(labeller(unary_fn(out[1]), batch['rgb'],
+                                        np.asarray(batch['hw'], np.int32)))
+        else:
+          plain = np.asarray(out[0])
+          probs = np.asarray(out[1])
+          tasks = [(probs[i, :batch['hw'][i][0], :batch['hw'][i][1]],
+                    batch['rgb'][i, :batch['hw'][i][0], :batch['hw'][i][1]], crf_params)
+                   for i in valid]
+          results = pool.map(_crf_reference_task, tasks) if pool else map(_crf_reference_task,
+                                                                             tasks)
+          refined = np.zeros_like(plain)
+          for i, r in zip(valid, results):
+            refined[i, :r.shape[0], :r.shape[1]] = r
+        for i in valid:
+          ex = todo.examples[int(batch['index'][i])]
+          h, w = (int(v) for v in batch['hw'][i])
+          pred = refined[i, :h, :w]
+          gt = batch['masks'][i, :h, :w]
+          if use_crf and has_masks:
+            palette.save_label_png(os.path.join(plain_dir, ex.name + '.png'), plain[i, :h, :w])
+            cm_plain += metrics_lib.confusion_matrix(plain[i, :h, :w], gt, num_classes)
+          palette.save_label_png(os.path.join(directory, ex.name + '.png'), pred)
+          if has_masks:
+            cm += metrics_lib.confusion_matrix(pred, gt, num_classes)
+          bar.update(1)
+    finally:
+      if pool is not None:
+        pool.terminate()
+      bar.close()
 
   if jax.process_count() > 1:
     cm = np.asarray(multihost_utils.process_allgather(cm)).sum(axis=0)
+    cm_plain = np.asarray(multihost_utils.process_allgather(cm_plain)).sum(axis=0)
   if jax.process_index() != 0:
     return {}
   print(f'[eval_seg] {len(dataset)} predictions in {directory} (checkpoint step {step})',
@@ -141,12 +214,17 @@ def run(config, workdir: str) -> dict:
   out = metrics_lib.segmentation_metrics(cm, class_names, prefix=names.metrics_prefix)
   iou = metrics_lib.iou_per_class(cm)
   out[names.miou] = out[f'{names.metrics_prefix}mean_iou']
+  if use_crf:
+    out[names.miou + '_no_crf'] = float(np.nanmean(metrics_lib.iou_per_class(cm_plain)))
   rows = [(i, n, float(v)) for i, (n, v) in enumerate(zip(class_names, iou))]
   rows.append(('', 'mean', out[names.miou]))
   table = metrics_lib.format_table(rows, ('#', 'class', 'IoU'))
   title = (f'{"Oracle (ground-truth)" if g.oracle else "Pseudo-label"} DeepLab on '
            f'{config.data.val_split}, checkpoint step {step}, scales {tuple(g.eval_scales)}, '
            f'flip {bool(g.eval_flip)}')
+  if use_crf:
+    title += (f", dense CRF ({config.crf.impl}); without it: mIoU "
+              f"{out[names.miou + '_no_crf']:.4f}")
   report = f'### {title}\n\n{table}\n'
   print(report, flush=True)
   gio.atomic_write_text(os.path.join(workdir, f'{names.miou.replace("_miou", "_iou")}.md'),

@@ -21,7 +21,6 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gwsss_jax.cams import export
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
@@ -33,10 +32,16 @@ from gwsss_jax.train import artifact
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import optim
 from gwsss_jax.train import parallel
+from gwsss_jax.train import steps
 from gwsss_jax.train import trainer
 from gwsss_jax.train import writers
 
 NAME = 'train_cls'
+# The model's variables and loss live in train.steps, which imports no TensorFlow (the
+# benchmarks and the device check run the step where TensorFlow is not installed).
+init_variables = steps.init_classifier
+oaa_readouts = steps.oaa_readouts
+make_loss_fn = steps.classifier_loss_fn
 
 
 def schedule(config, num_examples: int) -> tuple[int, int]:
@@ -49,18 +54,6 @@ def schedule(config, num_examples: int) -> tuple[int, int]:
   if config.train.max_steps > 0:
     total = min(total, config.train.max_steps)
   return spe, total
-
-
-def init_variables(model, config, rng) -> dict:
-  """Fresh variables at the training input size ({'params', ['batch_stats']}), shapes only
-  being computed when `rng` is None (a restore template)."""
-  k, c = config.model.num_nodes, input_pipeline.input_size(config)
-  images = jnp.zeros((1, k, c, c, 3), jnp.float32)
-  adjacency = jnp.ones((1, k, k), jnp.float32)
-  init = lambda r: model.init(r, images, adjacency, train=False)
-  if rng is None:
-    return jax.eval_shape(init, jax.random.key(0))
-  return trainer.run_init(init, rng)
 
 
 def _pretrained(config, variables) -> dict:
@@ -89,42 +82,6 @@ def normalization(config, workdir: str) -> dict:
     return norm_lib.resolve(artifact.read(directory, artifact.CLASSIFIER)['normalization'])
   return norm_lib.resolve(
       convert.normalization_for(config.data.normalization, config.model.pretrained))
-
-
-def oaa_readouts(config) -> tuple:
-  """The readouts the OAA store accumulates: `cams.source`, or all three."""
-  return export.READOUTS if config.cams.oaa_all_readouts else (config.cams.source,)
-
-
-def make_loss_fn(model, config, with_cams: bool):
-  """`loss_fn(params, batch_stats, batch, rng)` of `trainer.make_train_step` (Eq. 12).
-
-  Per-example outputs: sigmoid probabilities of the graph readout [b, K, L] and, for OAA,
-  {readout: export CAMs} (`classifier.cams_for_export`, the readouts of `oaa_readouts`) of the
-  members OAA reads: [b, 1, h, w, L] for the anchors (`cams.oaa_members='anchor'`), else
-  [b, K, h, w, L].
-  """
-  anchors_only = config.cams.oaa_members == 'anchor'
-  readouts = oaa_readouts(config)
-
-  train_bn = bool(not config.model.freeze_bn)
-
-  def loss_fn(params, batch_stats, batch, rng):
-    variables = {'params': params}
-    if batch_stats:
-      variables['batch_stats'] = batch_stats
-    mutable = ['batch_stats'] if (train_bn and batch_stats) else False
-    result = model.apply(variables, batch['images'], batch['adjacency'], train=True,
-                         rngs={'dropout': rng}, mutable=mutable)
-    (logits, out), new_stats = result if mutable else (result, {})
-    loss, terms = classifier.loss_fn(logits, out, batch['labels'], config.model)
-    per_example = {'probs': jax.nn.sigmoid(logits)}
-    if with_cams:
-      members = slice(0, 1) if anchors_only else slice(None)
-      per_example['cams'] = {r: classifier.cams_for_export(out, batch['labels'], r)[:, members]
-                             for r in readouts}
-    return loss, (terms, new_stats.get('batch_stats', batch_stats), per_example)
-  return loss_fn
 
 
 def make_eval_fn(model, num_nodes: int):

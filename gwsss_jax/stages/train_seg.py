@@ -24,28 +24,16 @@ from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
 from gwsss_jax.data import palette
 from gwsss_jax.seg import common
-from gwsss_jax.seg import losses
 from gwsss_jax.train import artifact
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import parallel
+from gwsss_jax.train import steps
 from gwsss_jax.train import trainer
 from gwsss_jax.train import writers
 
 
-def make_loss_fn(module, msc: bool):
-  """`loss_fn(params, batch_stats, batch, rng)` for `trainer.make_train_step`.
-
-  BatchNorm is frozen (DeepLab-v2), so the statistics pass through unchanged.
-  """
-  def loss_fn(params, batch_stats, batch, rng):
-    variables = {'params': params, 'batch_stats': batch_stats}
-
-    def apply_fn(images, index):
-      return module.apply(variables, images, train=True,
-                          rngs={'dropout': jax.random.fold_in(rng, index)})
-    loss, scalars = losses.segmentation_loss(apply_fn, batch['images'], batch['labels'], msc)
-    return loss, (scalars, batch_stats, {})
-  return loss_fn
+# In train.steps, which imports no TensorFlow (see stages/train_cls.py).
+make_loss_fn = steps.segmentation_loss_fn
 
 
 def label_source(config, workdir: str, dataset) -> str | None:

@@ -1,0 +1,46 @@
+"""Fully connected CRF post-processing (`cams.crf`, `seg.crf`), two implementations chosen by
+`crf.impl`:
+
+- 'reference': pydensecrf2 (Kraehenbuehl's C++ code), one image at a time on the host, run in the
+  stages' CPU worker pools. An optional dependency: `pip install -r requirements-crf.txt`.
+- 'jax': `dense.py`, the same model and inference (`lattice.py` follows the C++ permutohedral
+  lattice), batched, jit-compiled and split over the local devices.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Params(NamedTuple):
+  """The CRF's parameters, named as DeepLab's `DenseCRF` layer names them."""
+  iterations: int = 10
+  pos_xy_std: float = 3.0   # Gaussian kernel: spatial standard deviation (pixels)
+  pos_w: float = 3.0        # Gaussian kernel: Potts weight
+  bi_xy_std: float = 50.0   # bilateral kernel: spatial standard deviation (pixels)
+  bi_rgb_std: float = 5.0   # bilateral kernel: colour standard deviation (0..255)
+  bi_w: float = 10.0        # bilateral kernel: Potts weight
+
+
+def params_from_config(c) -> Params:
+  """Params from a config dict with the keys of `Params`."""
+  return Params(**{k: c[k] for k in Params._fields})
+
+
+# A padded label channel gets this energy: probability exp(-1e4) = 0, so it never wins nor
+# sends messages.
+PAD_ENERGY = np.float32(1e4)
+
+
+def unary_from_labels(labels, num_labels: int, gt_prob: float, channels: int | None = None):
+  """pydensecrf's `unary_from_labels(labels, n, gt_prob, zero_unsure=False)` (IRNet's CRF on CAM
+  labels), as [H, W, channels] float32 (channels >= n; the extra ones get PAD_ENERGY):
+  -log(gt_prob) for the pixel's label, -log((1 - gt_prob) / (n - 1)) for the other labels."""
+  channels = num_labels if channels is None else channels
+  labels = np.asarray(labels)
+  on = -np.log(np.float32(gt_prob))
+  off = -np.log((1.0 - np.float32(gt_prob)) / (num_labels - 1))
+  u = np.full(labels.shape + (channels,), PAD_ENERGY, np.float32)
+  u[..., :num_labels] = off
+  np.put_along_axis(u, labels[..., None].astype(np.int64), on, axis=-1)
+  return u

@@ -1,0 +1,205 @@
+"""The permutohedral lattice (Adams, Baek & Davis 2010) in JAX: Gaussian filtering in d
+dimensions in time linear in the number of points, expressed with sort, gather and scatter.
+
+It follows the C++ lattice of Kraehenbuehl's dense CRF (densecrf/src/permutohedral.cpp, which
+pydensecrf2 wraps) step for step: the same elevation, rounding, simplex ranking, barycentric
+weights, [1/2, 1, 1/2] blur along the d + 1 lattice directions and the same final scale alpha,
+so that the JAX CRF and the reference agree to float rounding. Where the C++ code keeps a hash
+table of the occupied lattice points, this code sorts the vertices by their key's 32-bit hash
+(and first key word) to number the distinct points, and finds a point's blur neighbours by
+binary search on the sorted hashes, comparing the full keys to rule out hash collisions.
+
+Shapes are static: a point cloud of N points has at most N (d + 1) lattice points, and the
+tables are sized for that bound (`capacity` can shrink them when the caller knows better).
+"""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_HASH_MULT = np.int32(2531011)  # the C++ HashTable's multiplier
+# Hash collisions are resolved by looking at this many sorted entries from the first candidate.
+_PROBE = 3
+
+
+class Lattice(NamedTuple):
+  """A lattice built over N points (all arrays of one image; vmap for a batch).
+
+  offsets: int32 [N, d + 1] lattice point of each simplex vertex of each point.
+  weights: float32 [N, d + 1] barycentric weights.
+  neighbours: int32 [d + 1, 2, P] per direction, the two blur neighbours of each lattice point
+    (P = the table size; `P` itself means 'absent' and reads as zero).
+  num_points: int32 [] the number of distinct lattice points (the rest of the table is unused).
+  """
+  offsets: jax.Array
+  weights: jax.Array
+  neighbours: jax.Array
+  num_points: jax.Array
+
+
+def _hash(keys):
+  """int32 hash of int32 keys [..., d] (wrapping arithmetic)."""
+  h = jnp.zeros(keys.shape[:-1], jnp.int32)
+  for i in range(keys.shape[-1]):
+    h = (h + keys[..., i]) * _HASH_MULT
+  return h
+
+
+def _simplex(features):
+  """Per point: the d + 1 vertex keys [N, d + 1, d] and barycentric weights [N, d + 1]."""
+  n, d = features.shape
+  inv_std_dev = float(np.float32(math.sqrt(2.0 / 3.0) * (d + 1)))  # a float in C++
+  scale = np.array([1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std_dev for i in range(d)],
+                   np.float32)
+  cf = features.astype(jnp.float32) * scale  # [N, d]
+  # elevated[j] = sum_{i >= j} cf[i] - j cf[j - 1] (j >= 1), elevated[0] = sum cf.
+  suffix = jnp.flip(jnp.cumsum(jnp.flip(cf, 1), 1), 1)  # [N, d]: sum_{i >= j} cf[i]
+  suffix = jnp.concatenate([suffix, jnp.zeros((n, 1), jnp.float32)], 1)  # [N, d + 1]
+  j = jnp.arange(d + 1, dtype=jnp.float32)
+  shifted = jnp.concatenate([jnp.zeros((n, 1), jnp.float32), cf], 1)  # cf[j - 1]
+  elevated = suffix - j * shifted
+  # The closest remainder-0 point: each coordinate rounded to a multiple of d + 1 (the SSE
+  # build of the C++ code, which x86-64 compiles: round half to even of elevated / (d + 1)).
+  down_factor = np.float32(1.0 / (d + 1))
+  v = jnp.round(elevated * down_factor)
+  rem0 = (v * (d + 1)).astype(jnp.int32)
+  total = jnp.sum(v, 1).astype(jnp.int32)
+  # rank[i]: the position of coordinate i in the sorted order of the differences (C++ order:
+  # for i < j, di < dj counts for i, otherwise for j).
+  diff = elevated - rem0.astype(jnp.float32)
+  less = diff[:, :, None] < diff[:, None, :]  # [N, i, j]: d_i < d_j
+  upper = np.triu(np.ones((d + 1, d + 1), bool), 1)  # i < j
+  rank = (jnp.sum(less & upper, 2) + jnp.sum(~less & upper, 1)).astype(jnp.int32)
+  rank = rank + total[:, None]
+  rem0 = jnp.where(rank < 0, rem0 + d + 1, jnp.where(rank > d, rem0 - (d + 1), rem0))
+  rank = jnp.where(rank < 0, rank + d + 1, jnp.where(rank > d, rank - (d + 1), rank))
+  # Barycentric coordinates.
+  v = (elevated - rem0.astype(jnp.float32)) * down_factor
+  slots = jnp.arange(d + 2)
+  bary = (jnp.sum(v[:, :, None] * (slots == (d - rank)[:, :, None]), 1)
+          - jnp.sum(v[:, :, None] * (slots == (d - rank + 1)[:, :, None]), 1))
+  bary = bary.at[:, 0].add(1.0 + bary[:, d + 1])[:, :d + 1]
+  # Vertex r: key[i] = rem0[i] + canonical[r, rank[i]], canonical[r, k] = r if k <= d - r else
+  # r - (d + 1); only the first d coordinates are kept (they sum with the last to 0).
+  r = jnp.arange(d + 1, dtype=jnp.int32)[None, :, None]
+  rk = rank[:, None, :d]
+  keys = rem0[:, None, :d] + jnp.where(rk <= d - r, r, r - (d + 1))
+  return keys, bary
+
+
+def _pack(keys):
+  """Key coordinates [..., d] (int16 range, as the C++ `short` keys) packed two to an int32
+  word: a list of ceil(d / 2) int32 arrays, equal exactly when the keys are."""
+  d = keys.shape[-1]
+  words = []
+  for i in range(0, d, 2):
+    w = keys[..., i]
+    if i + 1 < d:
+      w = w * 65536 + (keys[..., i + 1] & 0xFFFF)
+    words.append(w)
+  return words
+
+
+def _sorted_vertices(features):
+  """The simplex vertices sorted by (hash, first key word): the keys, weights, sorted hashes,
+  the order, and where a new lattice point starts in it.
+
+  The sort key is 64 bits, not the whole key: XLA:CPU sorts time grows with every key operand
+  (two keys take half the time of four). Distinct keys equal in those 64 bits (odds about
+  M^2 / 2^65 for M lattice points) would still get told apart below, but could interleave in the
+  order and split a lattice point in two.
+  """
+  n, d = features.shape
+  keys, bary = _simplex(features)
+  flat = keys.reshape(n * (d + 1), d)
+  words = _pack(flat)
+  sh, _, perm = jax.lax.sort((_hash(flat), words[0], jnp.arange(flat.shape[0], dtype=jnp.int32)),
+                             num_keys=2)
+  new = sh[1:] != sh[:-1]
+  for w in words:
+    w = jnp.take(w, perm, mode='clip')
+    new |= w[1:] != w[:-1]
+  new = jnp.concatenate([jnp.ones((1,), bool), new])
+  return flat, bary, sh, perm, new
+
+
+def build(features, capacity: int | None = None) -> Lattice:
+  """The lattice of the points `features` [N, d] (already divided by the standard deviations).
+
+  `capacity` (default N (d + 1)) sizes the table of lattice points; points beyond it are
+  dropped, so only pass a smaller value known to hold them all (see `count_points`).
+  """
+  n, d = features.shape
+  flat, bary, sh, perm, new = _sorted_vertices(features)
+  nv = n * (d + 1)
+  cap = nv if capacity is None else int(capacity)
+  ids = jnp.cumsum(new.astype(jnp.int32)) - 1
+  num_points = ids[-1] + 1
+  ids = jnp.where(ids < cap, ids, cap)  # beyond the capacity: 'absent'
+  offsets = jnp.zeros((nv,), jnp.int32).at[perm].set(ids, mode='promise_in_bounds')
+  slot = jnp.where(new, ids, cap)
+  table_h = jnp.full((cap,), jnp.iinfo(jnp.int32).max, jnp.int32).at[slot].set(sh, mode='drop')
+  table_k = jnp.zeros((cap, d), jnp.int32).at[slot].set(
+      jnp.take(flat, perm, axis=0, mode='clip'), mode='drop')
+  table_w = _pack(table_k)
+  valid = jnp.arange(cap) < num_points
+
+  def find(query):
+    hq = _hash(query)
+    qw = _pack(query)
+    pos = jnp.searchsorted(table_h, hq, side='left', method='scan')
+    found = jnp.full((cap,), cap, jnp.int32)
+    for p in reversed(range(_PROBE)):  # the first match wins
+      idx = jnp.minimum(pos + p, cap - 1)
+      hit = (jnp.take(table_h, idx, mode='clip') == hq) & (pos + p < num_points)
+      for tw, w in zip(table_w, qw):
+        hit &= jnp.take(tw, idx, mode='clip') == w
+      found = jnp.where(hit, idx, found)
+    return jnp.where(valid, found, cap)
+
+  # Direction j: n1 = key - 1 with key[j] + d, n2 = key + 1 with key[j] - d (C++ order).
+  # n2 is the inverse of n1 (n1(a) = b exactly when n2(b) = a), so one search suffices.
+  steps = np.ones((d + 1, d), np.int32)
+  steps[np.arange(d), np.arange(d)] = -d
+  rows = jnp.arange(cap, dtype=jnp.int32)
+
+  def direction(step):  # one traced search for all directions: a smaller program to compile
+    n1 = find(table_k - step)
+    n2 = jnp.full((cap,), cap, jnp.int32).at[n1].set(rows, mode='drop')
+    return jnp.stack([n1, n2])
+  neighbours = jax.lax.map(direction, jnp.asarray(steps))
+  return Lattice(offsets.reshape(n, d + 1), bary, neighbours, num_points)
+
+
+def count_points(features) -> jax.Array:
+  """The number of distinct lattice points of `features` [N, d] (to choose a capacity)."""
+  return jnp.sum(_sorted_vertices(features)[-1].astype(jnp.int32))
+
+
+def filter_values(lattice: Lattice, values, reverse: bool = False):
+  """Gaussian-filters `values` [N, C]: splat onto the lattice, blur, slice (C++ `compute`)."""
+  n, dp1 = lattice.offsets.shape
+  cap = lattice.neighbours.shape[-1]
+  offsets = lattice.offsets.reshape(-1)
+  contrib = (lattice.weights[:, :, None] * values[:, None, :]).reshape(n * dp1, -1)
+  # Row `cap` is the zero row that 'absent' reads; it only ever blurs with itself.
+  grid = jnp.zeros((cap + 1, values.shape[1]), values.dtype).at[offsets].add(
+      contrib, mode='promise_in_bounds')
+  grid = grid.at[cap].set(0.0)
+  pad = jnp.full((dp1, 2, 1), cap, jnp.int32)
+  neighbours = jnp.concatenate([lattice.neighbours, pad], -1)
+
+  def blur(i, grid):
+    j = dp1 - 1 - i if reverse else i
+    # mode='clip': indices are in range by construction, and XLA:CPU's bounds-checked gather
+    # ('fill') is several times slower.
+    both = jnp.take(grid, neighbours[j].reshape(-1), axis=0, mode='clip')
+    both = both.reshape(2, cap + 1, -1)
+    return grid + 0.5 * (both[0] + both[1])
+  grid = jax.lax.fori_loop(0, dp1, blur, grid)
+  alpha = np.float32(1.0 / (1.0 + 2.0 ** (-(dp1 - 1))))
+  sliced = jnp.take(grid, offsets, axis=0, mode='clip').reshape(n, dp1, -1)
+  return alpha * jnp.sum(lattice.weights[:, :, None] * sliced, 1)
