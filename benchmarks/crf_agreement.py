@@ -2,12 +2,15 @@
 
 On MSRC-v2 photographs (`Images/`, `newsegmentations_mats/`; 23 classes, void ignored):
 
-  python benchmarks/crf_agreement.py --msrc=/path/to/msrc_v2 --num_images=24
+  python -m benchmarks.crf_agreement --msrc=/path/to/msrc_v2 --num_images=24
 
 On a dataset in the VOC layout (`JPEGImages/`, `SegmentationClass/`, the `--split` list), such as
 the built-in one (`python -m gwsss_jax.data.synthetic --out DIR`, 6 classes + background):
 
-  python benchmarks/crf_agreement.py --voc=DIR --num_labels=7 --num_images=48
+  python -m benchmarks.crf_agreement --voc=DIR --num_labels=7 --num_images=48
+
+With GWSSS_BENCH_SMOKE=1 (benchmarks/smoke.py) it takes 3 images at most: a test's proof that
+the command runs.
 
 The images are spread over the whole set (every len / num_images-th in list order).
 
@@ -30,6 +33,7 @@ import numpy as np
 import scipy.io
 import scipy.ndimage
 
+from benchmarks import smoke
 from gwsss_jax import config as config_lib
 from gwsss_jax import crf
 from gwsss_jax.crf import dense
@@ -76,6 +80,8 @@ def main():
   ap.add_argument('--num_labels', type=int, default=21, help='--voc: classes + background')
   ap.add_argument('--num_images', type=int, default=24)
   args = ap.parse_args()
+  if smoke.enabled():
+    args.num_images = min(args.num_images, 3)
   if bool(args.msrc) == bool(args.voc):
     ap.error('give one of --msrc, --voc')
   items = list(msrc_items(args.msrc) if args.msrc else voc_items(args.voc, args.split))

@@ -32,7 +32,6 @@ xla_flags.configure_cpu()
 SMOKE = smoke.enabled()
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from gwsss_jax import bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -76,7 +75,6 @@ def main():
   args = parser.parse_args()
   if SMOKE:  # one thread: idle OpenMP threads would spin against JAX's without the pauses
     args.rounds, args.pause, args.threads = 1, 0.0, 1
-  flags.FLAGS(sys.argv[:1])  # bench's absl flags keep their defaults
   config = voc.get_config()
   config.model.variant = 'release'
   runner = bench.Bench(config, quick=SMOKE, num_devices=1, steps=1, warmup=0)

@@ -62,29 +62,6 @@ from gwsss_jax.common.errors import UserError
 
 GROUPS = ('train_cls', 'graph_share', 'input_pipeline', 'cam_export', 'train_seg', 'crf')
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/voc.py', 'Configuration file.')
-_ONLY = flags.DEFINE_list('only', list(GROUPS), f'Figure groups to run, from {GROUPS}.')
-_QUICK = flags.DEFINE_bool('quick', False, 'Tiny widths and sizes (smoke test; not a speed '
-                           'figure).')
-_BACKBONES = flags.DEFINE_list('backbones', ['vgg16', 'resnet101'], 'train_cls backbones.')
-_KS = flags.DEFINE_list('ks', ['3', '4'], 'train_cls group sizes K.')
-_GRAPH_KS = flags.DEFINE_list('graph_ks', None,
-                              'graph_share group sizes K (default 2..8; 2,3 with --quick).')
-_PER_DEVICE_BATCH = flags.DEFINE_integer(
-    'per_device_batch', 0, 'Groups per device for train_cls and graph_share (0 = '
-    'train.batch_size rounded up to a multiple of the device count).')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (median reported).')
-_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compilation.')
-_NUM_DEVICES = flags.DEFINE_integer('num_devices', 1, 'Devices to run on (0 = all).')
-_PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 20,
-                                         'Batches timed by input_pipeline.')
-_YNN_CONV = flags.DEFINE_bool('ynn_conv', False, 'Keep XLA:CPU convolutions on YNNPACK (the '
-                               "jaxlib default; see gwsss_jax.common.xla_flags) instead of "
-                               'Eigen.')
-_WORKDIR = flags.DEFINE_string('workdir', '', 'Where the built-in dataset is generated '
-                               "(data.name='synthetic' with an empty data.root); '' = a "
-                               'temporary directory.')
-
 # Per-device dense peaks in FLOP/s, (float32, TF32 tensor cores, bfloat16), keyed by a substring
 # of `device.device_kind` (first match wins). TPU v2/v3 devices are single cores, v4+ chips.
 # V100 and T4 have no bf16 units: their third figure is FP16, their TF32 None.
@@ -307,10 +284,12 @@ class Bench:
 
   def __init__(self, config, quick: bool, num_devices: int, steps: int, warmup: int, *,
                backbones=('vgg16', 'resnet101'), ks=(3, 4), graph_ks=None,
-               per_device_batch: int = 0):
+               per_device_batch: int = 0, workdir: str = '', pipeline_batches: int = 20):
     from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
     self.config = config
     self.quick = quick
+    self.workdir = workdir
+    self.pipeline_batches = pipeline_batches
     self.backbones = tuple(backbones)
     self.ks = tuple(int(k) for k in ks)
     self.graph_ks = tuple(int(k) for k in (
@@ -463,7 +442,7 @@ class Bench:
                image_size=config.data.crop_size, batch_groups=config.train.batch_size)
     try:
       with tempfile.TemporaryDirectory() as tmp:
-        workdir = _WORKDIR.value or tmp
+        workdir = self.workdir or tmp
         if self.quick and config.data.name == 'synthetic' and not config.data.root:
           config.data.synthetic.num_train = 24
           config.data.synthetic.num_val = 4
@@ -472,7 +451,7 @@ class Bench:
           config.data.resize = min(config.data.resize, 64)
           ctx['image_size'] = config.data.crop_size
         datasets.prepare(config, workdir)
-        batches = 3 if self.quick else _PIPELINE_BATCHES.value
+        batches = 3 if self.quick else self.pipeline_batches
         with contextlib.redirect_stdout(pyio.StringIO()):  # keep stdout JSON lines only
           rate = input_pipeline.benchmark(config, batches)
     except (UserError, OSError) as e:
@@ -575,7 +554,8 @@ def run(config, groups, *, quick: bool = False, num_devices: int = 1, steps: int
         warmup: int = 1, **options) -> None:
   """Runs the benchmark `groups` (names from GROUPS) for `config`, printing JSON lines.
 
-  `options`: `Bench`'s keyword arguments (backbones, ks, graph_ks, per_device_batch).
+  `options`: `Bench`'s keyword arguments (backbones, ks, graph_ks, per_device_batch, workdir,
+  pipeline_batches).
   """
   unknown = [g for g in groups if g not in GROUPS]
   if unknown:
@@ -588,28 +568,66 @@ def run(config, groups, *, quick: bool = False, num_devices: int = 1, steps: int
     memory_figures(group, bench.context)
 
 
+def _define_flags():
+  """The command line's flags, defined only when bench runs as a program: a module that is
+  imported as a library (by tests, benchmarks/, the device check) must not claim absl flag
+  names such as --config that other programs define."""
+  global _CONFIG, _ONLY, _QUICK, _BACKBONES, _KS, _GRAPH_KS, _PER_DEVICE_BATCH, _STEPS, _WARMUP
+  global _NUM_DEVICES, _PIPELINE_BATCHES, _YNN_CONV, _WORKDIR
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/voc.py', 'Configuration file.')
+  _ONLY = flags.DEFINE_list('only', list(GROUPS), f'Figure groups to run, from {GROUPS}.')
+  _QUICK = flags.DEFINE_bool('quick', False, 'Tiny widths and sizes (smoke test; not a speed '
+                             'figure).')
+  _BACKBONES = flags.DEFINE_list('backbones', ['vgg16', 'resnet101'], 'train_cls backbones.')
+  _KS = flags.DEFINE_list('ks', ['3', '4'], 'train_cls group sizes K.')
+  _GRAPH_KS = flags.DEFINE_list('graph_ks', None,
+                                'graph_share group sizes K (default 2..8; 2,3 with --quick).')
+  _PER_DEVICE_BATCH = flags.DEFINE_integer(
+      'per_device_batch', 0, 'Groups per device for train_cls and graph_share (0 = '
+      'train.batch_size rounded up to a multiple of the device count).')
+  _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (median reported).')
+  _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compilation.')
+  _NUM_DEVICES = flags.DEFINE_integer('num_devices', 1, 'Devices to run on (0 = all).')
+  _PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 20,
+                                           'Batches timed by input_pipeline.')
+  _YNN_CONV = flags.DEFINE_bool('ynn_conv', False, 'Keep XLA:CPU convolutions on YNNPACK (the '
+                                 "jaxlib default; see gwsss_jax.common.xla_flags) instead of "
+                                 'Eigen.')
+  _WORKDIR = flags.DEFINE_string('workdir', '', 'Where the built-in dataset is generated '
+                                 "(data.name='synthetic' with an empty data.root); '' = a "
+                                 'temporary directory.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _YNN_CONV.value:
     xla_flags.configure_cpu()
-  if _QUICK.value:
+  # GWSSS_BENCH_SMOKE=1 (as benchmarks/smoke.py): a documented full-size command runs at --quick
+  # sizes, so that a test can prove it runs without taking the minutes its figures need.
+  quick = _QUICK.value or os.environ.get('GWSSS_BENCH_SMOKE') == '1'
+  if quick and not _QUICK.value:
+    print('# GWSSS_BENCH_SMOKE=1: --quick sizes; the figures say nothing about speed',
+          file=sys.stderr, flush=True)
+  if quick:
     xla_flags.configure_quick_cpu()
   if _PER_DEVICE_BATCH.value < 0:
     raise app.UsageError(f'--per_device_batch={_PER_DEVICE_BATCH.value}: must be >= 0')
   try:
     steps, warmup = _STEPS.value, _WARMUP.value
-    if _QUICK.value:  # one step without warm-up unless --steps/--warmup say otherwise
+    if quick:  # one step without warm-up unless --steps/--warmup say otherwise
       steps = steps if flags.FLAGS['steps'].present else 1
       warmup = warmup if flags.FLAGS['warmup'].present else 0
-    run(_CONFIG.value, [g.strip() for g in _ONLY.value if g.strip()], quick=_QUICK.value,
+    run(_CONFIG.value, [g.strip() for g in _ONLY.value if g.strip()], quick=quick,
         num_devices=_NUM_DEVICES.value, steps=max(steps, 1), warmup=max(warmup, 0),
         backbones=_BACKBONES.value, ks=_KS.value, graph_ks=_GRAPH_KS.value,
-        per_device_batch=_PER_DEVICE_BATCH.value)
+        per_device_batch=_PER_DEVICE_BATCH.value, workdir=_WORKDIR.value,
+        pipeline_batches=_PIPELINE_BATCHES.value)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

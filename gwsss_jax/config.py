@@ -17,7 +17,7 @@ from gwsss_jax.models import hub
 
 STAGES = ('check_data', 'train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg',
           'eval_seg')
-DATASETS = ('voc', 'coco', 'synthetic', 'tfds_voc', 'tfds_coco')
+DATASETS = ('voc', 'coco', 'msrc', 'synthetic', 'tfds_voc', 'tfds_coco')
 BACKBONES = ('vgg16', 'resnet101')
 VARIANTS = ('paper', 'release')
 OAA_MEMBERS = ('anchor', 'all')
@@ -65,7 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.skip_bad = False
   d.deterministic = True
   d.prefetch = 2
-  d.cache_dir = ''             # COCO masks cache; '' = <workdir>/cache
+  d.cache_dir = ''             # masks cache; '' = <root>/masks_cache_<split> (COCO), <workdir>/cache (MSRC)
+  d.msrc_labels = 'voc'        # MSRC label space: 'voc' = 12 VOC classes (person = face + body)
   # The built-in dataset (data.name='synthetic'), generated into <workdir>/data when root is ''.
   d.synthetic = s = ml_collections.ConfigDict()
   s.num_train = 600
@@ -98,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.batch_size = 1             # groups per step, global (split over devices)
   t.num_epochs = 15
   t.max_steps = -1             # > 0 stops early (tests, benchmarks)
+  # Every image anchors this many groups per epoch: K = 1 with R = K' sees as many images per
+  # epoch (and per step, with R times the batch) as groups of K', over as many OAA epochs.
+  t.repeats_per_epoch = 1
   t.base_lr = 1e-3             # backbone weights
   t.backbone_bias_mult = 2.0   # backbone biases: 2e-3
   t.new_mult = 10.0            # new layers' weights: 1e-2
@@ -111,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.checkpoint_every_steps = 500
   t.max_to_keep = 3
   t.eval_every_epochs = 1      # held-out mAP/F1
+  t.eval_resolution = 'train'  # held-out images: 'train' (data.resize, centre square) or 'full'
   t.profile_steps = 0          # > 0 traces that many steps with jax.profiler
   t.group_rule = 'greedy'      # 'greedy' (paper) or 'release'
   t.anchor_order = 'shuffle'   # groups of an epoch: 'shuffle' (a permutation), 'list' (release)
@@ -228,6 +233,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "0 (no crop) needs data.resize_mode='square': images of other shapes do not batch")
   _check(d.resize_mode != 'square' or d.crop_size <= d.resize, 'data.crop_size', d.crop_size,
          f'larger than the square data.resize={d.resize}')
+  if config.data.name == 'msrc':
+    from gwsss_jax.data import msrc  # pylint: disable=g-import-not-at-top
+    _check(config.data.msrc_labels in msrc.LABEL_SPACES, 'data.msrc_labels',
+           config.data.msrc_labels, f'choose from {", ".join(map(repr, msrc.LABEL_SPACES))}')
+    size = len(msrc.LABEL_SPACES[config.data.msrc_labels])
+    _check(config.data.num_classes == size, 'data.num_classes', config.data.num_classes,
+           f'MSRC label space {config.data.msrc_labels!r} has {size} classes')
   normalizations = ('auto',) + tuple(NORMALIZATIONS)
   _check(config.data.normalization in normalizations, 'data.normalization',
          config.data.normalization, f'choose from {", ".join(map(repr, normalizations))}')
@@ -257,7 +269,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   t = config.train
   _check(t.batch_size >= 1, 'train.batch_size', t.batch_size, 'must be >= 1')
   _check(t.num_epochs >= 1, 'train.num_epochs', t.num_epochs, 'must be >= 1')
+  _check(t.repeats_per_epoch >= 1, 'train.repeats_per_epoch', t.repeats_per_epoch,
+         'must be >= 1')
   _check(t.base_lr > 0, 'train.base_lr', t.base_lr, 'must be > 0')
+  _check(t.eval_resolution in ('train', 'full'), 'train.eval_resolution', t.eval_resolution,
+         "choose from 'train', 'full'")
   _check(t.group_rule in ('greedy', 'release'), 'train.group_rule', t.group_rule,
          "choose from 'greedy', 'release'")
   _check(t.anchor_order in ANCHOR_ORDERS, 'train.anchor_order', t.anchor_order,

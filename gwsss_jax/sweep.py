@@ -1,7 +1,8 @@
 """Runs a sweep of config overrides and tabulates the results.
 
   python -m gwsss_jax.sweep --config=configs/demo.py --sweep=configs/sweeps/table3.py \
-      --workdir=runs/table3 [--stages=...] [--only=K3,T2] [--print_commands] [--table_only]
+      --workdir=runs/table3 [--stages=...] [--only=K3,T2] [--seeds=0,1,2] [--print_commands]
+      [--table_only]
 
 A sweep file defines `get_sweep() -> [(name, {key: value}, reuse_or_None), ...]`. Each variant
 runs `gwsss_jax.main` in its own process and workdir (`<workdir>/<name>`), so a crashed variant
@@ -14,9 +15,17 @@ a SLURM job array, `launch/sweep_slurm.sh`): `gwsss_jax.main` for a variant that
 classifier, and this sweep restricted to the variant (`--only=<name>`) for one that reuses
 another's classifier, which it copies first; those run after the variant they reuse.
 `--table_only` then writes the table from the finished workdirs.
+
+`--seeds=0,1,2` runs every variant once per seed (`--config.seed=<s>`, workdir
+`<workdir>/<name>/seed<s>`; a reused classifier is the same seed's). Each cell of the table is
+then `mean ± std (n=...)` over the seeds that have the figure (std: the sample standard
+deviation, ddof=1; 0 for one seed), and every seed's raw figures go to
+`<workdir>/<sweep name>_seeds.csv`.
 """
 
+import csv
 import importlib.util
+import io
 import json
 import os
 import shlex
@@ -41,6 +50,12 @@ COLUMNS = (('train_cls/mAP', 'cls mAP'), ('eval_cams/cam_miou', 'CAM mIoU'),
 REUSED_DIRS = ('cls_checkpoints', 'oaa')
 
 
+def run_dir(workdir: str, name: str, seed=None) -> str:
+  """The workdir of a variant, or of one seed of it."""
+  path = os.path.join(workdir, name)
+  return path if seed is None else os.path.join(path, f'seed{seed}')
+
+
 def load_sweep(path: str):
   if not os.path.exists(path):
     raise UserError(f'sweep file not found: {path}')
@@ -60,22 +75,26 @@ def _format_value(value) -> str:
   return str(value)
 
 
-def variant_command(name: str, overrides: dict, stages: str) -> list:
+def variant_command(name: str, overrides: dict, stages: str, seed=None) -> list:
   args = [sys.executable, '-m', 'gwsss_jax.main', f'--config={FLAGS.config}',
-          f'--workdir={os.path.join(FLAGS.workdir, name)}']
+          f'--workdir={run_dir(FLAGS.workdir, name, seed)}']
   for key, value in overrides.items():
     args.append(f'--config.{key}={_format_value(value)}')
   for item in FLAGS.set:
     args.append(f'--config.{item}')
+  if seed is not None:
+    args.append(f'--config.seed={seed}')
   if stages:
     args.append(f'--config.stages={stages}')
   return args
 
 
-def reuse_command(name: str) -> list:
+def reuse_command(name: str, seed=None) -> list:
   """This sweep restricted to `name` (it copies the reused classifier, then runs the variant)."""
   args = [sys.executable, '-m', 'gwsss_jax.sweep', f'--config={FLAGS.config}',
           f'--sweep={FLAGS.sweep}', f'--workdir={FLAGS.workdir}', f'--only={name}']
+  if seed is not None:
+    args.append(f'--seeds={seed}')
   if FLAGS.stages:
     args.append(f'--stages={FLAGS.stages}')
   if FLAGS.set:
@@ -83,12 +102,12 @@ def reuse_command(name: str) -> list:
   return args
 
 
-def _reuse_classifier(name: str, reuse: str, stages: str) -> str:
+def _reuse_classifier(name: str, reuse: str, stages: str, seed=None) -> str:
   """Copies the trained classifier of `reuse` (and the OAA maps it accumulated, when it did)
-  into the variant; drops train_cls from stages."""
+  into the variant (the same seed's); drops train_cls from stages."""
   for directory in REUSED_DIRS:
-    src = os.path.join(FLAGS.workdir, reuse, directory)
-    dst = os.path.join(FLAGS.workdir, name, directory)
+    src = os.path.join(run_dir(FLAGS.workdir, reuse, seed), directory)
+    dst = os.path.join(run_dir(FLAGS.workdir, name, seed), directory)
     if not os.path.isdir(src):
       if directory == REUSED_DIRS[0]:
         raise UserError(f'variant {name} reuses {reuse}, whose classifier {src} does not exist '
@@ -97,22 +116,63 @@ def _reuse_classifier(name: str, reuse: str, stages: str) -> str:
     if not os.path.isdir(dst):
       shutil.copytree(src, dst + '.tmp', dirs_exist_ok=True)
       os.replace(dst + '.tmp', dst)
-  base_metrics = gio.read_metrics(os.path.join(FLAGS.workdir, reuse))
-  gio.write_stage_metrics(os.path.join(FLAGS.workdir, name), 'train_cls',
+  base_metrics = gio.read_metrics(run_dir(FLAGS.workdir, reuse, seed))
+  gio.write_stage_metrics(run_dir(FLAGS.workdir, name, seed), 'train_cls',
                           {k: v for k, v in base_metrics.items() if k.startswith('train_cls/')})
   return ','.join(s for s in stages.split(',') if s.strip() != 'train_cls')
 
 
-def table(variants, workdir: str) -> str:
+def _change(overrides: dict, reuse) -> str:
+  change = ', '.join(f'{k}={_format_value(v)}' for k, v in overrides.items()) or '(paper)'
+  return change + (f' [classifier of {reuse}]' if reuse else '')
+
+
+def seed_figures(variants, workdir: str, seeds) -> list:
+  """(variant, seed, {column key: value}) of every variant and seed, from the workdirs."""
+  out = []
+  for name, _, _ in variants:
+    for seed in seeds:
+      metrics = gio.read_metrics(run_dir(workdir, name, seed))
+      out.append((name, seed, {k: float(metrics[k]) for k, _ in COLUMNS if k in metrics}))
+  return out
+
+
+def mean_std(values) -> tuple:
+  """(mean, sample standard deviation (ddof=1; 0 for one value), n)."""
+  values = [float(v) for v in values]
+  n = len(values)
+  mean = sum(values) / n
+  std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+  return mean, std, n
+
+
+def table(variants, workdir: str, seeds=None) -> str:
+  """The Markdown table: one figure per cell, or `mean ± std (n=...)` over `seeds`."""
   rows = []
+  if seeds:
+    figures = seed_figures(variants, workdir, seeds)
   for name, overrides, reuse in variants:
-    metrics = gio.read_metrics(os.path.join(workdir, name))
-    change = ', '.join(f'{k}={_format_value(v)}' for k, v in overrides.items()) or '(paper)'
-    if reuse:
-      change += f' [classifier of {reuse}]'
-    rows.append((name, change) + tuple(
-        float(metrics[k]) if k in metrics else '-' for k, _ in COLUMNS))
+    if seeds:
+      cells = []
+      for key, _ in COLUMNS:
+        values = [f[key] for n, _, f in figures if n == name and key in f]
+        cells.append('{:.4f} ± {:.4f} (n={})'.format(*mean_std(values)) if values else '-')
+    else:
+      metrics = gio.read_metrics(run_dir(workdir, name))
+      cells = [float(metrics[k]) if k in metrics else '-' for k, _ in COLUMNS]
+    rows.append((name, _change(overrides, reuse)) + tuple(cells))
   return metrics_lib.format_table(rows, ('variant', 'overrides') + tuple(t for _, t in COLUMNS))
+
+
+def seeds_csv(variants, workdir: str, seeds) -> str:
+  """Every seed's raw figures: variant, seed, then the table's columns (empty when missing)."""
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator='\n')
+  writer.writerow(['variant', 'seed'] + [k for k, _ in COLUMNS])
+  for name, seed, figures in seed_figures(variants, workdir, seeds):
+    writer.writerow([name, seed] + [repr(figures[k]) if k in figures else ''
+                                    for k, _ in COLUMNS])
+  return buf.getvalue()
 
 
 def main(argv):
@@ -129,22 +189,33 @@ def main(argv):
   if not default_stages:
     from gwsss_jax import config as config_lib  # pylint: disable=g-import-not-at-top
     default_stages = ','.join(config_lib.STAGES)
+  try:
+    seeds = [int(s) for s in FLAGS.seeds] or [None]
+  except ValueError:
+    raise UserError(f'--seeds={",".join(FLAGS.seeds)}: seeds must be integers') from None
   for name, overrides, reuse in selected:
-    stages = default_stages
-    if FLAGS.print_commands:
-      command = reuse_command(name) if reuse else variant_command(name, overrides, stages)
-      print(shlex.join(command))
-      continue
-    if reuse:
-      stages = _reuse_classifier(name, reuse, stages)
-    print(f'[sweep] {name}: {json.dumps(overrides)}', flush=True)
-    result = subprocess.run(variant_command(name, overrides, stages), check=False)
-    if result.returncode:
-      print(f'[sweep] {name} failed with exit status {result.returncode}', flush=True)
+    for seed in seeds:
+      stages = default_stages
+      label = name if seed is None else f'{name} seed {seed}'
+      if FLAGS.print_commands:
+        command = (reuse_command(name, seed) if reuse
+                   else variant_command(name, overrides, stages, seed))
+        print(shlex.join(command))
+        continue
+      if reuse:
+        stages = _reuse_classifier(name, reuse, stages, seed)
+      print(f'[sweep] {label}: {json.dumps(overrides)}', flush=True)
+      result = subprocess.run(variant_command(name, overrides, stages, seed), check=False)
+      if result.returncode:
+        print(f'[sweep] {label} failed with exit status {result.returncode}', flush=True)
   if FLAGS.print_commands:
     return
   sweep_name = os.path.splitext(os.path.basename(FLAGS.sweep))[0]
-  text = table(variants, FLAGS.workdir)
+  seeds = [s for s in seeds if s is not None]
+  text = table(variants, FLAGS.workdir, seeds)
+  if seeds:
+    gio.atomic_write_text(os.path.join(FLAGS.workdir, f'{sweep_name}_seeds.csv'),
+                          seeds_csv(variants, FLAGS.workdir, seeds))
   gio.atomic_write_text(os.path.join(FLAGS.workdir, f'{sweep_name}.md'), text + '\n')
   print(text)
 
@@ -157,6 +228,8 @@ def _define_flags():
   flags.DEFINE_string('stages', '', 'Override config.stages for every variant ("" = config\'s).')
   flags.DEFINE_list('only', [], 'Run only these variants.')
   flags.DEFINE_list('set', [], 'Extra overrides for every variant, e.g. train.num_epochs=2.')
+  flags.DEFINE_list('seeds', [], 'Run every variant with each of these seeds (config.seed); the '
+                    'table then shows mean ± std over them.')
   flags.DEFINE_bool('print_commands', False, 'Print one command per variant and exit.')
   flags.DEFINE_bool('table_only', False, 'Run nothing; write the table of the finished variants.')
   flags.mark_flags_as_required(['config', 'sweep', 'workdir'])

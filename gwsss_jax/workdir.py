@@ -44,7 +44,7 @@ _NO_EFFECT = ('data.prefetch', 'train.log_every_steps', 'train.checkpoint_every_
 # The data keys that decide which images and labels a run sees (the segmentation run does not
 # read the classifier's augmentation settings).
 _DATA_SOURCE = ('data.name', 'data.num_classes', 'data.train_split', 'data.val_split',
-                'data.label_list', 'data.skip_bad', 'data.deterministic',
+                'data.label_list', 'data.msrc_labels', 'data.skip_bad', 'data.deterministic',
                 'data.normalization', 'data.synthetic.')
 # Keys of eval_seg, which its own manifest.json already checks (predictions of other settings
 # are replaced), and so are not part of train_seg's record; `seg.oracle` is in the record's name.

@@ -7,6 +7,9 @@ lattice's sums, amplified by the iterations, is about 2e-4), and at least 99.5% 
 labels equal.
 """
 
+import json
+import os
+import subprocess
 import sys
 
 import jax
@@ -125,3 +128,25 @@ def test_missing_pydensecrf_says_how_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, 'pydensecrf.densecrf', None)
   with pytest.raises(UserError, match=r'cams\.crf.*requirements-crf\.txt'):
     reference.require('cams.crf')
+
+
+@pytest.mark.slow
+def test_documented_agreement_commands_on_the_builtin_dataset(tmp_path):
+  """docs/crf.md's two built-in-dataset commands, exactly as written, in smoke mode (3 images)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root, GWSSS_BENCH_SMOKE='1',
+             PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
+  out = ''
+  commands = (
+      'python -m gwsss_jax.data.synthetic --out runs/crf_synthetic --num_train 1 --num_val 48',
+      'python -m benchmarks.crf_agreement --voc=runs/crf_synthetic --num_labels=7 --num_images=48')
+  for cmd in commands:
+    proc = subprocess.run(['bash', '-c', cmd], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+  rows = {r['setting']: r for r in map(json.loads, out.splitlines())}
+  assert set(rows) == {'seg', 'cams'}, out
+  for r in rows.values():
+    assert r['images'] == 3 and r['label_agreement'] >= 0.98, r
+    assert abs(r['miou_jax'] - r['miou_reference']) <= 0.003, r

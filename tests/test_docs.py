@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ['README.md'] + sorted(os.path.relpath(p, ROOT)
                               for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')))
 # Being written on other branches; the README links them already. Remove a name once it exists.
-PENDING = {'docs/msrc.md'}
+PENDING = set()
 NEEDS = ('data', 'GPU', 'TPU', 'network')
 
 SMOKE = {'GWSSS_BENCH_SMOKE': '1'}
@@ -31,11 +31,18 @@ RUN_HERE = {
     'python -m benchmarks.versus_torch --rounds=8 --torch_no_graph': ('tmp', True, SMOKE),
     'python -m benchmarks.conv_ops': ('tmp', True, SMOKE),
     'python -m benchmarks.pool_ops': ('tmp', True, SMOKE),
+    'python -m gwsss_jax.bench --config=configs/demo.py --only=crf --steps=3': ('repo', True, SMOKE),
 }
 # Commands that another test runs exactly as written (and checks its output) -> that test.
 RUN_ELSEWHERE = {
     'python -m gwsss_jax.bench --config=configs/demo.py --quick': 'tests/test_bench.py',
     'bash benchmarks/device_check.sh --quick': 'tests/test_device_check.py',
+    'python -m gwsss_jax.sweep --config=configs/msrc.py --sweep=configs/sweeps/msrc_groupwise.py '
+    '--workdir=runs/msrc_groupwise --seeds=0,1,2 --print_commands': 'tests/test_sweep.py',
+    'python -m gwsss_jax.data.synthetic --out runs/crf_synthetic --num_train 1 --num_val 48':
+        'tests/test_crf.py',
+    'python -m benchmarks.crf_agreement --voc=runs/crf_synthetic --num_labels=7 --num_images=48':
+        'tests/test_crf.py',
 }
 
 
@@ -122,6 +129,10 @@ def test_command_runs_as_written(cmd, tmp_path):
     assert 'GWSSS_BENCH_SMOKE=1' in proc.stderr  # the smoke mode was on
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     _check_figures(cmd.split()[2], cmd, records)
+  if cmd.startswith('python -m gwsss_jax.bench'):
+    assert 'GWSSS_BENCH_SMOKE=1' in proc.stderr
+    names = {json.loads(line)['name'] for line in proc.stdout.splitlines() if line.startswith('{')}
+    assert {'crf.jax.images_per_s', 'crf.reference.images_per_s'} <= names, proc.stdout
 
 
 # The figure lines of each CPU benchmark in smoke mode: each row once, a time (a tiny torch op

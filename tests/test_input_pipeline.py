@@ -281,3 +281,53 @@ def test_sampler_is_the_source_of_groups(setup):
   groups, _, _ = ip.epoch_groups(train, config, num_nodes=3, epoch=4)
   ref, _ = sampler.make_groups(train.label_matrix(), 3, seed=config.seed, epoch=4)
   np.testing.assert_array_equal(groups, ref)
+
+
+def test_repeats_per_epoch_matches_a_group_models_images(setup):
+  """K = 1 with 3 repeats: every image 3 times an epoch, as many steps as groups of 3."""
+  config, train, _ = setup
+  single = config.copy_and_resolve_references()
+  single.train.repeats_per_epoch = 3
+  groups, adjacency, order = ip.epoch_groups(train, single, num_nodes=1, epoch=2)
+  assert groups.shape == (3 * len(train), 1) and adjacency.shape == (3 * len(train), 1, 1)
+  np.testing.assert_array_equal(np.bincount(groups[:, 0]), np.full(len(train), 3))
+  assert sorted(order.tolist()) == list(range(3 * len(train)))
+  # Epoch e of R rounds draws the groups of the unrepeated epochs e*R ... e*R + R - 1.
+  g3, _, _ = ip.epoch_groups(train, config, num_nodes=3, epoch=2)
+  r3 = config.copy_and_resolve_references()
+  r3.train.repeats_per_epoch = 2
+  g3r, _, _ = ip.epoch_groups(train, r3, num_nodes=3, epoch=1)
+  np.testing.assert_array_equal(g3r[:len(train)], g3)
+  from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
+  single.train.batch_size = 6
+  group = config.copy_and_resolve_references()
+  group.train.batch_size = 2
+  assert train_cls.schedule(single, len(train)) == train_cls.schedule(group, len(train))
+  batches = _collect(ip.train_iterator(train, single, num_nodes=1, global_batch=6, epoch=0,
+                                       process_index=0, process_count=1))
+  assert len(batches) == len(train) * 3 // 6
+  with pytest.raises(UserError, match='train.repeats_per_epoch'):
+    bad = config.copy_and_resolve_references()
+    bad.train.repeats_per_epoch = 0
+    config_lib.validate(bad)
+
+
+def test_eval_at_training_resolution(setup):
+  """`resize`: shorter side to `resize`, centre square; PIL's antialiased resize as reference."""
+  config, _, val = setup
+  spec = {'name': 'plain', 'channel_order': 'rgb', 'mean': (0.0, 0.0, 0.0),
+          'std': (1.0, 1.0, 1.0)}
+  b = next(ip.eval_iterator(val, config, batch_size=2, normalization=spec, with_masks=False,
+                            resize=28))
+  assert b['images'].shape == (2, 28, 28, 3)
+  np.testing.assert_array_equal(b['hw'], [[28, 28], [28, 28]])
+  for i in range(2):
+    img = Image.open(val.examples[int(b['index'][i])].image_path).convert('RGB')
+    w, h = img.size  # 44 x 36 -> 34 x 28, then columns 3..31
+    new_w = round(w * 28 / h)
+    want = np.asarray(img.resize((new_w, 28), Image.BILINEAR), np.float32)
+    left = (new_w - 28) // 2
+    np.testing.assert_allclose(b['images'][i], want[:, left:left + 28], atol=12)
+    assert np.abs(b['images'][i] - want[:, left:left + 28]).mean() < 2.0
+  with pytest.raises(ValueError, match='with_masks'):
+    next(ip.eval_iterator(val, config, batch_size=2, normalization=spec, resize=28))

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -106,3 +108,78 @@ def test_missing_sweep_file_is_a_clear_error(tmp_path):
                    f'--workdir={tmp_path}'])
   assert result.returncode == 2
   assert 'nope.py' in result.stderr and 'Traceback' not in result.stderr
+
+
+def _mini_sweep(tmp_path, figures):
+  """Sweep file `mini.py` with variants a and b; figures {(variant, seed): {key: value}} go into
+  the seed workdirs' metrics.json."""
+  sweep_file = tmp_path / 'mini.py'
+  sweep_file.write_text(
+      'def get_sweep():\n'
+      "  return [('a', {'model.num_nodes': 2}, None), ('b', {'cams.source': 'graph'}, 'a')]\n")
+  for (name, seed), values in figures.items():
+    os.makedirs(tmp_path / name / f'seed{seed}')
+    (tmp_path / name / f'seed{seed}' / 'metrics.json').write_text(json.dumps(values))
+  return sweep_file
+
+
+def test_seed_table_mean_std_n_and_raw_csv(tmp_path):
+  pseudo, cov = 'eval_cams/pseudo_label_miou', 'eval_cams/pseudo_label_coverage'
+  sweep_file = _mini_sweep(tmp_path, {
+      ('a', 0): {pseudo: 0.5, cov: 0.25}, ('a', 1): {pseudo: 0.6}, ('a', 2): {pseudo: 0.7},
+      ('b', 0): {pseudo: 0.125}})
+  result = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}', f'--workdir={tmp_path}',
+                   '--table_only', '--seeds=0,1,2'])
+  assert result.returncode == 0, result.stderr
+  # numpy computes the expected figures: mean, sample standard deviation (ddof=1), count.
+  values = np.array([0.5, 0.6, 0.7])
+  want = f'{values.mean():.4f} ± {values.std(ddof=1):.4f} (n=3)'
+  assert want == '0.6000 ± 0.1000 (n=3)'
+  text = (tmp_path / 'mini.md').read_text()
+  assert f'| a | model.num_nodes=2 | - | - | {want} | 0.2500 ± 0.0000 (n=1) | - |' in text
+  assert '| b | cams.source=graph [classifier of a] | - | - | 0.1250 ± 0.0000 (n=1) |' in text
+  rows = (tmp_path / 'mini_seeds.csv').read_text().splitlines()
+  assert rows[0].split(',')[:2] == ['variant', 'seed'] and len(rows) == 7
+  assert rows[1] == 'a,0,,,0.5,0.25,' and rows[3] == 'a,2,,,0.7,,' and rows[5] == 'b,1,,,,,'
+  assert sorted(os.listdir(tmp_path / 'a')) == ['seed0', 'seed1', 'seed2']  # ran nothing
+
+
+def test_seed_commands_and_reuse_per_seed(tmp_path):
+  sweep_file = _mini_sweep(tmp_path, {})
+  result = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}', f'--workdir={tmp_path}',
+                   '--print_commands', '--seeds=3,4'])
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 4
+  assert f'--workdir={tmp_path}/a/seed3' in lines[0] and ' --config.seed=3 ' in lines[0]
+  assert f'--workdir={tmp_path}/a/seed4' in lines[1] and ' --config.seed=4 ' in lines[1]
+  assert '-m gwsss_jax.sweep' in lines[2] and '--only=b' in lines[2]
+  assert lines[2].endswith('--seeds=3') and lines[3].endswith('--seeds=4')
+  # Reusing copies the same seed's classifier; a missing one is a clear error.
+  os.makedirs(tmp_path / 'a' / 'seed3' / 'cls_checkpoints' / '7')
+  (tmp_path / 'a' / 'seed3' / 'metrics.json').write_text(json.dumps({'train_cls/mAP': 0.75}))
+  result = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}', f'--workdir={tmp_path}',
+                   '--only=b', '--seeds=4'])
+  assert result.returncode == 2 and 'a/seed4/cls_checkpoints' in result.stderr
+  bad = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}', f'--workdir={tmp_path}',
+                '--table_only', '--seeds=0,x'])
+  assert bad.returncode == 2 and '--seeds=0,x' in bad.stderr
+
+
+def test_docs_msrc_print_commands_as_written():
+  """docs/msrc.md's command, run exactly as written (printing the commands needs no data)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  cmd = 'python -m gwsss_jax.sweep --config=configs/msrc.py --sweep=configs/sweeps/msrc_groupwise.py --workdir=runs/msrc_groupwise --seeds=0,1,2 --print_commands'  # pylint: disable=line-too-long
+  with open(os.path.join(REPO, 'docs', 'msrc.md')) as f:
+    assert cmd in f.read().splitlines()
+  args = shlex.split(cmd)
+  assert args[:3] == ['python', '-m', 'gwsss_jax.sweep']
+  result = _sweep(args[3:])
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 6 and all('-m gwsss_jax.main' in l for l in lines)
+  for variant in ('single_image_K1', 'group_K3_T3'):
+    for seed in (0, 1, 2):
+      assert sum(f'runs/msrc_groupwise/{variant}/seed{seed} ' in l and
+                 f'--config.seed={seed}' in l for l in lines) == 1
+  assert sum('--config.train.repeats_per_epoch=3' in l for l in lines) == 3

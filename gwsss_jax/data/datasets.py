@@ -101,6 +101,8 @@ def prepare(config, workdir: str) -> None:
                     '(see docs/data.md)')
   if not os.path.isdir(d.root):
     raise UserError(f'config.data.root={d.root!r}: directory not found')
+  if d.name == 'msrc' and not d.cache_dir:
+    d.cache_dir = os.path.join(workdir, 'cache')  # the converted masks (the root may be read-only)
 
 
 def load_split(config, split: str) -> Dataset:
@@ -109,6 +111,9 @@ def load_split(config, split: str) -> Dataset:
   if name in ('voc', 'synthetic'):
     from gwsss_jax.data import voc  # pylint: disable=g-import-not-at-top
     return voc.load(config.data, split)
+  if name == 'msrc':
+    from gwsss_jax.data import msrc  # pylint: disable=g-import-not-at-top
+    return msrc.load(config.data, split)
   if name == 'coco':
     from gwsss_jax.data import coco  # pylint: disable=g-import-not-at-top
     return coco.load(config.data, split)

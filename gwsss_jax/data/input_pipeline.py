@@ -72,13 +72,13 @@ def _options(config) -> tf.data.Options:
 
 
 def _decode(path):
-  """uint8 RGB [H, W, 3] of a JPEG or PNG; JPEGs decoded with the accurate integer DCT, as PIL
-  (and so the PyTorch pipelines) decode them, rather than TensorFlow's faster default."""
+  """uint8 RGB [H, W, 3] of a JPEG, PNG or BMP (MSRC); JPEGs decoded with the accurate integer
+  DCT, as PIL (and so the PyTorch pipelines) decode them, rather than TensorFlow's faster default."""
   data = tf.io.read_file(path)
   image = tf.cond(
       tf.io.is_jpeg(data),
       lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
-      lambda: tf.io.decode_png(data, channels=3))
+      lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
   return tf.ensure_shape(image, [None, None, 3])
 
 
@@ -163,10 +163,15 @@ def _train_image(path, seed, config, normalization):
 
 
 def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
-  """(groups [N, K], adjacency [N, K, K], order [N]): the groups of an epoch and their order
+  """(groups [R*N, K], adjacency [R*N, K, K], order [R*N]): the groups of an epoch and their
+  order; R = `train.repeats_per_epoch` rounds of groups, each round drawn afresh
   (`train.anchor_order`: a permutation per epoch, or the list order as the release's loader)."""
-  groups, adjacency = sampler.make_groups(dataset.label_matrix(), num_nodes, seed=config.seed,
-                                          epoch=epoch, rule=config.train.group_rule)
+  r = config.train.repeats_per_epoch
+  rounds = [sampler.make_groups(dataset.label_matrix(), num_nodes, seed=config.seed,
+                                epoch=epoch * r + j, rule=config.train.group_rule)
+            for j in range(r)]
+  groups = np.concatenate([g for g, _ in rounds])
+  adjacency = np.concatenate([a for _, a in rounds])
   if config.train.anchor_order == 'list':
     order = np.arange(len(groups))
   else:
@@ -230,12 +235,15 @@ def image_sizes(dataset) -> np.ndarray:
 
 def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
                   normalization='imagenet_rgb', process_index=None, process_count=None,
-                  with_masks: bool = True, with_rgb: bool = False):
+                  with_masks: bool = True, with_rgb: bool = False, resize: int = 0,
+                  square: bool = False):
   """This process's evaluation batches: full-resolution images padded bottom/right.
 
   `pad_to` (H, W) fixes the padded shape (one compilation); None pads to the largest image of
   the dataset (read from the file headers). The last batch is filled with padding examples
-  ('valid' False, 'index' -1), never dropped.
+  ('valid' False, 'index' -1), never dropped. `resize` > 0 instead resizes each image's shorter
+  side to `resize` and centre-crops it to `resize` x `resize`, or with `square` resizes it to
+  that square ('hw' is then the square's size; images only: with_masks and with_rgb False).
 
   Yields 'images' float32 [b, Hp, Wp, 3] (padding 0, the mean after normalisation), 'masks'
   uint8 [b, Hp, Wp] (255 in the padding, and everywhere when there is no ground truth or
@@ -244,8 +252,13 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
   """
   norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
   pi, pc = _process(process_index, process_count)
-  sizes = image_sizes(dataset)
-  largest = tuple(int(v) for v in sizes.max(0)) if len(sizes) else (1, 1)
+  if resize:
+    if with_masks or with_rgb:
+      raise ValueError('eval_iterator: resize needs with_masks=False and with_rgb=False')
+    largest = pad_to = (resize, resize)
+  else:
+    sizes = image_sizes(dataset)
+    largest = tuple(int(v) for v in sizes.max(0)) if len(sizes) else (1, 1)
   if pad_to is None:
     pad_to = largest
   pad_to = tuple(int(v) for v in pad_to)
@@ -265,9 +278,18 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
   def load(i):
     valid = i >= 0
     j = tf.maximum(i, 0)
-    image = _decode(paths[j])
+    decoded = _decode(paths[j])
+    image = tf.cast(decoded, tf.float32)
+    if resize:
+      hw = tf.cast(tf.shape(image)[:2], tf.float32)
+      new_hw = tf.maximum(tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32), resize)
+      if square:
+        new_hw = tf.constant([resize, resize], tf.int32)
+      image = tf.image.resize(image / 255.0, new_hw, 'bilinear', antialias=True)
+      image = tf.image.resize_with_crop_or_pad(tf.clip_by_value(image, 0.0, 1.0) * 255.0,
+                                               resize, resize)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
-    x = _normalize_tf(tf.cast(image, tf.float32), normalization)
+    x = _normalize_tf(image, normalization)
     x = tf.image.pad_to_bounding_box(x, 0, 0, hp, wp) * tf.cast(valid, tf.float32)
     if with_masks:
       mask = tf.cond(tf.strings.length(mask_paths[j]) > 0,
@@ -280,7 +302,8 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
     out = {'images': tf.ensure_shape(x, [hp, wp, 3]), 'masks': tf.ensure_shape(mask, [hp, wp]),
            'hw': tf.stack([h, w]), 'index': i, 'valid': valid}
     if with_rgb:
-      out['rgb'] = tf.ensure_shape(tf.image.pad_to_bounding_box(image, 0, 0, hp, wp), [hp, wp, 3])
+      out['rgb'] = tf.ensure_shape(tf.image.pad_to_bounding_box(decoded, 0, 0, hp, wp),
+                                   [hp, wp, 3])
     return out
 
   ds = tf.data.Dataset.from_tensor_slices(index)

@@ -46,7 +46,8 @@ make_loss_fn = steps.classifier_loss_fn
 
 def schedule(config, num_examples: int) -> tuple[int, int]:
   """(steps per epoch, total steps); `train.max_steps` > 0 stops early."""
-  spe = input_pipeline.steps_per_epoch(num_examples, config.train.batch_size)
+  spe = input_pipeline.steps_per_epoch(num_examples * config.train.repeats_per_epoch,
+                                       config.train.batch_size)
   if spe < 1:
     raise UserError(f'config.train.batch_size={config.train.batch_size}: larger than the '
                     f'{num_examples} groups of one epoch of {config.data.train_split!r}')
@@ -110,13 +111,18 @@ def make_eval_fn(model, num_nodes: int):
 
 
 def _evaluate_fn(config, model, dp, dataset, norm):
-  """`evaluate(state) -> {'mAP', 'f1'}` on `data.val_split` (None when it has no labels)."""
+  """`evaluate(state) -> {'mAP', 'f1'}` on `data.val_split` (None when it has no labels), at
+  `train.eval_resolution`."""
   if dataset is None or not len(dataset) or not dataset.label_matrix().any():
     return None
   k = config.model.num_nodes
   per_device = max(dp.per_device, 1) * k
   predict = dp.compile_predict(make_eval_fn(model, k))
   labels = dataset.label_matrix()
+  # At the training scale by default: full resolution pads every image to the largest one and
+  # can cost more than an epoch of training on small crops.
+  resize = max(config.data.resize, input_pipeline.input_size(config)) if (
+      config.train.eval_resolution == 'train') else 0
 
   def evaluate(state):
     variables = {'params': state['params']}
@@ -125,7 +131,8 @@ def _evaluate_fn(config, model, dp, dataset, norm):
     probs, index = [], []
     for batch in input_pipeline.eval_iterator(
         dataset, config, batch_size=per_device * len(dp.local_devices), normalization=norm,
-        process_index=dp.process_index, process_count=dp.process_count, with_masks=False):
+        process_index=dp.process_index, process_count=dp.process_count, with_masks=False,
+        resize=resize, square=config.data.resize_mode == 'square'):
       out = dp.local_rows(predict(variables, dp.shard_batch(
           {'images': batch['images'], 'hw': batch['hw']})))
       valid = np.asarray(batch['valid'], bool)

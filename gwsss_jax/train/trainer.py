@@ -261,7 +261,9 @@ class _Loop:
     self._tick, self._tick_step = time.time(), step
 
   def _evaluate(self, step: int, state) -> None:
+    start = time.time()
     results = {f'{self.spec.name}/{k}': float(v) for k, v in self.spec.evaluate(state).items()}
+    results[f'{self.spec.name}/eval_seconds'] = time.time() - start
     self.writer.write_scalars(step, results)
     self._print(self.spec.name + ' eval', step, results)
     self.last.update(results)
