@@ -14,6 +14,7 @@ from gwsss_jax.cams import export
 from gwsss_jax.cams import pseudo
 from gwsss_jax.cams import vis
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import core
 from gwsss_jax.data import datasets
 from gwsss_jax.data import palette
 from gwsss_jax.stages import eval_cams
@@ -76,9 +77,9 @@ def run_dir(tmp_path):
       label = np.where(rng.random((h, w)) < 0.7, gt, 255).astype(np.uint8)
       label[rng.random((h, w)) < 0.1] = 0
       palette.save_label_png(pseudo.label_path(workdir, f'im{i}'), label)
-    examples.append(datasets.Example(f'im{i}', img_path, mask_path, tuple(keys)))
+    examples.append(core.Example(f'im{i}', img_path, mask_path, tuple(keys)))
     data.append((record, gt, label))
-  return workdir, datasets.Dataset(examples, NAMES, 'train'), data
+  return workdir, core.Dataset(examples, NAMES, 'train'), data
 
 
 def test_metrics_match_an_independent_computation(run_dir):

@@ -14,7 +14,7 @@ from gwsss_jax import config as config_lib
 from gwsss_jax.cams import export
 from gwsss_jax.cams import oaa
 from gwsss_jax.common.errors import UserError
-from gwsss_jax.data import datasets
+from gwsss_jax.data import core
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import sampler
 from gwsss_jax.models import classifier
@@ -73,8 +73,8 @@ def _dataset(tmp_path, labels, sizes):
     path = str(tmp_path / 'images' / f'im{i}.png')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-    examples.append(datasets.Example(f'im{i}', path, None, tuple(np.flatnonzero(row))))
-  return datasets.Dataset(examples, tuple(f'c{c}' for c in range(labels.shape[1])), 'train')
+    examples.append(core.Example(f'im{i}', path, None, tuple(np.flatnonzero(row))))
+  return core.Dataset(examples, tuple(f'c{c}' for c in range(labels.shape[1])), 'train')
 
 
 def test_oaa_export_and_resume(tmp_path, capsys):

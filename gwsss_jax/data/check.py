@@ -21,7 +21,7 @@ import os
 
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
-from gwsss_jax.data import voc
+from gwsss_jax.data import core
 from gwsss_jax.models import hub
 
 NAME = 'check_data'  # the stage that runs the check alone
@@ -66,7 +66,7 @@ def _check_saliency(config, dataset) -> int:
     if not os.path.isfile(path):
       return (f'saliency map not found: {path} (config.data.saliency_dir needs <name>.png for '
               "every training image; set it to '' to use the CAM background threshold instead)")
-    if voc.header_size(path) is None:
+    if core.header_size(path) is None:
       return f'corrupt saliency map {path}: unreadable header'
     return None
   with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -36,6 +36,7 @@ from gwsss_jax import crf as crf_lib
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.crf import dense as crf_dense
 from gwsss_jax.crf import reference as crf_reference
+from gwsss_jax.data import core
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
 from gwsss_jax.data import palette
@@ -118,11 +119,11 @@ def run(config, workdir: str) -> dict:
     prepare_output(directory, _settings(config, step), dataset.examples)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('eval_seg: predictions directory ready')
-  mine = datasets.Dataset(dataset.examples[jax.process_index()::jax.process_count()],
+  mine = core.Dataset(dataset.examples[jax.process_index()::jax.process_count()],
                           dataset.class_names, dataset.split)
   done = {ex.name for ex in mine.examples
           if os.path.exists(os.path.join(directory, ex.name + '.png'))}
-  todo = datasets.Dataset([ex for ex in mine.examples if ex.name not in done],
+  todo = core.Dataset([ex for ex in mine.examples if ex.name not in done],
                           dataset.class_names, dataset.split)
 
   num_classes = g.num_classes
