@@ -139,7 +139,19 @@ def build(features, capacity: int | None = None) -> Lattice:
   ids = jnp.cumsum(new.astype(jnp.int32)) - 1
   num_points = ids[-1] + 1
   ids = jnp.where(ids < cap, ids, cap)  # beyond the capacity: 'absent'
-  offsets = jnp.zeros((nv,), jnp.int32).at[perm].set(ids, mode='promise_in_bounds')
+  seg = jnp.zeros((nv,), jnp.int32).at[perm].set(ids, mode='promise_in_bounds')
+  # The sort numbers the lattice points in hash order, random with respect to the pixels, so
+  # the splat, slice and blur would touch the tables at random (cache misses dominate them on a
+  # CPU). Renumber the points in the order of their first vertex (pixel order, as the C++ hash
+  # table numbers them): `remap` takes a sorted position to that number, a permutation of
+  # [0, cap) (unoccupied slots keep their position) with cap ('absent') kept.
+  first = jnp.full((cap + 1,), nv, jnp.int32).at[ids].min(
+      perm, indices_are_sorted=True, mode='promise_in_bounds')[:cap]
+  is_first = jnp.zeros((nv,), jnp.int32).at[first].set(1, mode='drop')
+  rank = jnp.cumsum(is_first) - 1
+  remap = jnp.where(first < nv, jnp.take(rank, first, mode='clip'), jnp.arange(cap))
+  remap = jnp.concatenate([remap.astype(jnp.int32), jnp.full((1,), cap, jnp.int32)])
+  offsets = jnp.take(remap, seg, mode='clip')
   slot = jnp.where(new, ids, cap)
   table_h = jnp.full((cap,), jnp.iinfo(jnp.int32).max, jnp.int32).at[slot].set(sh, mode='drop')
   table_k = jnp.zeros((cap, d), jnp.int32).at[slot].set(
@@ -167,7 +179,10 @@ def build(features, capacity: int | None = None) -> Lattice:
   rows = jnp.arange(cap, dtype=jnp.int32)
 
   def direction(step):  # one traced search for all directions: a smaller program to compile
-    n1 = find(table_k - step)
+    n1 = find(table_k - step)  # in sorted positions; renumbered:
+    n1 = jnp.zeros((cap,), jnp.int32).at[remap[:cap]].set(
+        jnp.take(remap, n1, mode='clip'), mode='promise_in_bounds',
+        unique_indices=True)
     n2 = jnp.full((cap,), cap, jnp.int32).at[n1].set(rows, mode='drop')
     return jnp.stack([n1, n2])
   neighbours = jax.lax.map(direction, jnp.asarray(steps))
@@ -180,13 +195,20 @@ def count_points(features) -> jax.Array:
 
 
 def filter_values(lattice: Lattice, values, reverse: bool = False):
-  """Gaussian-filters `values` [N, C]: splat onto the lattice, blur, slice (C++ `compute`)."""
+  """Gaussian-filters `values` [N, C]: splat onto the lattice, blur, slice (C++ `compute`).
+
+  Written for XLA:CPU, where a gather of many rows costs several times a scatter of the same
+  rows: the blur moves rows with a scatter-add instead of gathering them, and the slice gathers
+  one simplex vertex at a time ([N, C] each, fused with the weighted sum, not [N (d + 1), C]).
+  """
   n, dp1 = lattice.offsets.shape
   cap = lattice.neighbours.shape[-1]
-  offsets = lattice.offsets.reshape(-1)
-  contrib = (lattice.weights[:, :, None] * values[:, None, :]).reshape(n * dp1, -1)
-  # Row `cap` is the zero row that 'absent' reads; it only ever blurs with itself.
-  grid = jnp.zeros((cap + 1, values.shape[1]), values.dtype).at[offsets].add(
+  c = values.shape[1]
+  # Row `cap` is the zero row that 'absent' reads and the scatters' bin for 'absent'.
+  # One scatter in the C++ order of the sums (pixel by pixel, vertex by vertex): faster than one
+  # per vertex.
+  contrib = (lattice.weights[:, :, None] * values[:, None, :]).reshape(n * dp1, c)
+  grid = jnp.zeros((cap + 1, c), values.dtype).at[lattice.offsets.reshape(-1)].add(
       contrib, mode='promise_in_bounds')
   grid = grid.at[cap].set(0.0)
   pad = jnp.full((dp1, 2, 1), cap, jnp.int32)
@@ -194,12 +216,17 @@ def filter_values(lattice: Lattice, values, reverse: bool = False):
 
   def blur(i, grid):
     j = dp1 - 1 - i if reverse else i
-    # mode='clip': indices are in range by construction, and XLA:CPU's bounds-checked gather
-    # ('fill') is several times slower.
-    both = jnp.take(grid, neighbours[j].reshape(-1), axis=0, mode='clip')
-    both = both.reshape(2, cap + 1, -1)
-    return grid + 0.5 * (both[0] + both[1])
+    # n2 inverts n1, so adding half of row s to row n1[s] adds half of grid[n2[t]] to row t (and
+    # to n2[s], grid[n1[t]]): one scatter-add of both halves. 'absent' lands in row `cap`.
+    half = 0.5 * grid
+    return grid.at[neighbours[j].reshape(-1)].add(
+        jnp.concatenate([half, half]), mode='promise_in_bounds').at[cap].set(0.0)
   grid = jax.lax.fori_loop(0, dp1, blur, grid)
   alpha = np.float32(1.0 / (1.0 + 2.0 ** (-(dp1 - 1))))
-  sliced = jnp.take(grid, offsets, axis=0, mode='clip').reshape(n, dp1, -1)
-  return alpha * jnp.sum(lattice.weights[:, :, None] * sliced, 1)
+  # mode='clip': indices are in range by construction, and XLA:CPU's bounds-checked gather
+  # ('fill') is several times slower.
+  sliced = lattice.weights[:, 0, None] * jnp.take(grid, lattice.offsets[:, 0], axis=0, mode='clip')
+  for r in range(1, dp1):
+    sliced += lattice.weights[:, r, None] * jnp.take(grid, lattice.offsets[:, r], axis=0,
+                                                     mode='clip')
+  return alpha * sliced
