@@ -31,7 +31,6 @@ from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
 from gwsss_jax.seg import common
 from gwsss_jax.seg import inference
-from gwsss_jax.stages import eval_seg
 from gwsss_jax.train import artifact
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
@@ -97,8 +96,10 @@ def predict_folder(config, workdir: str, images_dir: str, out_dir: str,
   if not pictures:
     raise UserError(f'--images={images_dir!r}: none of its {len(paths)} files is a readable '
                     'image')
-  module, variables, info = artifact.load(common.checkpoint_dir(config, workdir))
-  predict = eval_seg.make_predict_fn(module, tuple(config.seg.eval_scales), config.seg.eval_flip)
+  module, variables, info = artifact.load(common.checkpoint_dir(config, workdir),
+                                          artifact.SEGMENTER)
+  predict = inference.make_predict_fn(module, tuple(config.seg.eval_scales),
+                                      config.seg.eval_flip)
   canvas = inference.canvas_size([p.shape[:2] for _, p in pictures])
   variables = jax.device_put(variables, jax.local_devices()[0])
   written = []

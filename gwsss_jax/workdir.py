@@ -217,18 +217,18 @@ def outputs(workdir: str, record: str) -> list:
   from gwsss_jax.cams import export  # pylint: disable=g-import-not-at-top
   from gwsss_jax.cams import oaa  # pylint: disable=g-import-not-at-top
   from gwsss_jax.seg import common  # pylint: disable=g-import-not-at-top
-  from gwsss_jax.stages import pseudo_labels  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.cams import pseudo  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.train import artifact  # pylint: disable=g-import-not-at-top
   join = lambda *p: os.path.join(workdir, *p)
   if record == 'check_data':  # reads only
     return []
   if record == 'train_cls':
-    from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
-    return [train_cls.checkpoint_dir(workdir), oaa.store_dir(workdir),
+    return [artifact.classifier_dir(workdir), oaa.store_dir(workdir),
             join('tensorboard', 'train_cls')]
   if record == 'export_cams':
     return [export.cam_dir(workdir), export.png_dir(workdir)]
   if record == 'pseudo_labels':
-    return [pseudo_labels.label_dir(workdir)]
+    return [pseudo.label_dir(workdir)]
   if record == 'eval_cams':
     return [join('vis')]
   names = common.run_names(record.endswith('_oracle'))

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from gwsss_jax.cams import export
+from gwsss_jax.cams import pseudo
 from gwsss_jax.cams import vis
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import core
 from gwsss_jax.data import datasets
 from gwsss_jax.data import palette
 from gwsss_jax.stages import eval_cams
@@ -74,16 +76,16 @@ def run_dir(tmp_path):
     if i < 2:
       label = np.where(rng.random((h, w)) < 0.7, gt, 255).astype(np.uint8)
       label[rng.random((h, w)) < 0.1] = 0
-      palette.save_label_png(pseudo_labels.label_path(workdir, f'im{i}'), label)
-    examples.append(datasets.Example(f'im{i}', img_path, mask_path, tuple(keys)))
+      palette.save_label_png(pseudo.label_path(workdir, f'im{i}'), label)
+    examples.append(core.Example(f'im{i}', img_path, mask_path, tuple(keys)))
     data.append((record, gt, label))
-  return workdir, datasets.Dataset(examples, NAMES, 'train'), data
+  return workdir, core.Dataset(examples, NAMES, 'train'), data
 
 
 def test_metrics_match_an_independent_computation(run_dir):
   workdir, ds, data = run_dir
   tasks = [(export.cam_path(workdir, ex.name), ex.mask_path,
-            pseudo_labels.label_path(workdir, ex.name), THRESHOLDS, 4) for ex in ds.examples]
+            pseudo.label_path(workdir, ex.name), THRESHOLDS, 4) for ex in ds.examples]
   out, table = eval_cams.summarize(eval_cams.accumulate(tasks, 1), THRESHOLDS, NAMES)
   for r in export.READOUTS:
     per_t = []
@@ -121,7 +123,7 @@ def _out_of_range(run_dir):
 
 def _tasks(workdir, ds, *skip_bad):
   return [(export.cam_path(workdir, ex.name), ex.mask_path,
-           pseudo_labels.label_path(workdir, ex.name), THRESHOLDS, 4, *skip_bad)
+           pseudo.label_path(workdir, ex.name), THRESHOLDS, 4, *skip_bad)
           for ex in ds.examples]
 
 
@@ -201,14 +203,14 @@ def test_stages_end_to_end_on_the_builtin_dataset(tmp_path, capsys):
   out_plain = labelled = pseudo_labels.run(config, workdir)
   assert 'pseudo_labels/miou_crf' not in labelled and labelled['pseudo_labels/miou_no_crf'] > 0.3
   assert labelled['pseudo_labels/images'] == 10
-  coverage = [np.mean(palette.read_label_png(pseudo_labels.label_path(workdir, ex.name)) != 255)
+  coverage = [np.mean(palette.read_label_png(pseudo.label_path(workdir, ex.name)) != 255)
               for ex in train.examples]
   assert labelled['pseudo_labels/mean_coverage'] == pytest.approx(np.mean(coverage), abs=1e-12)
   assert labelled['pseudo_labels/all_ignored'] == sum(c == 0 for c in coverage)
   # A repeated run, and one resumed after an interruption, report the same figures (18.7).
   assert pseudo_labels.run(config, workdir) == labelled
   for ex in train.examples[:4]:
-    os.remove(pseudo_labels.label_path(workdir, ex.name))
+    os.remove(pseudo.label_path(workdir, ex.name))
   capsys.readouterr()
   assert pseudo_labels.run(config, workdir) == labelled
   assert '4 labels written, 6 kept' in capsys.readouterr().out
@@ -222,17 +224,17 @@ def test_stages_end_to_end_on_the_builtin_dataset(tmp_path, capsys):
 
   # The dense CRF: the reference in the worker pool, then JAX on 2 of the simulated devices.
   config.cams.crf = True
-  shutil.rmtree(pseudo_labels.label_dir(workdir))
+  shutil.rmtree(pseudo.label_dir(workdir))
   ref = pseudo_labels.run(config, workdir)
   assert ref['pseudo_labels/images'] == 10 and ref['pseudo_labels/miou_crf'] > 0.3
   assert ref['pseudo_labels/miou_no_crf'] == out_plain['pseudo_labels/miou_no_crf']
   names = [ex.name for ex in train.examples]
-  read = lambda: np.stack([palette.read_label_png(pseudo_labels.label_path(workdir, n))
+  read = lambda: np.stack([palette.read_label_png(pseudo.label_path(workdir, n))
                            for n in names])
   ref_labels = read()
   config.crf.impl = 'jax'
   config.crf.batch_size = 2
-  shutil.rmtree(pseudo_labels.label_dir(workdir))
+  shutil.rmtree(pseudo.label_dir(workdir))
   jx = pseudo_labels.run(config, workdir)
   assert np.mean(read() == ref_labels) >= 0.98
   assert abs(jx['pseudo_labels/miou_crf'] - ref['pseudo_labels/miou_crf']) < 0.01

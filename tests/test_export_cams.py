@@ -14,7 +14,7 @@ from gwsss_jax import config as config_lib
 from gwsss_jax.cams import export
 from gwsss_jax.cams import oaa
 from gwsss_jax.common.errors import UserError
-from gwsss_jax.data import datasets
+from gwsss_jax.data import core
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import sampler
 from gwsss_jax.models import classifier
@@ -73,8 +73,8 @@ def _dataset(tmp_path, labels, sizes):
     path = str(tmp_path / 'images' / f'im{i}.png')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-    examples.append(datasets.Example(f'im{i}', path, None, tuple(np.flatnonzero(row))))
-  return datasets.Dataset(examples, tuple(f'c{c}' for c in range(labels.shape[1])), 'train')
+    examples.append(core.Example(f'im{i}', path, None, tuple(np.flatnonzero(row))))
+  return core.Dataset(examples, tuple(f'c{c}' for c in range(labels.shape[1])), 'train')
 
 
 def test_oaa_export_and_resume(tmp_path, capsys):
@@ -256,3 +256,37 @@ def test_group_inference_matches_a_plain_loop(tmp_path, capsys):
   rec = np.load(export.cam_path(workdir, 'im3'), allow_pickle=True).item()
   want = _irnet_normalize(sums[3]['graph'][[2]] / counts[3])
   np.testing.assert_allclose(rec['cam'], want, rtol=1e-4, atol=1e-5)
+
+
+def test_classifier_record_gives_back_the_trained_network(tmp_path):
+  """train_cls's record (`artifact`): the module rebuilt from it and the parameters read without
+  the optimizer state; a config of another network, or a workdir without the record, is refused
+  by name."""
+  from gwsss_jax.train import artifact  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  config = _tiny_config()
+  config.data.num_classes = 3
+  model = classifier.build_classifier(config.model, 3)
+  variables = _random_variables(model, config.model.num_nodes)
+  directory = artifact.classifier_dir(str(tmp_path))
+  with pytest.raises(UserError, match='missing cls_model.json.*train_cls'):
+    artifact.load(directory, artifact.CLASSIFIER)
+  tx, _ = optim.classifier_optimizer(config.train, variables['params'], {}, True, 10)
+  ckpt = checkpoint.Checkpointer(directory, asynchronous=False)
+  ckpt.save(7, trainer.init_state(variables['params'], {}, tx, 0), force=True)
+  ckpt.close()
+  artifact.save(directory, artifact.classifier_record(config, NORM))
+
+  module, got, record = artifact.load(directory, config=config)
+  assert repr(module) == repr(model) and record['step'] == 7
+  assert record['normalization'] == {k: list(v) if isinstance(v, tuple) else v
+                                     for k, v in NORM.items()}
+  assert set(got) == {'params'}  # no BatchNorm in the VGG classifier
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got['params']),
+                          jax.tree.leaves(variables['params'])):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  config.model.node_dim = 16
+  with pytest.raises(UserError, match=r'config.model.node_dim=16.*trained with 8'):
+    artifact.load(directory, config=config)

@@ -230,7 +230,7 @@ def test_eq10_mask_zeroes_exactly_positions_at_or_above_threshold():
 # ---- the whole graph --------------------------------------------------------------------------
 
 def make_graph(h, adj, steps=2, **kw):
-  mod = G.GroupGraph(num_steps=steps, reduction=2, **kw)
+  mod = G.GroupGraph(G.GraphConfig(num_steps=steps, reduction=2, **kw))
   return mod, random_variables(mod, h, adj, False)
 
 
@@ -247,7 +247,7 @@ def test_graph_matches_numpy_inference_and_drop_branch():
   always = [np.ones((2, 3))] * 2
   np.testing.assert_allclose(out, np_graph(h, adj, p, 2, 0.0, 0.7, r=always), rtol=1e-4, atol=1e-4)
   # Dropout off: the plain GRU states.
-  mod_off, _ = make_graph(h, adj, steps=2, dropout=False)
+  mod_off, _ = make_graph(h, adj, steps=2, graph_dropout=False)
   out = run(mod_off, v, h, adj, True)
   np.testing.assert_allclose(out, np_graph(h, adj, p, 2, r=False), rtol=1e-4, atol=1e-4)
 

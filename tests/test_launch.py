@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from demo_config import demo_config
-from gwsss_jax.stages import train_cls
+from gwsss_jax.train import artifact
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU = os.path.join(ROOT, 'launch', 'gpu_multinode.sh')
@@ -109,8 +109,8 @@ def test_gpu_script_two_processes_match_one_process(tmp_path):
       os.listdir(os.path.join(single, 'pseudo_labels')))
 
   config = demo_config(OVERRIDES, data_root)
-  _, p_multi = train_cls.load_trained(config, multi)
-  _, p_single = train_cls.load_trained(config, single)
+  _, p_multi, _ = artifact.load(artifact.classifier_dir(multi), config=config)
+  _, p_single, _ = artifact.load(artifact.classifier_dir(single), config=config)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(p_multi), jax.tree.leaves(p_single)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 

@@ -22,7 +22,7 @@ from gwsss_jax import config as config_lib
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.models import convert
 from gwsss_jax.models import hub
-from gwsss_jax.stages import train_cls
+from gwsss_jax.train import artifact
 
 torch = pytest.importorskip('torch')
 
@@ -238,7 +238,7 @@ def test_driver_trains_from_a_name(weights, server, cache, tmp_path):
   assert os.path.isfile(cache / 'weights' / 'torchvision_vgg16' / convert.META_FILE)
   # The trained trunk is the served file after two small steps, not a random initialisation.
   config = demo_config(overrides, str(tmp_path / 'wd' / 'data' / 'synthetic'))
-  _, variables = train_cls.load_trained(config, str(tmp_path / 'wd'))
+  _, variables, _ = artifact.load(artifact.classifier_dir(str(tmp_path / 'wd')), config=config)
   served = weights[0]['features.0.weight'].numpy().transpose(2, 3, 1, 0)
   trained = np.asarray(variables['params']['backbone']['conv1_1']['kernel'])
   assert np.abs(trained - served).max() < 0.01 < np.abs(served).max()

@@ -11,6 +11,7 @@ from PIL import Image
 from gwsss_jax.cams import export
 from gwsss_jax.cams import pseudo
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import datasets
 from gwsss_jax.data import palette
 from gwsss_jax.stages import pseudo_labels
 
@@ -168,9 +169,9 @@ def _cam_file(tmp_path, name, hw=(6, 8)):
 
 
 def test_saliency_dir_resolution(tmp_path):
-  assert pseudo_labels.saliency_root(_config('/data/voc', 'SalMaps')) == '/data/voc/SalMaps'
-  assert pseudo_labels.saliency_root(_config('/data/voc', '/abs/sal')) == '/abs/sal'
-  assert pseudo_labels.saliency_root(_config('/data/voc', '')) == ''
+  assert datasets.saliency_root(_config('/data/voc', 'SalMaps')) == '/data/voc/SalMaps'
+  assert datasets.saliency_root(_config('/data/voc', '/abs/sal')) == '/abs/sal'
+  assert datasets.saliency_root(_config('/data/voc', '')) == ''
 
 
 def test_missing_or_corrupt_saliency_names_the_file(tmp_path):

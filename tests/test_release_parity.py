@@ -155,10 +155,11 @@ def test_release_forward_and_loss_match_torch(train, drop_rate, dropout):
 
 def test_release_drop_branch_frequency_and_one_draw_per_node():
   """The release's drop mask is taken with probability drop_rate, drawn per node and round."""
+  from gwsss_jax.models.graph import GraphConfig  # pylint: disable=g-import-not-at-top
   from gwsss_jax.models.release_graph import ReleaseGraph  # pylint: disable=g-import-not-at-top
   b, k = 300, 3
   x = jnp.asarray(np.random.RandomState(2).randn(b, k, 2, 2, 4).astype(np.float32))
-  mod = ReleaseGraph(num_steps=1, drop_rate=0.8, drop_threshold=0.7)
+  mod = ReleaseGraph(GraphConfig(num_steps=1, drop_rate=0.8, drop_threshold=0.7))
   v = {'params': o1_params(jax.eval_shape(
       lambda: mod.init({'params': jax.random.PRNGKey(0)}, x, None, False))['params'])}
   key = {'dropout': jax.random.PRNGKey(4)}

@@ -4,7 +4,6 @@ Numbers are checked against torch (interpolation, cross-entropy) and against an 
 here from the written PNGs; the stages run a few steps of a tiny DeepLab-LargeFOV.
 """
 
-import json
 import os
 import shutil
 
@@ -209,8 +208,8 @@ def test_oracle_run_trains_on_ground_truth_into_its_own_directory(oracle_run):
   assert np.isfinite(trained['train_seg_oracle/final_loss'])
   assert os.path.isdir(os.path.join(workdir, 'seg_oracle_checkpoints', '3'))
   assert not os.path.exists(os.path.join(workdir, 'seg_checkpoints'))
-  with open(os.path.join(workdir, 'seg_oracle_checkpoints', artifact.MODEL_FILE)) as f:
-    assert json.load(f)['normalization']['name'] == 'imagenet_rgb'
+  record = artifact.read(os.path.join(workdir, 'seg_oracle_checkpoints'), artifact.SEGMENTER)
+  assert record['normalization']['name'] == 'imagenet_rgb'
   assert train_seg.run(config, workdir) == {}  # complete: skipped
 
 

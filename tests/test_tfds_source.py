@@ -41,8 +41,9 @@ def test_materialise_fake_records_reads_back(tmp_path):
   out = str(tmp_path / 'cache')
   names = voc.class_names(str(tmp_path), 20)
   assert tfds_source.materialise(iter(records), out, 'train', names) == 3
-  ds = voc.load(data_config(root=out), 'train')
+  ds = tfds_source.read_back(data_config(), out, 'train', names)
   assert [ex.labels for ex in ds.examples] == [(0, 3), (19,), (1, 5)]
+  assert ds.examples == voc.load(data_config(root=out), 'train').examples  # VOC's layout
   assert all(ex.mask_path is None for ex in ds.examples)
   with open(ds.examples[1].image_path, 'rb') as f:
     assert f.read() == records[1]['image']

@@ -1,6 +1,7 @@
 """The train_cls stage end to end on a tiny built-in dataset: a run killed with SIGKILL at a
 random step and restarted with the same command ends with bitwise the parameters (and OAA
-store) of an uninterrupted run; a finished run is skipped; load_trained gives the model back."""
+store) of an uninterrupted run; a finished run is skipped; its record (artifact.load) gives the
+model back."""
 
 import os
 import random
@@ -16,6 +17,7 @@ import pytest
 from demo_config import demo_config
 from gwsss_jax.data import datasets
 from gwsss_jax.stages import train_cls
+from gwsss_jax.train import artifact
 from gwsss_jax.train import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +84,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, data_root, compile_cach
   config = _config(data_root)
   interrupted = str(tmp_path / 'interrupted')
   killed_at = _kill_at_random_step(interrupted, data_root, compile_cache)
-  ckpt = checkpoint.Checkpointer(train_cls.checkpoint_dir(interrupted))
+  ckpt = checkpoint.Checkpointer(artifact.classifier_dir(interrupted))
   assert (ckpt.latest_step() or 0) < TOTAL
   ckpt.close()
 
@@ -92,8 +94,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, data_root, compile_cach
   assert np.isfinite(resumed['train_cls/final_loss'])
   assert 0.0 <= reference['train_cls/mAP'] <= 1.0 and 'train_cls/f1' in reference
 
-  _, got = train_cls.load_trained(config, interrupted)
-  _, want = train_cls.load_trained(config, str(tmp_path / 'reference'))
+  _, got, _ = artifact.load(artifact.classifier_dir(interrupted), config=config)
+  _, want, _ = artifact.load(artifact.classifier_dir(str(tmp_path / 'reference')), config=config)
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(x, y, err_msg=f'{jax.tree_util.keystr(path)}, '
                                                 f'killed after step {killed_at}')

@@ -324,7 +324,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   every host, each host loading its rows; the outputs are gathered and process 0 accumulates and
   writes. Resuming recomputes only the groups that contain an unfinished image.
   `normalization` is the input convention the classifier was trained with
-  (`train_cls.normalization`, a `data.normalization` spec).
+  (the record of `gwsss_jax.train.artifact`, a `data.normalization` spec).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top

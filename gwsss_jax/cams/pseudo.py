@@ -1,13 +1,24 @@
 """Pseudo-label rules: from per-class CAMs (and a saliency map) to a label map. Pure numpy.
 
 Labels follow the VOC convention: 0 background, c + 1 for class index c (0..L-1), 255 ignore.
-`keys` always holds class indices without background, as in IRNet's CAM files.
+`keys` always holds class indices without background, as in IRNet's CAM files. The labels of a
+run live in `<workdir>/pseudo_labels/<name>.png` (`label_path`).
 """
+
+import os
 
 import numpy as np
 
 IGNORE = 255
 CAM_NORMS = ('max', 'minmax')
+
+
+def label_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'pseudo_labels')
+
+
+def label_path(workdir: str, name: str) -> str:
+  return os.path.join(label_dir(workdir), name + '.png')
 
 
 def normalize_maps(cams) -> np.ndarray:

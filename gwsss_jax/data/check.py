@@ -10,8 +10,8 @@ readable header, checked before the first training step (headers only: no pixel 
 - ground-truth masks for every training image when `seg.oracle` trains on them;
 - a saliency map with a readable header for every training image (`data.saliency_dir`, read by
   pseudo_labels);
-- the pretrained weights named by `model.pretrained` (train_cls) and `seg.pretrained`
-  (train_seg).
+- the pretrained weights directories of `model.pretrained` (train_cls) and `seg.pretrained`
+  (train_seg); a name (`torchvision:vgg16`) is fetched and checked when the run starts.
 The first problem stops the run with one line naming the file (`data.skip_bad` skips bad
 items of the lists instead, as the stages do).
 """
@@ -21,7 +21,8 @@ import os
 
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
-from gwsss_jax.data import voc
+from gwsss_jax.data import core
+from gwsss_jax.models import hub
 
 NAME = 'check_data'  # the stage that runs the check alone
 _READS_TRAIN = ('train_cls', 'export_cams', 'pseudo_labels', 'eval_cams', 'train_seg')
@@ -44,13 +45,12 @@ def check(config, stages) -> dict:
     files += sum(1 + bool(ex.mask_path) for ex in dataset.examples)
   train = loaded.get(config.data.train_split)
   if train is not None and 'train_seg' in stages and config.seg.oracle:
-    from gwsss_jax.stages import train_seg  # pylint: disable=g-import-not-at-top
-    train_seg.require_masks(config, train)
+    datasets.require_masks(config, train)
   if train is not None and 'pseudo_labels' in stages and config.data.saliency_dir:
     files += _check_saliency(config, train)
   for key, stage in (('model.pretrained', 'train_cls'), ('seg.pretrained', 'train_seg')):
     path = config.model.pretrained if key == 'model.pretrained' else config.seg.pretrained
-    if stage in stages and path:
+    if stage in stages and path and path not in hub.NAMES:  # a name is fetched at the start
       if not os.path.exists(path):
         raise UserError(f'config.{key}={path!r}: not found')
       files += 1
@@ -59,15 +59,14 @@ def check(config, stages) -> dict:
 
 
 def _check_saliency(config, dataset) -> int:
-  from gwsss_jax.stages import pseudo_labels  # pylint: disable=g-import-not-at-top
-  root = pseudo_labels.saliency_root(config)
+  root = datasets.saliency_root(config)
 
   def problem(ex):
     path = os.path.join(root, ex.name + '.png')
     if not os.path.isfile(path):
       return (f'saliency map not found: {path} (config.data.saliency_dir needs <name>.png for '
               "every training image; set it to '' to use the CAM background threshold instead)")
-    if voc.header_size(path) is None:
+    if core.header_size(path) is None:
       return f'corrupt saliency map {path}: unreadable header'
     return None
   with concurrent.futures.ThreadPoolExecutor(8) as pool:

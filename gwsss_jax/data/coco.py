@@ -22,22 +22,8 @@ import numpy as np
 
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import core
 from gwsss_jax.data import palette
-from gwsss_jax.data import voc
-from gwsss_jax.data.datasets import Dataset
-from gwsss_jax.data.datasets import Example
-
-COCO_CLASSES = (
-    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
-    'traffic light', 'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog',
-    'horse', 'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella',
-    'handbag', 'tie', 'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite',
-    'baseball bat', 'baseball glove', 'skateboard', 'surfboard', 'tennis racket', 'bottle',
-    'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple', 'sandwich', 'orange',
-    'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch', 'potted plant',
-    'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote', 'keyboard', 'cell phone',
-    'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase', 'scissors',
-    'teddy bear', 'hair drier', 'toothbrush')
 
 _INDEX_VERSION = 1
 
@@ -68,7 +54,7 @@ def make_mask(coco, image_id: int, height: int, width: int, class_of: dict) -> n
   return mask
 
 
-def load(data_config, split: str, num_workers: int = 8) -> Dataset:
+def load(data_config, split: str, num_workers: int = 8) -> core.Dataset:
   """The examples of a COCO split, with cached masks (see the module docstring)."""
   root = data_config.root
   ann_file = os.path.join(root, 'annotations', f'instances_{split}.json')
@@ -91,19 +77,19 @@ def load(data_config, split: str, num_workers: int = 8) -> Dataset:
   if len(names) != data_config.num_classes:
     raise UserError(f'config.data.num_classes={data_config.num_classes} but {ann_file} has '
                     f'{len(names)} categories')
-  bad = voc.BadItems(data_config.skip_bad)
+  bad = core.BadItems(data_config.skip_bad)
   examples = []
   for name, file_name, labels, (h, w) in index['images']:
     image_path = os.path.join(image_dir, file_name)
     if not os.path.isfile(image_path):
       bad(f'{ann_file}: image {file_name} not found in {image_dir}')
       continue
-    examples.append(Example(name, image_path, os.path.join(out_dir, name + '.png'),
+    examples.append(core.Example(name, image_path, os.path.join(out_dir, name + '.png'),
                             tuple(labels)))
-  examples = voc.check_files(examples, bad)
+  examples = core.check_files(examples, bad)
   if not examples:
     raise UserError(f'{ann_file}: no usable image')
-  return Dataset(examples, names, split, num_skipped=bad.count)
+  return core.Dataset(examples, names, split, num_skipped=bad.count)
 
 
 def _build(ann_file, image_dir, out_dir, num_classes, num_workers):

@@ -1,49 +1,26 @@
 """Datasets as lists of examples: the common currency of every stage.
 
-A reader (VOC, COCO, tfds, the built-in dataset through the VOC reader) turns what the user has
-on disk into a `Dataset`; the tf.data pipelines, the sampler and the evaluators only see this.
+A reader (`READERS`, keyed by `config.data.name`: VOC, the built-in dataset in VOC's layout,
+MSRC-v2, COCO, tfds) turns what the user has on disk into a `core.Dataset`; the tf.data
+pipelines, the sampler and the evaluators only see this. Readers import `core` and no other
+reader.
 """
 
-import dataclasses
 import os
-from typing import Optional
-
-import numpy as np
 
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import coco
+from gwsss_jax.data import core
+from gwsss_jax.data import msrc
+from gwsss_jax.data import tfds_source
+from gwsss_jax.data import voc
+
+# config.data.name -> the reader module, whose `load(data_config, split)` gives a core.Dataset.
+READERS = {'voc': voc, 'synthetic': voc, 'msrc': msrc, 'coco': coco, 'tfds_voc': tfds_source,
+           'tfds_coco': tfds_source}
 
 
-@dataclasses.dataclass(frozen=True)
-class Example:
-  name: str                 # image id, e.g. 2007_000032
-  image_path: str
-  mask_path: Optional[str]  # full-resolution ground truth (palette PNG), None if absent
-  labels: tuple             # class indices 0..L-1 (background excluded), sorted
-
-
-@dataclasses.dataclass
-class Dataset:
-  examples: list
-  class_names: tuple        # without background
-  split: str = ''
-  num_skipped: int = 0      # bad items skipped by the reader (data.skip_bad=True)
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  def __len__(self) -> int:
-    return len(self.examples)
-
-  def label_matrix(self) -> np.ndarray:
-    """[N, L] bool image-level labels."""
-    out = np.zeros((len(self.examples), self.num_classes), bool)
-    for i, ex in enumerate(self.examples):
-      out[i, list(ex.labels)] = True
-    return out
-
-
-def check_mask_values(dataset: Dataset, data_config, num_workers: int = 8) -> None:
+def check_mask_values(dataset: core.Dataset, data_config, num_workers: int = 8) -> None:
   """Decodes every ground-truth mask of `dataset` and checks its values (`palette.read_mask`:
   an error naming the file and the values, or a warning under `data.skip_bad`). Stages that
   read masks through tf.data call it first: an error raised inside the pipeline would not
@@ -55,6 +32,23 @@ def check_mask_values(dataset: Dataset, data_config, num_workers: int = 8) -> No
     for _ in pool.map(lambda p: palette.read_mask(p, data_config.num_classes,
                                                   data_config.skip_bad), paths):
       pass
+
+
+def require_masks(config, dataset: core.Dataset) -> None:
+  """UserError unless every image of the training split has a ground-truth mask (oracle)."""
+  missing = [ex.name for ex in dataset.examples if not ex.mask_path]
+  if missing:
+    raise UserError(f'config.seg.oracle=True needs ground-truth masks, but split '
+                    f'{config.data.train_split!r} has none for {len(missing)} images '
+                    f'(e.g. {missing[0]})')
+
+
+def saliency_root(config) -> str:
+  """`data.saliency_dir` resolved against `data.root` when relative; '' when unset."""
+  d = config.data.saliency_dir
+  if not d:
+    return ''
+  return d if os.path.isabs(d) else os.path.join(config.data.root, d)
 
 
 def synthetic_root(workdir: str) -> str:
@@ -88,17 +82,10 @@ def prepare(config, workdir: str) -> None:
     d.cache_dir = os.path.join(workdir, 'cache')  # the converted masks (the root may be read-only)
 
 
-def load_split(config, split: str) -> Dataset:
+def load_split(config, split: str) -> core.Dataset:
   """The examples of `split` ('train_aug', 'train', 'val', ...) of the configured dataset."""
-  name = config.data.name
-  if name in ('voc', 'synthetic'):
-    from gwsss_jax.data import voc  # pylint: disable=g-import-not-at-top
-    return voc.load(config.data, split)
-  if name == 'msrc':
-    from gwsss_jax.data import msrc  # pylint: disable=g-import-not-at-top
-    return msrc.load(config.data, split)
-  if name == 'coco':
-    from gwsss_jax.data import coco  # pylint: disable=g-import-not-at-top
-    return coco.load(config.data, split)
-  from gwsss_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
-  return tfds_source.load(config.data, split)
+  reader = READERS.get(config.data.name)
+  if reader is None:
+    raise UserError(f'config.data.name={config.data.name!r}: choose from '
+                    f'{", ".join(sorted(READERS))}')
+  return reader.load(config.data, split)

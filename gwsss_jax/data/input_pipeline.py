@@ -21,7 +21,7 @@ from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
 from gwsss_jax.data import sampler
-from gwsss_jax.data import voc
+from gwsss_jax.data import core
 
 for _kind in ('GPU', 'TPU'):
   try:
@@ -226,7 +226,7 @@ def image_sizes(dataset) -> np.ndarray:
   """[N, 2] (height, width) of every image, from the file headers."""
   sizes = []
   for ex in dataset.examples:
-    wh = voc.header_size(ex.image_path)
+    wh = core.header_size(ex.image_path)
     if wh is None:
       raise UserError(f'unreadable image {ex.image_path}')
     sizes.append((wh[1], wh[0]))

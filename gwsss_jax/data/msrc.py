@@ -35,10 +35,8 @@ from PIL import Image
 
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import core
 from gwsss_jax.data import palette
-from gwsss_jax.data import voc
-from gwsss_jax.data.datasets import Dataset
-from gwsss_jax.data.datasets import Example
 
 MSRC_CLASSES = ('building', 'grass', 'tree', 'cow', 'horse', 'sheep', 'sky', 'mountain',
                 'aeroplane', 'water', 'face', 'car', 'bicycle', 'flower', 'sign', 'bird', 'book',
@@ -153,7 +151,7 @@ def _convert(name, image_path, label_path, kind, out_path, lut):
     return None, f'no label file for image {image_path}'
   if image_path is None:
     return None, f'label file {label_path} has no image {name}.bmp'
-  size = voc.header_size(image_path)
+  size = core.header_size(image_path)
   if size is None:
     return None, f'unreadable image {image_path}'
   try:
@@ -208,7 +206,7 @@ def _signature(root, kind, labels):
   return [_INDEX_VERSION, os.path.abspath(root), kind, labels] + mtimes
 
 
-def load(data_config, split: str) -> Dataset:
+def load(data_config, split: str) -> core.Dataset:
   """The examples of MSRC's 'train' or 'val' split (see the module docstring)."""
   labels = data_config.msrc_labels
   if labels not in LABEL_SPACES:
@@ -235,7 +233,7 @@ def load(data_config, split: str) -> Dataset:
     logging.info('converting the MSRC masks of %s into %s', root, out_dir)
     index = build_index(root, labels, out_dir)
     gio.atomic_write_text(index_path, json.dumps(index))
-  bad = voc.BadItems(data_config.skip_bad)
+  bad = core.BadItems(data_config.skip_bad)
   for problem in index['problems']:
     bad(problem)
   mask_dir = os.path.join(out_dir, 'SegmentationClass')
@@ -248,7 +246,7 @@ def load(data_config, split: str) -> Dataset:
     if split == 'train' and not classes:
       no_object += 1
       continue
-    examples.append(Example(name, os.path.join(image_dir, name + '.bmp'),
+    examples.append(core.Example(name, os.path.join(image_dir, name + '.bmp'),
                             os.path.join(mask_dir, name + '.png'), classes))
   if no_object:
     print(f'[msrc] {split}: {no_object} image(s) without an object class left out of '
@@ -257,4 +255,4 @@ def load(data_config, split: str) -> Dataset:
     raise UserError(f'config.data.root={root!r}: no usable image in MSRC split {split!r}')
   if bad.count:
     logging.warning('MSRC: skipped %d bad item(s) (data.skip_bad=True)', bad.count)
-  return Dataset(examples, names, split, num_skipped=bad.count)
+  return core.Dataset(examples, names, split, num_skipped=bad.count)

@@ -4,7 +4,7 @@ Nothing is ever downloaded: the builder must have been prepared into `data.tfds_
 (`tfds build voc/2012 --data_dir=...`). Both builders are detection datasets: they give images
 and image-level labels (the classifier's stages), not segmentation masks (`mask_path` is None).
 A split is materialised once into a VOC-layout directory (JPEG bytes as stored, a
-`<split>_cls.txt` label list, `class_names.txt`), read back with the VOC reader:
+`<split>_cls.txt` label list, `class_names.txt`), read back from its label list:
 `data.cache_dir/tfds_<builder>/` or `<tfds_data_dir>/gwsss_cache/<builder>/`.
 """
 
@@ -14,9 +14,20 @@ from absl import logging
 
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
-from gwsss_jax.data import coco
-from gwsss_jax.data import voc
-from gwsss_jax.data.datasets import Dataset
+from gwsss_jax.data import core
+
+# The class names of `coco/2014`, whose builder names its labels by number.
+COCO_CLASSES = (
+    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
+    'traffic light', 'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog',
+    'horse', 'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella',
+    'handbag', 'tie', 'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite',
+    'baseball bat', 'baseball glove', 'skateboard', 'surfboard', 'tennis racket', 'bottle',
+    'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple', 'sandwich', 'orange',
+    'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch', 'potted plant',
+    'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote', 'keyboard', 'cell phone',
+    'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase', 'scissors',
+    'teddy bear', 'hair drier', 'toothbrush')
 
 BUILDERS = {'tfds_voc': 'voc/2012', 'tfds_coco': 'coco/2014'}
 # The configs' split names -> the builders'.
@@ -66,7 +77,7 @@ def _records(builder, tfds_split: str, coco_style: bool):
     yield {'name': name, 'image': ex['image'], 'labels': labels}
 
 
-def load(data_config, split: str) -> Dataset:
+def load(data_config, split: str) -> core.Dataset:
   """The examples of `split` of a prepared tfds builder (see the module docstring)."""
   if data_config.name not in BUILDERS:
     raise UserError(f'config.data.name={data_config.name!r}: not a tfds source '
@@ -89,16 +100,28 @@ def load(data_config, split: str) -> Dataset:
   coco_style = builder_name.startswith('coco')
   if coco_style:
     names = tuple(builder.info.features['objects']['label'].names)
-    if all(n.isdigit() for n in names) and len(names) == len(coco.COCO_CLASSES):
-      names = coco.COCO_CLASSES
+    if all(n.isdigit() for n in names) and len(names) == len(COCO_CLASSES):
+      names = COCO_CLASSES
   else:
     names = tuple(builder.info.features['labels'].feature.names)
   out_dir = cache_root(data_config, builder_name)
   if not os.path.isfile(os.path.join(out_dir, 'ImageSets', 'Segmentation', f'{split}.txt')):
     logging.info('materialising %s[%s] into %s', builder_name, tfds_split, out_dir)
     materialise(_records(builder, tfds_split, coco_style), out_dir, split, names)
-  local = data_config.copy_and_resolve_references()
-  with local.unlocked():
-    local.root = out_dir
-    local.label_list = ''
-  return voc.load(local, split)
+  return read_back(data_config, out_dir, split, names)
+
+
+def read_back(data_config, out_dir: str, split: str, names) -> core.Dataset:
+  """The examples of a materialised split: its label list, each image checked."""
+  if len(names) != data_config.num_classes:
+    raise UserError(f'config.data.num_classes={data_config.num_classes} but the tfds builder '
+                    f'has {len(names)} classes')
+  bad = core.BadItems(data_config.skip_bad)
+  label_file = os.path.join(out_dir, 'ImageSets', 'Segmentation', f'{split}_cls.txt')
+  labels = core.read_label_list(label_file, data_config.num_classes, bad)
+  examples = core.check_files([core.Example(name, os.path.join(out_dir, 'JPEGImages',
+                                                               name + '.jpg'), None, classes)
+                               for name, classes in labels.items()], bad)
+  if not examples:
+    raise UserError(f'{label_file}: no usable image in split {split!r}')
+  return core.Dataset(examples, tuple(names), split, num_skipped=bad.count)

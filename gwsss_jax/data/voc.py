@@ -18,64 +18,19 @@ import os
 
 from absl import logging
 import numpy as np
-from PIL import Image
 
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import core
 from gwsss_jax.data import palette
-from gwsss_jax.data.datasets import Dataset
-from gwsss_jax.data.datasets import Example
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
-
-
-class BadItems:
-  """Collects bad items: raises at the first one, or (skip_bad) warns and counts."""
-
-  def __init__(self, skip_bad: bool):
-    self.skip_bad = skip_bad
-    self.count = 0
-
-  def __call__(self, message: str) -> None:
-    if not self.skip_bad:
-      raise UserError(message + ' (set --config.data.skip_bad=True to skip such items)')
-    self.count += 1
-    logging.warning('skipping: %s', message)
-
-
-def read_lines(path: str) -> list:
-  """Non-empty stripped lines with their 1-based line numbers; UserError if none."""
-  if not os.path.isfile(path):
-    raise UserError(f'list file not found: {path}')
-  with open(path) as f:
-    lines = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
-  if not lines:
-    raise UserError(f'{path}: empty list file')
-  return lines
-
-
-def read_label_list(path: str, num_classes: int, bad: BadItems) -> dict:
-  """`name c1 c2 ...` lines -> {name: sorted class tuple}, classes in 0..num_classes-1."""
-  out = {}
-  for n, line in read_lines(path):
-    name, *fields = line.split()
-    try:
-      classes = sorted({int(c) for c in fields})
-    except ValueError:
-      bad(f'{path}:{n}: class indices must be integers, got {line!r}')
-      continue
-    if any(c < 0 or c >= num_classes for c in classes):
-      bad(f'{path}:{n}: class index out of range 0..{num_classes - 1} in {line!r} '
-          f'(data.num_classes={num_classes})')
-      continue
-    out[os.path.splitext(os.path.basename(name))[0]] = tuple(classes)
-  return out
 
 
 def class_names(root: str, num_classes: int) -> tuple:
   """`<root>/class_names.txt` (a leading 'background' line is dropped), else the VOC names."""
   path = os.path.join(root, 'class_names.txt')
   if os.path.isfile(path):
-    names = tuple(line for _, line in read_lines(path))
+    names = tuple(line for _, line in core.read_lines(path))
     if names and names[0] == 'background':
       names = names[1:]
     source = path
@@ -104,21 +59,6 @@ def find_image(image_dir: str, name: str):
   return None
 
 
-def header_size(path: str):
-  """(width, height) from the file header, without decoding the pixels; None if unreadable."""
-  header = read_header(path)
-  return None if header is None else header[0]
-
-
-def read_header(path: str):
-  """((width, height), PIL mode) from the file header; None if unreadable."""
-  try:
-    with Image.open(path) as img:
-      return img.size, img.mode
-  except (OSError, SyntaxError, ValueError):
-    return None
-
-
 def mask_classes(path: str, num_classes: int) -> tuple:
   """Classes 0..L-1 present in a mask (pixel values 1..L; 0 and 255 excluded)."""
   values = np.unique(palette.read_label_png(path))
@@ -129,42 +69,11 @@ def mask_classes(path: str, num_classes: int) -> tuple:
   return tuple(int(v) - 1 for v in values)
 
 
-def check_files(examples: list, bad: BadItems, num_workers: int = 8) -> list:
-  """Drops (or reports) examples whose image is unreadable or whose mask size differs."""
-
-  def check(ex):
-    size = header_size(ex.image_path)
-    if size is None:
-      return f'unreadable image {ex.image_path}'
-    if ex.mask_path is not None:
-      header = read_header(ex.mask_path)
-      if header is None:
-        return f'unreadable mask {ex.mask_path}'
-      msize, mode = header
-      if mode not in ('P', 'L'):
-        return (f'mask {ex.mask_path} is of mode {mode}: class masks must be 8-bit palette '
-                '(P) or greyscale (L) PNGs')
-      if msize != size:
-        return (f'mask {ex.mask_path} is {msize[0]}x{msize[1]} but its image '
-                f'{ex.image_path} is {size[0]}x{size[1]}')
-    return None
-
-  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-    problems = list(pool.map(check, examples))
-  kept = []
-  for ex, problem in zip(examples, problems):
-    if problem:
-      bad(problem)
-    else:
-      kept.append(ex)
-  return kept
-
-
-def load(data_config, split: str) -> Dataset:
+def load(data_config, split: str) -> core.Dataset:
   """The examples of `split` under `data_config.root` (see the module docstring)."""
   root = data_config.root
   num_classes = data_config.num_classes
-  bad = BadItems(data_config.skip_bad)
+  bad = core.BadItems(data_config.skip_bad)
   names = class_names(root, num_classes)
   seg_dir = os.path.join(root, 'ImageSets', 'Segmentation')
   split_file = os.path.join(seg_dir, f'{split}.txt')
@@ -175,9 +84,9 @@ def load(data_config, split: str) -> Dataset:
       label_file = os.path.join(root, label_file)
   elif os.path.isfile(os.path.join(seg_dir, f'{split}_cls.txt')):
     label_file = os.path.join(seg_dir, f'{split}_cls.txt')
-  listed = read_label_list(label_file, num_classes, bad) if label_file else None
+  listed = core.read_label_list(label_file, num_classes, bad) if label_file else None
   if os.path.isfile(split_file) or listed is None:
-    entries = [(n, line.split()[0]) for n, line in read_lines(split_file)]
+    entries = [(n, line.split()[0]) for n, line in core.read_lines(split_file)]
     list_path = split_file
   else:  # The label list alone defines the split.
     entries = [(0, name) for name in listed]
@@ -205,15 +114,15 @@ def load(data_config, split: str) -> Dataset:
       continue
     else:
       labels = None
-    examples.append(Example(name, image_path, mask_path, labels))
-  examples = check_files(examples, bad)
+    examples.append(core.Example(name, image_path, mask_path, labels))
+  examples = core.check_files(examples, bad)
   if any(ex.labels is None for ex in examples):
     examples = _labels_from_masks(examples, num_classes, bad)
   if not examples:
     raise UserError(f'{list_path}: no usable image in split {split!r}')
   if bad.count:
     logging.warning('%s: skipped %d bad item(s) (data.skip_bad=True)', list_path, bad.count)
-  return Dataset(examples, names, split, num_skipped=bad.count)
+  return core.Dataset(examples, names, split, num_skipped=bad.count)
 
 
 def _labels_from_masks(examples, num_classes, bad, num_workers=8):
@@ -230,5 +139,5 @@ def _labels_from_masks(examples, num_classes, bad, num_workers=8):
     if isinstance(labels, UserError):
       bad(str(labels))
       continue
-    out.append(Example(ex.name, ex.image_path, ex.mask_path, labels))
+    out.append(core.Example(ex.name, ex.image_path, ex.mask_path, labels))
   return out

@@ -29,6 +29,7 @@ The backbone submodule is named `backbone`; every other parameter is a new layer
 run in `model.dtype`; parameters, the class convolutions, logits, CAMs and the loss are float32.
 """
 
+import dataclasses
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gwsss_jax.models.graph import NEW_LAYER_INIT, GroupGraph, torch_default_bias
+from gwsss_jax.models.graph import NEW_LAYER_INIT, GraphConfig, GroupGraph, torch_default_bias
 
 # The paper variant's three extra 3x3 convolutions continue the ReLU trunk: He initialisation
 # (zero biases), so that the network also trains from scratch (the demo). The release variant
@@ -49,10 +50,16 @@ from gwsss_jax.models.resnet import ResNet101
 from gwsss_jax.models.vgg import VGG16, scaled
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The keys of `config.model` that describe the network, recorded with a trained classifier
+# (`gwsss_jax.train.artifact`) so that later stages rebuild it from the record; `num_nodes` is the
+# group size its variables are initialised for.
+ARCH_KEYS = ('variant', 'backbone', 'width', 'output_stride', 'freeze_bn', 'node_dim', 'num_nodes',
+             'dtype') + tuple(f.name for f in dataclasses.fields(GraphConfig))
 
 
 class GroupClassifier(nn.Module):
-  """See the module docstring. Attributes mirror the keys of `config.model`."""
+  """See the module docstring. Attributes mirror the keys of `config.model`; the graph's are
+  `graph` (`GraphConfig`)."""
   num_classes: int
   variant: str = 'paper'
   backbone_arch: str = 'vgg16'
@@ -60,13 +67,7 @@ class GroupClassifier(nn.Module):
   output_stride: int = 8
   freeze_bn: bool = True
   node_dim: int = 512
-  num_steps: int = 3
-  reduction: int = 4
-  gru_kernel: int = 3
-  graph_dropout: bool = True
-  drop_rate: float = 0.8
-  drop_threshold: float = 0.7
-  drop_mask: str = 'binary'
+  graph: GraphConfig = GraphConfig()
   dtype: Any = jnp.float32
 
   def _features(self, x, train: bool):
@@ -91,9 +92,7 @@ class GroupClassifier(nn.Module):
       for i, features in enumerate((hidden, hidden, self.node_dim)):
         x = nn.relu(self._conv(features, 3, f'extra_conv{i + 1}', kernel_init=TRUNK_INIT)(x))
       h0 = x.reshape((b, k) + x.shape[1:])
-      h_final = GroupGraph(self.num_steps, self.reduction, self.gru_kernel, self.graph_dropout,
-                           self.drop_rate, self.drop_threshold, self.drop_mask,
-                           dtype=self.dtype, name='graph')(h0, adjacency, train)
+      h_final = GroupGraph(self.graph, dtype=self.dtype, name='graph')(h0, adjacency, train)
       cam_mid = self._conv(self.num_classes, 1, 'classifier_mid', jnp.float32)(h0)
       cam_graph = self._conv(self.num_classes, 1, 'classifier_graph', jnp.float32)(h_final)
     elif self.variant == 'release':
@@ -104,9 +103,7 @@ class GroupClassifier(nn.Module):
                      bias_init=torch_default_bias(x.shape[-1]))(x)
       cam_mid = x.reshape((b, k) + x.shape[1:])
       h0 = cam_mid.astype(self.dtype)
-      h_final = ReleaseGraph(self.num_steps, self.graph_dropout, self.drop_rate,
-                             self.drop_threshold, dtype=self.dtype,
-                             name='graph')(h0, adjacency, train)
+      h_final = ReleaseGraph(self.graph, dtype=self.dtype, name='graph')(h0, adjacency, train)
       cam_graph = h_final.astype(jnp.float32)
     else:
       raise ValueError(f'unknown model.variant {self.variant!r}')
@@ -126,9 +123,7 @@ def build_classifier(model_config, num_classes: int) -> GroupClassifier:
   return GroupClassifier(
       num_classes=num_classes, variant=m.variant, backbone_arch=m.backbone, width=m.width,
       output_stride=m.output_stride, freeze_bn=m.freeze_bn, node_dim=m.node_dim,
-      num_steps=m.num_steps, reduction=m.reduction, gru_kernel=m.gru_kernel,
-      graph_dropout=m.graph_dropout, drop_rate=m.drop_rate, drop_threshold=m.drop_threshold,
-      drop_mask=m.drop_mask, dtype=DTYPES[m.dtype])
+      graph=GraphConfig.from_config(m), dtype=DTYPES[m.dtype])
 
 
 def multilabel_soft_margin(logits, labels):

@@ -30,6 +30,7 @@ Choices the paper leaves open, and what is done here:
   binary mask can.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -221,30 +222,38 @@ class SelfEdge(nn.Module):
     return jnp.einsum('bknm,bkmc->bknc', attention.astype(h.dtype), v) + h
 
 
+@dataclasses.dataclass(frozen=True)
+class GraphConfig:
+  """The graph's hyper-parameters: the `config.model` keys of the same names (`from_config`),
+  declared here once and passed whole to the graph modules of both variants."""
+  num_steps: int = 3            # T: message-passing rounds
+  reduction: int = 4            # d of Eq. (5); P, Q, phi_f, phi_g project C to max(1, C // d)
+  gru_kernel: int = 3           # ConvGRU kernel size (the paper variant; the release uses 1)
+  graph_dropout: bool = True    # graph dropout (Eqs. 10-11) after every update
+  drop_rate: float = 0.8        # delta_r of Eq. (10)
+  drop_threshold: float = 0.7   # delta_d of Eq. (10)
+  drop_mask: str = 'binary'     # the drop branch of Eq. (10): 'binary' or 'eq10'
+
+  @classmethod
+  def from_config(cls, model_config) -> 'GraphConfig':
+    """The graph of `config.model` (a ConfigDict, or any object with those attributes)."""
+    return cls(**{f.name: getattr(model_config, f.name) for f in dataclasses.fields(cls)})
+
+
 class GraphStep(nn.Module):
   """One message-passing round t: Eqs. (5)-(8), the ConvGRU of Eq. (2), graph dropout (10)-(11).
 
-  Called T times on the same instance, so the T rounds share their weights.
-
-  Attributes:
-    reduction: d of Eq. (5); P, Q, phi_f and phi_g project C to max(1, C // d) channels.
-    gru_kernel: ConvGRU kernel size.
-    dropout: apply graph dropout (Eqs. 10-11) after the update.
-    drop_rate, drop_threshold: delta_r and delta_d of Eq. (10).
-    drop_mask: 'binary' or 'eq10', the drop branch of Eq. (10) (`graph_dropout_map`).
+  Called T times on the same instance, so the T rounds share their weights; `graph.num_steps`
+  is not read here.
   """
-  reduction: int = 4
-  gru_kernel: int = 3
-  dropout: bool = True
-  drop_rate: float = 0.8
-  drop_threshold: float = 0.7
-  drop_mask: str = 'binary'
+  graph: GraphConfig = GraphConfig()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h, adjacency, train: bool):
+    g = self.graph
     b, k, height, width, c = h.shape
-    reduced = max(1, c // self.reduction)
+    reduced = max(1, c // g.reduction)
     flat = h.reshape(b, k, height * width, c)
     dense = lambda name: nn.Dense(reduced, use_bias=False, dtype=self.dtype,
                                   kernel_init=NEW_LAYER_INIT, name=name)
@@ -254,10 +263,10 @@ class GraphStep(nn.Module):
     message = aggregate_messages(neighbour_messages(e, flat, senders), self_message, adjacency,
                                  senders)
     message = message.reshape(h.shape)
-    h = ConvGRUCell(c, self.gru_kernel, dtype=self.dtype, name='gru')(message, h)
-    if self.dropout:
+    h = ConvGRUCell(c, g.gru_kernel, dtype=self.dtype, name='gru')(message, h)
+    if g.graph_dropout:
       r = jax.random.uniform(self.make_rng('dropout'), (b, k)) if train else None
-      h = graph_dropout(h, r, self.drop_rate, self.drop_threshold, self.drop_mask)
+      h = graph_dropout(h, r, g.drop_rate, g.drop_threshold, g.drop_mask)
     return h
 
 
@@ -268,23 +277,16 @@ class GroupGraph(nn.Module):
   little faster but each step ran several times slower; compilation happens once, steps many
   times.
 
-  Attributes: as `GraphStep`, plus `num_steps` = T.
+  Attributes: `graph` (T = `graph.num_steps`) and the activations' `dtype`.
   """
-  num_steps: int = 3
-  reduction: int = 4
-  gru_kernel: int = 3
-  dropout: bool = True
-  drop_rate: float = 0.8
-  drop_threshold: float = 0.7
-  drop_mask: str = 'binary'
+  graph: GraphConfig = GraphConfig()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h, adjacency, train: bool):
     """h: [B, K, H, W, C] = h^0, adjacency: [B, K, K] -> h^T (after graph dropout)."""
-    step = GraphStep(self.reduction, self.gru_kernel, self.dropout, self.drop_rate,
-                     self.drop_threshold, self.drop_mask, dtype=self.dtype, name='step')
-    for _ in range(self.num_steps):
+    step = GraphStep(self.graph, dtype=self.dtype, name='step')
+    for _ in range(self.graph.num_steps):
       h = step(h, adjacency, train)
     return h
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.models.graph import NEW_LAYER_INIT, ConvGRUCell, channel_mean, drop_threshold_mask
-from gwsss_jax.models.graph import torch_default_bias
+from gwsss_jax.models.graph import GraphConfig, torch_default_bias
 from gwsss_jax.models.graph import edge_embeddings, neighbour_messages, other_nodes
 
 
@@ -57,10 +57,9 @@ def release_graph_dropout(x, r, drop_rate, drop_threshold):
 
 
 class ReleaseGraphStep(nn.Module):
-  """One round of the release's message passing (see the module docstring)."""
-  drop_rate: float = 0.8
-  drop_threshold: float = 0.7
-  dropout: bool = True
+  """One round of the release's message passing (see the module docstring); of `graph` it reads
+  the dropout keys only (the release has no reduction ratio, a 1x1 ConvGRU, the binary mask)."""
+  graph: GraphConfig = GraphConfig()
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -86,9 +85,9 @@ class ReleaseGraphStep(nn.Module):
         incoming.reshape(b * k, height, width, -1))
     x = ConvGRUCell(c, 1, torch_bias=True, dtype=self.dtype, name='extra_ConvGRU')(
         fused.reshape(x.shape), x)
-    if self.dropout:
+    if self.graph.graph_dropout:
       r = jax.random.uniform(self.make_rng('dropout'), (b, k)) if train else None
-      x = release_graph_dropout(x, r, self.drop_rate, self.drop_threshold)
+      x = release_graph_dropout(x, r, self.graph.drop_rate, self.graph.drop_threshold)
     return x
 
 
@@ -97,10 +96,7 @@ class ReleaseGraph(nn.Module):
 
   `adjacency` is accepted for the interface and ignored (all pairs exchange messages).
   """
-  num_steps: int = 3
-  dropout: bool = True
-  drop_rate: float = 0.8
-  drop_threshold: float = 0.7
+  graph: GraphConfig = GraphConfig()  # T = graph.num_steps
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -109,8 +105,7 @@ class ReleaseGraph(nn.Module):
     if x.shape[1] < 2:
       raise UserError(f'model.num_nodes={x.shape[1]}: the release variant fuses the messages of '
                       'the other nodes and needs groups of 3 images')
-    step = ReleaseGraphStep(self.drop_rate, self.drop_threshold, self.dropout, dtype=self.dtype,
-                            name='step')
-    for _ in range(self.num_steps):
+    step = ReleaseGraphStep(self.graph, dtype=self.dtype, name='step')
+    for _ in range(self.graph.num_steps):
       x = step(x, train)
     return x

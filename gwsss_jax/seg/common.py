@@ -1,5 +1,5 @@
 """What train_seg, eval_seg and predict share: where a run lives in the workdir, the model and
-its pretrained initialisation, DeepLab's optimiser, and loading a trained checkpoint.
+its pretrained initialisation, its record, and DeepLab's optimiser.
 
 A segmentation run is either the pseudo-label run (`config.seg.oracle=False`) or the oracle run
 on ground-truth masks (`True`); both can live in one workdir side by side (`RunNames`).
@@ -11,7 +11,7 @@ training keys of the optimizer.
 
 import dataclasses
 import os
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -77,8 +77,9 @@ def model_info(config, meta: Optional[dict], pretrained: Optional[dict] = None) 
   """What `seg_model.json` records about a run (`pretrained`: the weights, for the head
   modules they initialise)."""
   g = config.seg
-  return {'model': g.model, 'width': g.width, 'output_stride': g.output_stride,
-          'num_classes': g.num_classes, 'caffe_layout': deeplab.caffe_layout(meta),
+  return {'kind': artifact.SEGMENTER, 'model': g.model, 'width': g.width,
+          'output_stride': g.output_stride, 'num_classes': g.num_classes,
+          'caffe_layout': deeplab.caffe_layout(meta),
           'normalization': resolve_normalization(config, meta),
           'pretrained': g.pretrained, 'oracle': bool(g.oracle), 'dtype': g.dtype,
           'pretrained_head': pretrained_head(config, pretrained)}
@@ -170,18 +171,3 @@ def optimizer(config, params, pretrained_head=()) -> tuple[optax.GradientTransfo
               for k, v in lr_by_label.items() if v is not None and k in used}
   return tx, reported
 
-
-def load_trained(config, workdir: str) -> tuple[Any, dict, dict, int]:
-  """The trained network of this config's run: (module, variables, info, step), parameters
-  only (`artifact.load`).
-
-  The config must describe the same model as the one trained (`seg.model`, `seg.width`, ...).
-  """
-  directory = checkpoint_dir(config, workdir)
-  info = artifact.read(directory)
-  for key in ('model', 'width', 'output_stride', 'num_classes'):
-    if info[key] != config.seg[key]:
-      raise UserError(f'config.seg.{key}={config.seg[key]!r}, but the checkpoints in '
-                      f'{directory} were trained with {info[key]!r}')
-  module, variables, info = artifact.load(directory)
-  return module, variables, info, info['step']

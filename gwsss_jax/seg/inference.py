@@ -18,6 +18,17 @@ import numpy as np
 CANVAS_MULTIPLE = 8
 
 
+def make_predict_fn(module, scales, flip: bool, with_probs: bool = False):
+  """jit(variables, images [B, H, W, 3]) -> labels uint8 [B, H, W] (and the probabilities
+  [B, H, W, K] with `with_probs`), by `multiscale_probs`."""
+  def predict(variables, images):
+    probs = multiscale_probs(lambda x: module.apply(variables, x, train=False), images, scales,
+                             flip)
+    labels = jnp.argmax(probs, axis=-1).astype(jnp.uint8)
+    return (labels, probs) if with_probs else labels
+  return jax.jit(predict)
+
+
 def scaled_hw(hw: Sequence[int], scale: float) -> tuple[int, int]:
   """Size of an image of size `hw` resized by `scale` (rounded up, as Caffe's Interp)."""
   return tuple(max(1, int(math.ceil(s * scale - 1e-6))) for s in hw)

@@ -23,7 +23,6 @@ from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import palette
 from gwsss_jax.evaluation import metrics
-from gwsss_jax.stages import pseudo_labels
 
 PREFIX = 'eval_cams/'
 
@@ -99,7 +98,7 @@ def write_pictures(config, workdir: str, dataset, examples) -> list:
     record = export.load_record(export.cam_path(workdir, ex.name))
     image = export.load_rgb(ex.image_path)
     gt = palette.read_label_png(ex.mask_path) if ex.mask_path else None
-    label_file = pseudo_labels.label_path(workdir, ex.name)
+    label_file = pseudo.label_path(workdir, ex.name)
     label = palette.read_label_png(label_file) if os.path.exists(label_file) else None
     cams = {r: export.high_res(record, r) for r in export.readouts(record)}
     grid = vis.make_grid(image, gt, label, cams, record['keys'], dataset.class_names)
@@ -162,7 +161,7 @@ def run(config, workdir: str) -> dict:
     raise UserError('config.cams.bg_sweep is empty: give at least one background threshold')
   num_classes = dataset.num_classes + 1
   tasks = [(export.cam_path(workdir, ex.name), ex.mask_path,
-            pseudo_labels.label_path(workdir, ex.name), thresholds, num_classes,
+            pseudo.label_path(workdir, ex.name), thresholds, num_classes,
             config.data.skip_bad) for ex in examples]
   workers = min(config.pseudo.num_workers or os.cpu_count() or 1, max(len(tasks), 1))
   pictures = write_pictures(config, workdir, dataset, examples)

@@ -24,7 +24,6 @@ import multiprocessing
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -37,12 +36,14 @@ from gwsss_jax import crf as crf_lib
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.crf import dense as crf_dense
 from gwsss_jax.crf import reference as crf_reference
+from gwsss_jax.data import core
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
 from gwsss_jax.data import palette
 from gwsss_jax.evaluation import metrics as metrics_lib
 from gwsss_jax.seg import common
 from gwsss_jax.seg import inference
+from gwsss_jax.train import artifact
 
 MANIFEST = 'manifest.json'
 VOC_TEST_LAYOUT = os.path.join('VOC2012', 'Segmentation', 'comp6_test_cls')
@@ -52,17 +53,6 @@ def check_crf(config) -> None:
   """With `seg.crf` and the reference implementation: pydensecrf2 must be importable."""
   if config.seg.crf and config.crf.impl == 'reference':
     crf_reference.require('seg.crf')
-
-
-def make_predict_fn(module, scales, flip: bool, with_probs: bool = False):
-  """jit(variables, images [B, H, W, 3]) -> labels uint8 [B, H, W] (and the probabilities
-  [B, H, W, K] with `with_probs`)."""
-  def predict(variables, images):
-    probs = inference.multiscale_probs(
-        lambda x: module.apply(variables, x, train=False), images, scales, flip)
-    labels = jnp.argmax(probs, axis=-1).astype(jnp.uint8)
-    return (labels, probs) if with_probs else labels
-  return jax.jit(predict)
 
 
 def _crf_reference_task(task):
@@ -115,7 +105,9 @@ def run(config, workdir: str) -> dict:
   g = config.seg
   names = common.run_names(g.oracle)
   check_crf(config)
-  module, variables, info, step = common.load_trained(config, workdir)
+  module, variables, info = artifact.load(common.checkpoint_dir(config, workdir),
+                                          artifact.SEGMENTER, config)
+  step = info['step']
   dataset = datasets.load_split(config, config.data.val_split)
   class_names = ('background',) + tuple(dataset.class_names)
   has_masks = all(ex.mask_path for ex in dataset.examples)
@@ -127,11 +119,11 @@ def run(config, workdir: str) -> dict:
     prepare_output(directory, _settings(config, step), dataset.examples)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('eval_seg: predictions directory ready')
-  mine = datasets.Dataset(dataset.examples[jax.process_index()::jax.process_count()],
+  mine = core.Dataset(dataset.examples[jax.process_index()::jax.process_count()],
                           dataset.class_names, dataset.split)
   done = {ex.name for ex in mine.examples
           if os.path.exists(os.path.join(directory, ex.name + '.png'))}
-  todo = datasets.Dataset([ex for ex in mine.examples if ex.name not in done],
+  todo = core.Dataset([ex for ex in mine.examples if ex.name not in done],
                           dataset.class_names, dataset.split)
 
   num_classes = g.num_classes
@@ -157,7 +149,8 @@ def run(config, workdir: str) -> dict:
                                            pad_to=canvas, normalization=info['normalization'],
                                            process_index=0, process_count=1,
                                            with_masks=has_masks, with_rgb=use_crf)
-    predict = make_predict_fn(module, tuple(g.eval_scales), g.eval_flip, with_probs=use_crf)
+    predict = inference.make_predict_fn(module, tuple(g.eval_scales), g.eval_flip,
+                                        with_probs=use_crf)
     data_sharding, replicated = _local_sharding(g.eval_batch_size)
     variables = jax.device_put(variables, replicated)
     crf_params = crf_lib.params_from_config(g.crf_params)

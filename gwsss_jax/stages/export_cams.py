@@ -12,6 +12,7 @@ import jax
 from gwsss_jax.cams import export
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
+from gwsss_jax.train import artifact
 
 
 def settings(config) -> dict:
@@ -33,7 +34,7 @@ def run(config, workdir: str) -> dict:
     if jax.process_index() != 0:
       return {}
     return export.export_oaa(workdir, dataset, k.save_png, k.source)
-  from gwsss_jax.stages import train_cls  # pylint: disable=g-import-not-at-top
-  model, variables = train_cls.load_trained(config, workdir)
+  model, variables, record = artifact.load(artifact.classifier_dir(workdir), artifact.CLASSIFIER,
+                                           config)
   return export.export_group_inference(config, workdir, dataset, model, variables,
-                                       train_cls.normalization(config, workdir))
+                                       record['normalization'])

@@ -36,22 +36,6 @@ from gwsss_jax.data import palette
 from gwsss_jax.evaluation import metrics as metrics_lib
 
 
-def label_dir(workdir: str) -> str:
-  return os.path.join(workdir, 'pseudo_labels')
-
-
-def label_path(workdir: str, name: str) -> str:
-  return os.path.join(label_dir(workdir), name + '.png')
-
-
-def saliency_root(config) -> str:
-  """`data.saliency_dir` resolved against `data.root` when relative; '' when unset."""
-  d = config.data.saliency_dir
-  if not d:
-    return ''
-  return d if os.path.isabs(d) else os.path.join(config.data.root, d)
-
-
 def read_saliency(path: str, header_only: bool = False):
   """uint8 [H, W] saliency (0..255; RGB maps are converted to grey), or its (H, W) from the
   header alone; UserError naming the file when it is missing or unreadable."""
@@ -205,7 +189,7 @@ def run(config, workdir: str) -> dict:
   if use_crf and config.crf.impl == 'reference':
     crf_reference.require('cams.crf')
   dataset = datasets.load_split(config, config.data.train_split)
-  sal_root = saliency_root(config)
+  sal_root = datasets.saliency_root(config)
   if sal_root and not os.path.isdir(sal_root):
     raise UserError(f'config.data.saliency_dir={config.data.saliency_dir!r}: directory '
                     f'{sal_root} not found')
@@ -219,12 +203,12 @@ def run(config, workdir: str) -> dict:
             'num_classes': dataset.num_classes + 1,
             'crf': config.cams.crf_params.to_dict() if use_crf else None}
   mine = dataset.examples[jax.process_index()::jax.process_count()]
-  os.makedirs(label_dir(workdir), exist_ok=True)
+  os.makedirs(pseudo.label_dir(workdir), exist_ok=True)
   # Every label, not only those written now: the figures describe all of them (labels of an
   # earlier run are read back), so that a resumed or repeated run reports the same.
   tasks = [(ex.name, export.cam_path(workdir, ex.name),
             os.path.join(sal_root, ex.name + '.png') if sal_root else '',
-            label_path(workdir, ex.name), ex.image_path,
+            pseudo.label_path(workdir, ex.name), ex.image_path,
             ex.mask_path if ex.mask_path and os.path.exists(ex.mask_path) else '', params)
            for ex in mine]
   on_device = use_crf and config.crf.impl == 'jax'

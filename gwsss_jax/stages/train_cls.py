@@ -9,10 +9,10 @@ accumulation, `cams.oaa.accumulate_groups`), which the `export_cams` stage reads
 Resumable: checkpoints go to `<workdir>/cls_checkpoints` every `train.checkpoint_every_steps`, at
 each epoch end and at the end; a restarted run continues from the latest one (the input pipeline
 is deterministic in the step), and a run whose final checkpoint exists is skipped.
-`load_trained(config, workdir)` gives the trained model to later stages.
+The run's record (`gwsss_jax.train.artifact`, `cls_model.json`) gives the trained model to later
+stages.
 """
 
-import json
 import os
 
 import jax
@@ -21,7 +21,6 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
@@ -29,6 +28,7 @@ from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.evaluation import metrics as metrics_lib
 from gwsss_jax.models import classifier
 from gwsss_jax.models import convert
+from gwsss_jax.train import artifact
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import optim
 from gwsss_jax.train import parallel
@@ -37,18 +37,11 @@ from gwsss_jax.train import trainer
 from gwsss_jax.train import writers
 
 NAME = 'train_cls'
-CHECKPOINT_DIR = 'cls_checkpoints'
-INFO_FILE = 'model_info.json'
-
 # The model's variables and loss live in train.steps, which imports no TensorFlow (the
 # benchmarks and the device check run the step where TensorFlow is not installed).
 init_variables = steps.init_classifier
 oaa_readouts = steps.oaa_readouts
 make_loss_fn = steps.classifier_loss_fn
-
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(workdir, CHECKPOINT_DIR)
 
 
 def schedule(config, num_examples: int) -> tuple[int, int]:
@@ -84,11 +77,10 @@ def _pretrained(config, variables) -> dict:
 def normalization(config, workdir: str) -> dict:
   """The input convention of the run (a `data.normalization` spec: the one stored with the
   pretrained weights under 'auto'), recorded with its checkpoints once training starts, so that
-  later stages and resumed runs use the one it trained with. Older records hold a name."""
-  path = os.path.join(checkpoint_dir(workdir), INFO_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      return norm_lib.resolve(json.load(f)['normalization'])
+  resumed runs use the one it trained with."""
+  directory = artifact.classifier_dir(workdir)
+  if artifact.exists(directory, artifact.CLASSIFIER):
+    return norm_lib.resolve(artifact.read(directory, artifact.CLASSIFIER)['normalization'])
   return norm_lib.resolve(
       convert.normalization_for(config.data.normalization, config.model.pretrained))
 
@@ -167,7 +159,7 @@ def run(config, workdir: str) -> dict:
   """Trains (or resumes) the classifier; returns final loss, held-out mAP/F1 and steps."""
   train_set = datasets.load_split(config, config.data.train_split)
   spe, total = schedule(config, len(train_set))
-  directory = checkpoint_dir(workdir)
+  directory = artifact.classifier_dir(workdir)
   ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.train.max_to_keep)
   model = classifier.build_classifier(config.model, config.data.num_classes)
   shapes = init_variables(model, config, None)
@@ -192,8 +184,7 @@ def run(config, workdir: str) -> dict:
     batch_stats = variables.get('batch_stats', {})
     state = trainer.init_state(variables['params'], batch_stats, tx, config.seed)
     if jax.process_index() == 0:
-      gio.atomic_write_text(os.path.join(directory, INFO_FILE),
-                            json.dumps({'normalization': norm}, indent=1) + '\n')
+      artifact.save(directory, artifact.classifier_record(config, norm))
 
   dp = parallel.DataParallel(config.parallel.impl, parallel.make_mesh(),
                              config.train.batch_size)
@@ -266,25 +257,3 @@ def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
                           flips=host_batch['flips'])
   return store, on_step, store.flush
 
-
-def load_trained(config, workdir: str):
-  """(model, variables) of the newest readable classifier checkpoint, for the CAM stages:
-  parameters (and BatchNorm statistics) only, so that no training key has to match."""
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise UserError(f'{directory}: no classifier checkpoint; run the train_cls stage first')
-  ckpt = checkpoint.Checkpointer(directory, max_to_keep=None)
-  try:
-    model = classifier.build_classifier(config.model, config.data.num_classes)
-    shapes = init_variables(model, config, None)
-    step, state = ckpt.restore_latest(
-        {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})},
-        partial=True)
-    if step is None:
-      raise UserError(f'{directory}: no complete classifier checkpoint; run train_cls')
-  finally:
-    ckpt.close()
-  out = {'params': state['params']}
-  if jax.tree.leaves(state['batch_stats']):
-    out['batch_stats'] = state['batch_stats']
-  return model, out

@@ -18,12 +18,12 @@ import jax
 import numpy as np
 from absl import logging
 
+from gwsss_jax.cams import pseudo
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import input_pipeline
 from gwsss_jax.data import palette
 from gwsss_jax.seg import common
-from gwsss_jax.stages import pseudo_labels
 from gwsss_jax.train import artifact
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import parallel
@@ -36,22 +36,13 @@ from gwsss_jax.train import writers
 make_loss_fn = steps.segmentation_loss_fn
 
 
-def require_masks(config, dataset) -> None:
-  """UserError unless every image of the training split has a ground-truth mask (oracle)."""
-  missing = [ex.name for ex in dataset.examples if not ex.mask_path]
-  if missing:
-    raise UserError(f'config.seg.oracle=True needs ground-truth masks, but split '
-                    f'{config.data.train_split!r} has none for {len(missing)} images '
-                    f'(e.g. {missing[0]})')
-
-
 def label_source(config, workdir: str, dataset) -> str | None:
   """The label directory of the run (None = the dataset's ground-truth masks)."""
   if config.seg.oracle:
-    require_masks(config, dataset)
+    datasets.require_masks(config, dataset)
     datasets.check_mask_values(dataset, config.data)
     return None
-  directory = pseudo_labels.label_dir(workdir)
+  directory = pseudo.label_dir(workdir)
   if not os.path.isdir(directory):
     raise UserError(f'{directory}: no pseudo labels; run the pseudo_labels stage first '
                     '(--config.stages=...,pseudo_labels,train_seg) or set config.seg.oracle=True '
