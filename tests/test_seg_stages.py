@@ -29,6 +29,7 @@ from gwsss_jax.stages import eval_seg
 from gwsss_jax.stages import train_seg
 from gwsss_jax.train import artifact
 from gwsss_jax.train import parallel
+from gwsss_jax.train import steps
 from gwsss_jax.train import trainer
 
 
@@ -149,7 +150,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch():
   variables = _he_init(shapes, rng)
   tx, _ = common.optimizer(config, variables['params'])
   dp = parallel.DataParallel('shard_map', parallel.make_mesh(), 4, 'seg.batch_size')
-  step = dp.compile(trainer.make_train_step(train_seg.make_loss_fn(module, msc=False), tx))
+  step = dp.compile(trainer.make_train_step(steps.segmentation_loss_fn(module, msc=False), tx))
   state = dp.replicate(trainer.init_state(variables['params'], variables['batch_stats'], tx, 0))
   labels = np.zeros((4, 32, 32), np.int32)
   labels[:, 8:24, 8:24] = 1

@@ -33,7 +33,6 @@ from jax.sharding import PartitionSpec as P
 from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
 from gwsss_jax import crf as crf_lib
-from gwsss_jax.common.errors import UserError
 from gwsss_jax.crf import dense as crf_dense
 from gwsss_jax.crf import reference as crf_reference
 from gwsss_jax.data import core

@@ -37,11 +37,6 @@ from gwsss_jax.train import trainer
 from gwsss_jax.train import writers
 
 NAME = 'train_cls'
-# The model's variables and loss live in train.steps, which imports no TensorFlow (the
-# benchmarks and the device check run the step where TensorFlow is not installed).
-init_variables = steps.init_classifier
-oaa_readouts = steps.oaa_readouts
-make_loss_fn = steps.classifier_loss_fn
 
 
 def schedule(config, num_examples: int) -> tuple[int, int]:
@@ -162,7 +157,7 @@ def run(config, workdir: str) -> dict:
   directory = artifact.classifier_dir(workdir)
   ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.train.max_to_keep)
   model = classifier.build_classifier(config.model, config.data.num_classes)
-  shapes = init_variables(model, config, None)
+  shapes = steps.init_classifier(model, config, None)
   tx, learning_rates = optim.classifier_optimizer(
       config.train, shapes['params'], shapes.get('batch_stats', {}), config.model.freeze_bn, spe)
   # The newest readable checkpoint (a corrupt one is set aside with a warning), also when the
@@ -180,7 +175,7 @@ def run(config, workdir: str) -> dict:
     batch_stats = shapes.get('batch_stats', {})
     print(f'[{NAME}] resuming from step {start} of {total}', flush=True)
   else:
-    variables = _pretrained(config, init_variables(model, config, jax.random.key(config.seed)))
+    variables = _pretrained(config, steps.init_classifier(model, config, jax.random.key(config.seed)))
     batch_stats = variables.get('batch_stats', {})
     state = trainer.init_state(variables['params'], batch_stats, tx, config.seed)
     if jax.process_index() == 0:
@@ -203,7 +198,7 @@ def run(config, workdir: str) -> dict:
       profile_steps=config.train.profile_steps, learning_rates=learning_rates,
       evaluate=_evaluate_fn(config, model, dp, val_set, norm), on_step=on_step,
       before_save=before_save, device_keys=('images', 'labels', 'adjacency'))
-  loss_fn = make_loss_fn(model, config, oaa_store is not None)
+  loss_fn = steps.classifier_loss_fn(model, config, oaa_store is not None)
   spec.check_step = dp.compile(trainer.make_check_step(loss_fn), donate=False)
   train_step = dp.compile(trainer.make_train_step(
       loss_fn, tx,
@@ -241,10 +236,10 @@ def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
   shapes = jax.eval_shape(
       lambda v: model.apply(v, jnp.zeros((1, config.model.num_nodes, size, size, 3)),
                             jnp.ones((1, config.model.num_nodes, config.model.num_nodes)),
-                            train=False), init_variables(model, config, None))
+                            train=False), steps.init_classifier(model, config, None))
   map_hw = shapes[1]['cam_mid'].shape[2:4]
   store = oaa.OAAStore.open(workdir, dataset.label_matrix(), map_hw, reset=start == 0,
-                            readouts=oaa_readouts(config))
+                            readouts=steps.oaa_readouts(config))
   last_epoch = (total - 1) // spe
 
   def on_step(step, host_batch, per_example):

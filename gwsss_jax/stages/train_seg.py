@@ -32,10 +32,6 @@ from gwsss_jax.train import trainer
 from gwsss_jax.train import writers
 
 
-# In train.steps, which imports no TensorFlow (see stages/train_cls.py).
-make_loss_fn = steps.segmentation_loss_fn
-
-
 def label_source(config, workdir: str, dataset) -> str | None:
   """The label directory of the run (None = the dataset's ground-truth masks)."""
   if config.seg.oracle:
@@ -133,7 +129,7 @@ def run(config, workdir: str) -> dict:
 
   if jax.process_index() == 0:
     artifact.save(directory, info)
-  loss_fn = make_loss_fn(module, g.msc)
+  loss_fn = steps.segmentation_loss_fn(module, g.msc)
   train_step = dp.compile(trainer.make_train_step(loss_fn, tx))
   logdir = os.path.join(workdir, 'tensorboard', names.train)
   writer = writers.create_writer(logdir)
