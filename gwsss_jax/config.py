@@ -41,7 +41,7 @@ RENAMED = {
     'model.num_steps': ('model.graph_steps', 'the rounds T of message passing'),
     'train.backbone_bias_mult': ('train.backbone_bias_lr_mult', ''),
     'train.new_mult': ('train.new_lr_mult', ''),
-    'train.new_bias_mult': ('train.new_bias_lr_mult', ''),
+    'train.new_bias_mult': ('train.new_bias_lr_mult', 'by default 2 x train.new_lr_mult'),
     'seg.head_lr_mult': (
         'seg.new_lr_mult',
         'the head biases now follow seg.new_bias_lr_mult, by default 2 x seg.new_lr_mult'),

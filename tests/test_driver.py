@@ -217,6 +217,21 @@ def test_an_older_eval_seg_metrics_file_takes_the_new_names(tmp_path):
   assert json.loads(old.read_text()) == {'eval_seg/miou': 0.5, 'eval_seg/miou_no_crf': 0.2}
 
 
+def test_summary_and_sweep_tables_read_record_slash_metric_keys():
+  from gwsss_jax import sweep  # pylint: disable=g-import-not-at-top
+  from gwsss_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  for key, _ in pipeline.SUMMARY + sweep.COLUMNS:
+    record, _, metric = key.partition('/')
+    assert record in workdir_lib.RECORDS and metric, key
+  table = pipeline.summary_table({'eval_seg/miou': 0.5, 'eval_seg_oracle/miou': 0.75,
+                                  'train_cls/mAP': 0.25})
+  rows = [line.split('|')[1:3] for line in table.splitlines()[2:]]
+  assert [(t.strip(), float(v)) for t, v in rows] == [
+      ('classification mAP (held-out)', 0.25),
+      ('segmentation val mIoU (DeepLab on pseudo labels; with seg.crf if on)', 0.5),
+      ('oracle val mIoU (DeepLab on ground truth; with seg.crf if on)', 0.75)]
+
+
 def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkeypatch):
   calls = []
 

@@ -113,9 +113,10 @@ def test_renamed_keys_in_a_sweep_file_or_set_fail_before_any_variant_runs(tmp_pa
   result = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}',
                    f'--workdir={tmp_path}', '--print_commands'])
   assert result.returncode == 2 and result.stdout == '', result.stdout
+  note = config_lib.RENAMED['model.drop_rate'][1]
   assert result.stderr == (f'error: {sweep_file}: variant b: config.model.drop_rate was renamed '
-                           f'config.model.importance_prob ({config_lib.RENAMED["model.drop_rate"][1]}'
-                           '); docs/training.md lists the renamed keys\n')
+                           f'config.model.importance_prob ({note}); docs/training.md lists the '
+                           'renamed keys\n')
   good = tmp_path / 'good.py'
   good.write_text("def get_sweep():\n  return [('a', {'model.num_nodes': 2}, None)]\n")
   result = _sweep(['--config=configs/demo.py', f'--sweep={good}', f'--workdir={tmp_path}',

@@ -139,12 +139,13 @@ def build_segmenter(seg_config, caffe_layout: bool = False) -> nn.Module:
 def param_labels(params, pretrained_head: Sequence[str] = ()) -> Any:
   """A pytree like `params` of learning-rate group names (DeepLab's Caffe `lr_mult`s).
 
-  - `backbone_weight` (x1) and `backbone_bias` (x seg.backbone_bias_lr_mult = 2): the trunk (VGG's conv biases; ResNet has
-    none), and the head modules named in `pretrained_head`: LargeFOV's fc6/fc7 when they come
-    from VGG16's fully connected layers, trained at lr_mult 1/2 as in DeepLab's prototxt;
-  - `head_weight` (x seg.new_lr_mult = 10) and `head_bias` (x seg.new_bias_lr_mult = 20): ASPP (also
-    when DeepLab's COCO initialisation provides it, as DeepLab-v2's `fc1_voc12` layers), and
-    LargeFOV's fc8 and new fc6/fc7;
+  - `backbone_weight` (x1) and `backbone_bias` (x seg.backbone_bias_lr_mult = 2): the trunk
+    (VGG's conv biases; ResNet has none), and the head modules named in `pretrained_head`:
+    LargeFOV's fc6/fc7 when they come from VGG16's fully connected layers, trained at lr_mult
+    1/2 as in DeepLab's prototxt;
+  - `head_weight` (x seg.new_lr_mult = 10) and `head_bias` (x seg.new_bias_lr_mult = 20), the
+    new layers: ASPP (also when DeepLab's COCO initialisation provides it, as DeepLab-v2's
+    `fc1_voc12` layers), and LargeFOV's fc8 and new fc6/fc7;
   - `frozen`: the frozen BatchNorm scale/bias (no update, no weight decay).
   Biases get no weight decay (Caffe `decay_mult: 0`).
   """

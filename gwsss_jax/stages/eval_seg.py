@@ -4,8 +4,8 @@ Every image is segmented at full resolution (multi-scale `seg.eval_scales` and m
 `seg.eval_flip` inference average softmax probabilities), written as a palette PNG to
 `<workdir>/seg_predictions/<name>.png` (`seg_oracle_predictions` for the oracle run) and, where
 the split has ground truth, counted into one confusion matrix over all images: mIoU
-(`eval_seg/miou` / `eval_seg_oracle/miou`) and the per-class IoU table with class names. A VOC split
-without masks (test) is written in the layout of the official evaluation server instead:
+(`eval_seg/miou` / `eval_seg_oracle/miou`) and the per-class IoU table with class names. A VOC
+split without masks (test) is written in the layout of the official evaluation server instead:
 `<workdir>/results/VOC2012/Segmentation/comp6_test_cls/<name>.png` (archive `results/` and
 upload it).
 
