@@ -235,7 +235,7 @@ def paper_part(quick: bool, dtype: str) -> None:
   config.model.dtype = dtype
   size = config_lib.input_size(config)
   describe = lambda b: (f'VGG16 paper variant, K={config.model.num_nodes}, '
-                        f'T={config.model.num_steps}, {size}x{size}, {short}, '
+                        f'T={config.model.graph_steps}, {size}x{size}, {short}, '
                         f'{b} group(s)/device')
 
   def measure(batch: int) -> dict:
@@ -328,9 +328,10 @@ def release_part(quick: bool, deadline: float) -> None:
   from gwsss_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   p = Part(quick)
   p.config.model.variant = 'release'
+  p.config.model.importance_prob = 0.2  # the release's --drop_rate 0.8, as torch_vgg_step's
   config = p.harness.model_config('vgg16', 3)
   size = config_lib.input_size(config)
-  text = f'VGG16 release variant, K=3, T={config.model.num_steps}, {size}x{size}, fp32, 1 group'
+  text = f'VGG16 release variant, K=3, T={config.model.graph_steps}, {size}x{size}, fp32, 1 group'
   try:
     step, step_args, _ = p.harness.build_classifier_step(config)
     t0 = time.perf_counter()

@@ -77,6 +77,7 @@ def main():
     args.rounds, args.pause, args.threads = 1, 0.0, 1
   config = voc.get_config()
   config.model.variant = 'release'
+  config.model.importance_prob = 0.2  # the release's --drop_rate 0.8, as torch_vgg_step's
   runner = bench.Bench(config, quick=SMOKE, num_devices=1, steps=1, warmup=0)
   config = runner.model_config('vgg16', 3)
   step, step_args, _ = runner.build_classifier_step(config)

@@ -47,7 +47,7 @@ def get_config(schedule: str = 'cpu'):
   config.seg.head_warmup_steps = 50
   if schedule == 'full':
     config.model.num_nodes = 4
-    config.model.num_steps = 3
+    config.model.graph_steps = 3
     config.train.num_epochs = 15
     config.seg.batch_size = 10
     config.seg.crop_size = 321
@@ -60,7 +60,7 @@ def get_config(schedule: str = 'cpu'):
   config.model.node_dim = 64
   config.model.gru_kernel = 1
   config.model.num_nodes = 3
-  config.model.num_steps = 3
+  config.model.graph_steps = 3
   config.train.batch_size = 2
   config.train.num_epochs = 1
   config.train.base_lr = 5e-4    # as the demo: the He-initialised extra convs diverged at 2e-3

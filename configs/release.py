@@ -34,6 +34,9 @@ def get_config():
 
   config.model.variant = 'release'
   config.model.num_nodes = 3   # anchor + two partners, hard-coded
+  # models/vgg_gnn.py's GDL takes the drop mask when floor(U + drop_rate) = 1, with train.py's
+  # --drop_rate 0.8: the importance map (delta_r of Eq. 10) with probability 1 - 0.8.
+  config.model.importance_prob = 0.2
 
   # train.py: batch 1, DataLoader(shuffle=False): anchors in list order; partners by its rule.
   config.train.batch_size = 1

@@ -5,7 +5,7 @@
 Groups (`--only`, default all): `train_cls` (classifier training step: images/s, step time,
 compile time, FLOPs and achieved FLOP/s against the device's peak, for each backbone of
 `--backbones` and K of `--ks` at the classifier's input size), `graph_share` (the graph's share of the
-step for K in `--graph_ks`: the step with `model.num_steps` message-passing rounds against the
+step for K in `--graph_ks`: the step with `model.graph_steps` message-passing rounds against the
 same step with none), `input_pipeline` (groups/s of `input_pipeline.train_iterator`),
 `cam_export` (the group-inference forward of `export_cams` over `cams.scales` and flips),
 `train_seg` (DeepLab training step), `crf` (dense CRF images/s, reference and JAX:
@@ -57,6 +57,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from gwsss_jax import config as config_lib
+from gwsss_jax.common import cli
 from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
 
@@ -314,18 +315,18 @@ class Bench:
       return per_device * n
     return -(-configured // n) * n
 
-  def model_config(self, backbone: str, num_nodes: int, num_steps: Optional[int] = None):
+  def model_config(self, backbone: str, num_nodes: int, graph_steps: Optional[int] = None):
     """A copy of the config for one classifier variant (shrunk when quick)."""
     c = self.config.copy_and_resolve_references()
     c.model.backbone = backbone
     c.model.num_nodes = num_nodes
-    if num_steps is not None:
-      c.model.num_steps = num_steps
+    if graph_steps is not None:
+      c.model.graph_steps = graph_steps
     if self.quick:
       c.model.width = 0.0625
       c.model.node_dim = 16
       c.data.crop_size = 32
-      c.model.num_steps = min(c.model.num_steps, 1)
+      c.model.graph_steps = min(c.model.graph_steps, 1)
     return c
 
   def flops_figures(self, prefix: str, flops, step_s: float, dtype: str, context: dict):
@@ -401,7 +402,7 @@ class Bench:
       for k in self.ks:
         config = self.model_config(backbone, k)
         timing = self.classifier_step(config)
-        ctx = dict(self.context, backbone=backbone, K=k, T=config.model.num_steps,
+        ctx = dict(self.context, backbone=backbone, K=k, T=config.model.graph_steps,
                    image_size=config_lib.input_size(config), width=config.model.width,
                    variant=config.model.variant, dtype=config.model.dtype,
                    batch_groups=timing['batch'])
@@ -417,7 +418,7 @@ class Bench:
     backbone = self.config.model.backbone
     for k in self.graph_ks:
       with_graph = self.model_config(backbone, k)
-      without = self.model_config(backbone, k, num_steps=0)
+      without = self.model_config(backbone, k, graph_steps=0)
       full = self.classifier_step(with_graph)
       base = self.classifier_step(without)
       share = max(full['step_s'] - base['step_s'], 0.0) / full['step_s']
@@ -425,7 +426,7 @@ class Bench:
       if full['flops'] and base['flops']:
         flops_share = (full['flops'] - base['flops']) / full['flops']
       emit('graph_share', share, 'fraction of step time', **dict(
-          self.context, backbone=backbone, K=k, T=with_graph.model.num_steps,
+          self.context, backbone=backbone, K=k, T=with_graph.model.graph_steps,
           image_size=config_lib.input_size(with_graph), width=with_graph.model.width,
           variant=with_graph.model.variant, step_time_s=full['step_s'],
           step_time_without_graph_s=base['step_s'], flops_share=flops_share))
@@ -557,6 +558,7 @@ def run(config, groups, *, quick: bool = False, num_devices: int = 1, steps: int
   `options`: `Bench`'s keyword arguments (backbones, ks, graph_ks, per_device_batch, workdir,
   pipeline_batches).
   """
+  config_lib.check_renamed_keys(config)
   unknown = [g for g in groups if g not in GROUPS]
   if unknown:
     raise UserError(f'--only={",".join(groups)}: unknown group(s) {unknown}; choose from '
@@ -630,4 +632,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, flags_parser=cli.parse_config_flags)

@@ -8,6 +8,8 @@
 enumerations) and raises `UserError` naming the key.
 """
 
+from typing import Optional
+
 import ml_collections
 
 from gwsss_jax.cams.pseudo import CAM_NORMS
@@ -25,6 +27,25 @@ RESIZE_MODES = ('shorter_side', 'square')
 ANCHOR_ORDERS = ('shuffle', 'list')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
 CRF_IMPLS = ('reference', 'jax')
+
+# Keys renamed so that their names say what they mean: old key -> (new key, what else changed).
+# Each entry point refuses the old name with an error naming the new one (`renamed_message`):
+# `--config.<old>` flags (gwsss_jax.common.cli), config files (`validate`), sweep files and
+# `--set` (gwsss_jax.sweep); stage records written before the rename are read under the new
+# names (`current_names`). docs/training.md lists them for users.
+RENAMED = {
+    'model.drop_rate': (
+        'model.importance_prob',
+        "the probability of Eq. (10)'s importance-map branch (delta_r) in both variants: the "
+        "same value under model.variant='paper', 1 - the old value under 'release'"),
+    'model.num_steps': ('model.graph_steps', 'the rounds T of message passing'),
+    'train.backbone_bias_mult': ('train.backbone_bias_lr_mult', ''),
+    'train.new_mult': ('train.new_lr_mult', ''),
+    'train.new_bias_mult': ('train.new_bias_lr_mult', 'by default 2 x train.new_lr_mult'),
+    'seg.head_lr_mult': (
+        'seg.new_lr_mult',
+        'the head biases now follow seg.new_bias_lr_mult, by default 2 x seg.new_lr_mult'),
+}
 
 
 def input_size(config) -> int:
@@ -82,12 +103,15 @@ def base_config() -> ml_collections.ConfigDict:
   m.output_stride = 8          # ResNet-101: 8 or 16
   m.freeze_bn = True           # ResNet-101: BatchNorm statistics frozen
   m.num_nodes = 4              # K: images per group
-  m.num_steps = 3              # T: message-passing steps
+  m.graph_steps = 3            # T: message-passing rounds of the graph (not SGD steps)
   m.reduction = 4              # d: low-rank ratio of Eq. (5)
   m.node_dim = 512             # C of the paper variant (embedding after the extra convs)
   m.gru_kernel = 3             # ConvGRU kernel (release: 1)
   m.graph_dropout = True
-  m.drop_rate = 0.8            # delta_r of Eq. (10)
+  # delta_r of Eq. (10): graph dropout takes the importance map sigmoid(o) with this probability
+  # and the drop mask otherwise, per node and round (both variants; the release's own
+  # `--drop_rate` is the drop mask's probability, 1 - this: configs/release.py).
+  m.importance_prob = 0.8
   m.drop_threshold = 0.7       # delta_d of Eq. (10)
   m.drop_mask = 'binary'       # paper variant's drop branch: 'binary' (ADL, release) or 'eq10'
   m.loss_lambda = 0.4          # lambda of Eq. (12)
@@ -102,10 +126,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Every image anchors this many groups per epoch: K = 1 with R = K' sees as many images per
   # epoch (and per step, with R times the batch) as groups of K', over as many OAA epochs.
   t.repeats_per_epoch = 1
+  # Learning rates as multiples of base_lr, the rate of the pretrained backbone's weights; the
+  # new layers are all the others. `seg` has the same keys. Biases train at twice their
+  # weights' rate (Caffe's lr_mult 1/2 and 10/20) unless their key is set.
   t.base_lr = 1e-3             # backbone weights
-  t.backbone_bias_mult = 2.0   # backbone biases: 2e-3
-  t.new_mult = 10.0            # new layers' weights: 1e-2
-  t.new_bias_mult = 20.0       # new layers' biases: 2e-2
+  t.backbone_bias_lr_mult = 2.0  # backbone biases: 2e-3
+  t.new_lr_mult = 10.0         # new layers' weights: 1e-2
+  t.new_bias_lr_mult = t.get_ref('new_lr_mult') * 2  # new layers' biases: 2e-2
   t.momentum = 0.9
   t.nesterov = True
   t.weight_decay = 5e-4
@@ -113,7 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.decay_factor = 0.1
   t.log_every_steps = 50
   t.checkpoint_every_steps = 500
-  t.max_to_keep = 3
+  t.max_to_keep = 3            # classifier checkpoints kept (the newest)
   t.eval_every_epochs = 1      # held-out mAP/F1
   t.eval_resolution = 'train'  # held-out images: 'train' (data.resize, centre square) or 'full'
   t.profile_steps = 0          # > 0 traces that many steps with jax.profiler
@@ -173,8 +200,13 @@ def base_config() -> ml_collections.ConfigDict:
   g.crop_size = 321
   g.scale_range = (0.5, 1.5)
   g.num_steps = 20000
-  g.base_lr = 2.5e-4
-  g.head_lr_mult = 10.0
+  # Learning rates as in `train`: base_lr for the pretrained trunk's weights, multiples of it
+  # for the rest; the new layers are the head (ASPP, or LargeFOV's fc6-fc8 less those that
+  # seg.pretrained initialises).
+  g.base_lr = 2.5e-4           # trunk weights
+  g.backbone_bias_lr_mult = 2.0  # trunk biases
+  g.new_lr_mult = 10.0         # new layers' weights
+  g.new_bias_lr_mult = g.get_ref('new_lr_mult') * 2  # new layers' biases
   g.head_warmup_steps = 0      # backbone held still while the new head trains for this many steps
   g.momentum = 0.9
   g.weight_decay = 5e-4
@@ -190,6 +222,7 @@ def base_config() -> ml_collections.ConfigDict:
       iterations=10, pos_xy_std=1.0, pos_w=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_w=4.0))
   g.log_every_steps = 50
   g.checkpoint_every_steps = 1000
+  g.max_to_keep = 3            # segmentation checkpoints kept (the newest)
   g.dtype = 'float32'
   # train_seg stops when fewer pseudo-label pixels of the training set than this are labelled
   # (not 255): DeepLab would learn nothing (0 = no check).
@@ -203,6 +236,35 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def renamed_message(key: str, flag: bool = False) -> Optional[str]:
+  """The error for a renamed `key` ('model.drop_rate'), naming the new key; None for any other
+  key. `flag`: name both as `--config.` flags."""
+  if key not in RENAMED:
+    return None
+  new, note = RENAMED[key]
+  prefix = '--config.' if flag else 'config.'
+  return (f'{prefix}{key} was renamed {prefix}{new}' + (f' ({note})' if note else '')
+          + '; docs/training.md lists the renamed keys')
+
+
+def check_not_renamed(key: str, where: str = '') -> None:
+  """UserError when the dotted `key` is an old name (`where`: who gave it, e.g. a file)."""
+  message = renamed_message(key)
+  if message is not None:
+    raise UserError((f'{where}: ' if where else '') + message)
+
+
+def current_names(flat: dict) -> dict:
+  """A flat {key: value} of config keys (a stage record) with the old names of `RENAMED` under
+  the new ones, the values converted where the meaning changed."""
+  out = {}
+  for key, value in flat.items():
+    if key == 'model.drop_rate' and flat.get('model.variant') == 'release':
+      value = round(1.0 - value, 12)  # the release variant's old key was the drop probability
+    out[RENAMED[key][0] if key in RENAMED else key] = value
+  return out
+
+
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.lock()
   return config
@@ -213,8 +275,25 @@ def _check(cond: bool, key: str, value, why: str):
     raise UserError(f'config.{key}={value!r}: {why}')
 
 
+def leaf_keys(config, prefix: str = ''):
+  """The dotted names of every value of `config` ('model.num_nodes', ...)."""
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from leaf_keys(value, f'{prefix}{name}.')
+    else:
+      yield prefix + name
+
+
+def check_renamed_keys(config: ml_collections.ConfigDict) -> None:
+  """UserError naming the new key when `config` holds an old name of `RENAMED`: a config file
+  that still sets one adds a field of that name (config files are locked after they return)."""
+  for key in leaf_keys(config):
+    check_not_renamed(key)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the first invalid key."""
+  check_renamed_keys(config)
   stages = [s.strip() for s in config.stages.split(',') if s.strip()]
   for s in stages:
     _check(s in STAGES, 'stages', config.stages,
@@ -248,12 +327,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(m.backbone in BACKBONES, 'model.backbone', m.backbone,
          f'unknown backbone; choose from {", ".join(BACKBONES)}')
   _check(m.num_nodes >= 1, 'model.num_nodes', m.num_nodes, 'must be >= 1')
-  _check(m.num_steps >= 0, 'model.num_steps', m.num_steps, 'must be >= 0')
+  _check(m.graph_steps >= 0, 'model.graph_steps', m.graph_steps, 'must be >= 0')
   _check(m.reduction >= 1, 'model.reduction', m.reduction, 'must be >= 1')
   from gwsss_jax.models.graph import DROP_MASKS  # pylint: disable=g-import-not-at-top
   _check(m.drop_mask in DROP_MASKS, 'model.drop_mask', m.drop_mask,
          f'choose from {", ".join(map(repr, DROP_MASKS))}')
-  _check(0.0 <= m.drop_rate <= 1.0, 'model.drop_rate', m.drop_rate, 'must lie in [0, 1]')
+  _check(0.0 <= m.importance_prob <= 1.0, 'model.importance_prob', m.importance_prob,
+         'must lie in [0, 1]')
   _check(0.0 <= m.drop_threshold <= 1.0, 'model.drop_threshold', m.drop_threshold,
          'must lie in [0, 1]')
   _check(m.width > 0, 'model.width', m.width, 'must be > 0')
@@ -272,6 +352,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.repeats_per_epoch >= 1, 'train.repeats_per_epoch', t.repeats_per_epoch,
          'must be >= 1')
   _check(t.base_lr > 0, 'train.base_lr', t.base_lr, 'must be > 0')
+  _check_lr_mults(t, 'train')
+  _check(t.max_to_keep >= 1, 'train.max_to_keep', t.max_to_keep, 'must be >= 1')
   _check(t.eval_resolution in ('train', 'full'), 'train.eval_resolution', t.eval_resolution,
          "choose from 'train', 'full'")
   _check(t.group_rule in ('greedy', 'release'), 'train.group_rule', t.group_rule,
@@ -313,6 +395,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(g.model in SEG_MODELS, 'seg.model', g.model, f'choose from {", ".join(SEG_MODELS)}')
   _check(g.batch_size >= 1, 'seg.batch_size', g.batch_size, 'must be >= 1')
   _check(g.num_steps >= 1, 'seg.num_steps', g.num_steps, 'must be >= 1')
+  _check(g.base_lr > 0, 'seg.base_lr', g.base_lr, 'must be > 0')
+  _check_lr_mults(g, 'seg')
+  _check(g.max_to_keep >= 1, 'seg.max_to_keep', g.max_to_keep, 'must be >= 1')
   _check(0 <= g.head_warmup_steps < g.num_steps, 'seg.head_warmup_steps', g.head_warmup_steps,
          f'must be >= 0 and below seg.num_steps={g.num_steps}')
   _check(0.0 <= g.min_labelled_fraction <= 1.0, 'seg.min_labelled_fraction',
@@ -320,6 +405,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(g.output_stride in (8, 16), 'seg.output_stride', g.output_stride, 'must be 8 or 16')
   _check(len(g.scale_range) == 2 and 0 < g.scale_range[0] <= g.scale_range[1], 'seg.scale_range',
          g.scale_range, 'must be (low, high) with 0 < low <= high')
+
+
+def _check_lr_mults(section, name: str) -> None:
+  for key in ('backbone_bias_lr_mult', 'new_lr_mult', 'new_bias_lr_mult'):
+    _check(section[key] >= 0, f'{name}.{key}', section[key], 'must be >= 0')
 
 
 def _check_crf_params(c, key: str) -> None:

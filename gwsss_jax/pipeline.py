@@ -113,10 +113,12 @@ SUMMARY = (('train_cls/mAP', 'classification mAP (held-out)'),
            ('eval_cams/pseudo_label_coverage', 'pseudo-label coverage'),
            ('pseudo_labels/miou_no_crf', 'pseudo-label mIoU without CRF (pseudo_labels)'),
            ('pseudo_labels/miou_crf', 'pseudo-label mIoU with CRF (cams.crf)'),
-           ('seg_miou_no_crf', 'segmentation val mIoU without CRF'),
-           ('seg_miou', 'segmentation val mIoU (DeepLab on pseudo labels; with seg.crf if on)'),
-           ('seg_oracle_miou_no_crf', 'oracle val mIoU without CRF'),
-           ('seg_oracle_miou', 'oracle val mIoU (DeepLab on ground truth; with seg.crf if on)'))
+           ('eval_seg/miou_no_crf', 'segmentation val mIoU without CRF'),
+           ('eval_seg/miou',
+            'segmentation val mIoU (DeepLab on pseudo labels; with seg.crf if on)'),
+           ('eval_seg_oracle/miou_no_crf', 'oracle val mIoU without CRF'),
+           ('eval_seg_oracle/miou',
+            'oracle val mIoU (DeepLab on ground truth; with seg.crf if on)'))
 
 
 def summary_table(metrics: dict) -> str:

@@ -23,6 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
+from gwsss_jax import config as config_lib
 from gwsss_jax.common import cli
 from gwsss_jax.common import io as gio
 from gwsss_jax.common import xla_flags
@@ -77,6 +78,7 @@ def predict_folder(config, workdir: str, images_dir: str, out_dir: str,
   skipped with a warning and counted, or stops the run before anything is written when
   `strict`.
   """
+  config_lib.check_renamed_keys(config)
   if config.seg.crf:
     raise UserError('config.seg.crf=True: the predict command does not apply the dense CRF '
                     '(eval_seg does); set seg.crf=False')
@@ -137,4 +139,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, flags_parser=cli.parse_config_flags)

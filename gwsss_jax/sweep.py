@@ -45,7 +45,7 @@ FLAGS = flags.FLAGS
 # (metrics.json key, column title) of the table.
 COLUMNS = (('train_cls/mAP', 'cls mAP'), ('eval_cams/cam_miou', 'CAM mIoU'),
            ('eval_cams/pseudo_label_miou', 'pseudo mIoU'),
-           ('eval_cams/pseudo_label_coverage', 'coverage'), ('seg_miou', 'seg mIoU'))
+           ('eval_cams/pseudo_label_coverage', 'coverage'), ('eval_seg/miou', 'seg mIoU'))
 # What a variant reusing another's classifier copies: its checkpoints and its OAA store.
 REUSED_DIRS = ('cls_checkpoints', 'oaa')
 
@@ -65,6 +65,17 @@ def load_sweep(path: str):
   if not hasattr(module, 'get_sweep'):
     raise UserError(f'{path}: defines no get_sweep()')
   return module.get_sweep()
+
+
+def check_keys(variants, sets=()) -> None:
+  """UserError naming the new key where a variant's overrides or a `--set` item use a renamed
+  key (`config.RENAMED`), before any variant runs."""
+  from gwsss_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  for name, overrides, _ in variants:
+    for key in overrides:
+      config_lib.check_not_renamed(key, f'{FLAGS.sweep}: variant {name}')
+  for item in sets:
+    config_lib.check_not_renamed(item.split('=', 1)[0].strip(), f'--set={item}')
 
 
 def _format_value(value) -> str:
@@ -178,6 +189,7 @@ def seeds_csv(variants, workdir: str, seeds) -> str:
 def main(argv):
   del argv
   variants = load_sweep(FLAGS.sweep)
+  check_keys(variants, FLAGS.set)
   names = [v[0] for v in variants]
   unknown = sorted(set(FLAGS.only) - set(names))
   if unknown:

@@ -40,7 +40,7 @@ _LOCATIONS = ('data.root', 'data.cache_dir', 'data.tfds_data_dir')
 _NO_EFFECT = ('data.prefetch', 'train.log_every_steps', 'train.checkpoint_every_steps',
               'train.max_to_keep', 'train.eval_every_epochs', 'train.profile_steps',
               'parallel.impl', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
-              'seg.min_labelled_fraction')
+              'seg.max_to_keep', 'seg.min_labelled_fraction')
 # The data keys that decide which images and labels a run sees (the segmentation run does not
 # read the classifier's augmentation settings).
 _DATA_SOURCE = ('data.name', 'data.num_classes', 'data.train_split', 'data.val_split',
@@ -200,6 +200,7 @@ def check(workdir: str, config, records) -> None:
     old = read_record(workdir, record)
     if old is None:
       continue
+    old = config_lib.current_names(old)  # recorded before keys were renamed (config.RENAMED)
     new = depends_on(record, config)
     changed = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
     if changed:
@@ -235,7 +236,7 @@ def outputs(workdir: str, record: str) -> list:
   if record.startswith('train_seg'):
     return [join(names.checkpoints), join('tensorboard', names.train)]
   return [join(names.predictions), join(names.results),
-          join(names.miou.replace('_miou', '_iou') + '.md')]
+          join(names.iou_table)]
 
 
 def discard_from(workdir: str, stage: str, config) -> list:

@@ -21,7 +21,7 @@ def model_config(**overrides):
   m = config_lib.base_config().model
   m.width = 0.0625
   m.node_dim = 8
-  m.num_steps = 2
+  m.graph_steps = 2
   for key, value in overrides.items():
     m[key] = value
   return m
@@ -206,7 +206,7 @@ def test_gradients_reach_every_parameter(variant):
 def test_resnet_backbone_frozen_bn_gradients():
   """ResNet-101 trunk: BatchNorm statistics in `batch_stats`, frozen BN gets zero gradients,
   the trunk's convolutions and every new layer get gradients."""
-  cfg, model, v = setup(b=1, k=2, size=32, backbone='resnet101', num_steps=1)
+  cfg, model, v = setup(b=1, k=2, size=32, backbone='resnet101', graph_steps=1)
   assert 'batch_stats' in v and 'backbone' in v['batch_stats']
   images, labels = images_and_labels(1, 2, 32, seed=6)
   grads, _ = _grads(model, v, jnp.asarray(images), jnp.asarray(labels), cfg)

@@ -57,7 +57,8 @@ def test_one_line_per_interval(run):
                                            size_guidance={'tensors': 0})
   acc.Reload()
   tags = set(acc.Tags()['tensors'])
-  assert {'steps_per_sec', 'train_cls/mAP'} <= tags
+  assert {'train_cls/steps_per_sec', 'train_cls/mAP'} <= tags
+  assert all(t.startswith('train_cls/') for t in tags), tags  # <stage>/<metric>, nothing bare
   lines = re.findall(r'^\[train_cls\] step 4/6 (.*)$', stdout, re.M)
   assert len(lines) == 1
   for line in lines:

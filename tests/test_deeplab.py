@@ -123,11 +123,12 @@ def test_frozen_batchnorm_is_frozen_under_training():
 
 
 def test_deeplab_learning_rate_groups():
-  # One SGD step from zero momentum: update = -lr * mult * (g + wd * w) for weights,
-  # -lr * 2 * mult * g for biases (no decay), mult 1 for the trunk and head_lr_mult for the head.
+  # One SGD step from zero momentum: update = -lr * mult * (g + wd * w) for weights and
+  # -lr * mult * g for biases (no decay), each group's mult from its seg.*_lr_mult key.
   config = _seg_config('deeplab_largefov_vgg16')
   config.seg.base_lr = 0.1
-  config.seg.head_lr_mult = 10.0
+  config.seg.backbone_bias_lr_mult, config.seg.new_lr_mult = 3.0, 10.0
+  config.seg.new_bias_lr_mult = 7.0
   config.seg.weight_decay = 0.01
   module = deeplab.build_segmenter(config.seg)
   params = _random_variables(module, 32, np.random.default_rng(0))['params']
@@ -138,10 +139,11 @@ def test_deeplab_learning_rate_groups():
   flat_params = traverse_util.flatten_dict(params)
   for path, u in traverse_util.flatten_dict(updates).items():
     p = flat_params[path]
-    mult = 1.0 if path[0] == 'backbone' else 10.0
     if path[-1] == 'bias':
-      want = -0.1 * 2 * mult * 0.5 * np.ones_like(p)
+      mult = 3.0 if path[0] == 'backbone' else 7.0
+      want = -0.1 * mult * 0.5 * np.ones_like(p)
     else:
+      mult = 1.0 if path[0] == 'backbone' else 10.0
       want = -0.1 * mult * (0.5 + 0.01 * p)
     np.testing.assert_allclose(np.asarray(u), want, rtol=1e-5, atol=1e-7, err_msg=str(path))
   # Poly decay: lr(t) = base * (1 - t / num_steps) ** 0.9.
@@ -154,7 +156,7 @@ def test_head_warmup_holds_the_backbone_then_starts_it_without_momentum():
   # weight under varying gradients; the backbone is held for the first `hold` steps: it does
   # not move and its momentum starts from zero at step `hold`, at the poly rate of that step.
   config = _seg_config('deeplab_largefov_vgg16')
-  config.seg.base_lr, config.seg.head_lr_mult, config.seg.weight_decay = 0.1, 10.0, 0.01
+  config.seg.base_lr, config.seg.new_lr_mult, config.seg.weight_decay = 0.1, 10.0, 0.01
   config.seg.momentum, config.seg.num_steps, config.seg.head_warmup_steps = 0.9, 10, 3
   hold, steps = 3, 6
   module = deeplab.build_segmenter(config.seg)

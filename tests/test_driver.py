@@ -30,7 +30,7 @@ def _main(tmp_path, *args):
     (['--config=configs/nope.py', '--config.model.num_nodes=2'], 'configs/nope.py'),
     (['--config=configs/voc.py', '--config.model.num_nodes=abc'], 'model.num_nodes'),
     (['--config=configs/voc.py', '--config.model.num_nodes=0'], 'model.num_nodes'),
-    (['--config=configs/voc.py', '--config.model.drop_rate=1.5'], 'model.drop_rate'),
+    (['--config=configs/voc.py', '--config.model.importance_prob=1.5'], 'model.importance_prob'),
     (['--config=configs/voc.py', '--config.model.drop_threshold=-0.1'], 'model.drop_threshold'),
     (['--config=configs/voc.py', '--config.model.backbone=foo'], 'model.backbone'),
     (['--config=configs/voc.py', '--config.stages=train_cls,foo'], 'stages'),
@@ -73,7 +73,9 @@ def test_validate_accepts_every_shipped_config():
 
 
 @pytest.mark.parametrize('key, value', [
-    ('model.num_nodes', 0), ('model.drop_rate', 1.5), ('model.drop_rate', -0.5),
+    ('model.num_nodes', 0), ('model.importance_prob', 1.5), ('model.importance_prob', -0.5),
+    ('model.graph_steps', -1), ('train.new_lr_mult', -1.0), ('seg.new_bias_lr_mult', -1.0),
+    ('train.max_to_keep', 0), ('seg.max_to_keep', 0),
     ('model.drop_threshold', -0.1), ('model.backbone', 'foo'), ('model.variant', 'x'),
     ('model.output_stride', 4), ('model.gru_kernel', 2), ('data.name', 'imagenet'),
     ('data.num_classes', 0), ('stages', 'train_cls,foo'), ('stages', ' , '),
@@ -194,12 +196,40 @@ def test_stage_metrics_rebuild_the_summary(tmp_path):
 
 
 def test_a_metrics_json_from_before_stage_files_is_kept(tmp_path):
-  (tmp_path / gio.METRICS_FILE).write_text(json.dumps({'train_cls/mAP': 0.5, 'seg_miou': 0.25}))
+  # eval_seg's keys of that time (seg_miou, seg/...) are read under the current names.
+  (tmp_path / gio.METRICS_FILE).write_text(json.dumps(
+      {'train_cls/mAP': 0.5, 'seg_miou': 0.25, 'seg_oracle/iou_per_class/00_background': 0.75}))
   gio.write_stage_metrics(str(tmp_path / 'other'), 'x', {})  # (another workdir)
-  assert gio.rebuild_metrics(str(tmp_path)) == {'train_cls/mAP': 0.5, 'seg_miou': 0.25}
-  gio.write_stage_metrics(str(tmp_path), 'eval_seg', {'seg_miou': 0.5})
-  assert gio.rebuild_metrics(str(tmp_path), ('eval_seg',)) == {'train_cls/mAP': 0.5,
-                                                               'seg_miou': 0.5}
+  assert gio.rebuild_metrics(str(tmp_path)) == {
+      'train_cls/mAP': 0.5, 'eval_seg/miou': 0.25,
+      'eval_seg_oracle/iou_per_class/00_background': 0.75}
+  gio.write_stage_metrics(str(tmp_path), 'eval_seg', {'eval_seg/miou': 0.5})
+  assert gio.rebuild_metrics(str(tmp_path), ('eval_seg',)) == {
+      'train_cls/mAP': 0.5, 'eval_seg/miou': 0.5,
+      'eval_seg_oracle/iou_per_class/00_background': 0.75}
+
+
+def test_an_older_eval_seg_metrics_file_takes_the_new_names(tmp_path):
+  old = tmp_path / gio.STAGE_METRICS_DIR / 'eval_seg.json'
+  old.parent.mkdir()
+  old.write_text(json.dumps({'seg_miou': 0.25, 'seg_miou_no_crf': 0.2}))
+  gio.write_stage_metrics(str(tmp_path), 'eval_seg', {'eval_seg/miou': 0.5})
+  assert json.loads(old.read_text()) == {'eval_seg/miou': 0.5, 'eval_seg/miou_no_crf': 0.2}
+
+
+def test_summary_and_sweep_tables_read_record_slash_metric_keys():
+  from gwsss_jax import sweep  # pylint: disable=g-import-not-at-top
+  from gwsss_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  for key, _ in pipeline.SUMMARY + sweep.COLUMNS:
+    record, _, metric = key.partition('/')
+    assert record in workdir_lib.RECORDS and metric, key
+  table = pipeline.summary_table({'eval_seg/miou': 0.5, 'eval_seg_oracle/miou': 0.75,
+                                  'train_cls/mAP': 0.25})
+  rows = [line.split('|')[1:3] for line in table.splitlines()[2:]]
+  assert [(t.strip(), float(v)) for t, v in rows] == [
+      ('classification mAP (held-out)', 0.25),
+      ('segmentation val mIoU (DeepLab on pseudo labels; with seg.crf if on)', 0.5),
+      ('oracle val mIoU (DeepLab on ground truth; with seg.crf if on)', 0.75)]
 
 
 def test_pipeline_dispatches_stages_in_order_and_merges_metrics(tmp_path, monkeypatch):

@@ -174,7 +174,7 @@ def _tiny_config():
   c.model.width = 0.0625
   c.model.node_dim = 8
   c.model.num_nodes = 2
-  c.model.num_steps = 1
+  c.model.graph_steps = 1
   c.data.crop_size = 32
   c.cams.scales = (1.0, 0.5)
   c.cams.flip = True

@@ -230,19 +230,19 @@ def test_eq10_mask_zeroes_exactly_positions_at_or_above_threshold():
 # ---- the whole graph --------------------------------------------------------------------------
 
 def make_graph(h, adj, steps=2, **kw):
-  mod = G.GroupGraph(G.GraphConfig(num_steps=steps, reduction=2, **kw))
+  mod = G.GroupGraph(G.GraphConfig(graph_steps=steps, reduction=2, **kw))
   return mod, random_variables(mod, h, adj, False)
 
 
 def test_graph_matches_numpy_inference_and_drop_branch():
   h = np.abs(rand(2, 3, 3, 4, 4))
   adj = np.array([[[1, 1, 0], [1, 1, 1], [0, 1, 1]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]]], bool)
-  mod, v = make_graph(h, adj, steps=2, drop_rate=0.8, drop_threshold=0.7)
+  mod, v = make_graph(h, adj, steps=2, importance_prob=0.8, drop_threshold=0.7)
   p = np_params(v)['step']
   out = run(mod, v, h, adj, False)
   np.testing.assert_allclose(out, np_graph(h, adj, p, 2), rtol=1e-4, atol=1e-4)
-  # drop_rate 0: the drop-mask branch for every node and step, whatever the draw.
-  mod0, _ = make_graph(h, adj, steps=2, drop_rate=0.0, drop_threshold=0.7)
+  # importance_prob 0: the drop-mask branch for every node and step, whatever the draw.
+  mod0, _ = make_graph(h, adj, steps=2, importance_prob=0.0, drop_threshold=0.7)
   out = run(mod0, v, h, adj, True, seed=1)
   always = [np.ones((2, 3))] * 2
   np.testing.assert_allclose(out, np_graph(h, adj, p, 2, 0.0, 0.7, r=always), rtol=1e-4, atol=1e-4)
@@ -314,7 +314,7 @@ def test_graph_dropout_same_key_same_output_and_branch_frequency():
   b, k, steps = 250, 4, 2
   h = rand(b, k, 2, 2, 3)
   adj = np.ones((b, k, k), bool)
-  mod, v = make_graph(h, adj, steps=steps, drop_rate=0.8, drop_threshold=0.7)
+  mod, v = make_graph(h, adj, steps=steps, importance_prob=0.8, drop_threshold=0.7)
   a1, a2, a3 = (run(mod, v, h, adj, True, seed=s) for s in (7, 7, 8))
   np.testing.assert_array_equal(a1, a2)
   assert np.abs(a1 - a3).max() > 1e-4

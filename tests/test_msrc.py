@@ -248,7 +248,7 @@ def test_configs_load_and_validate():
     config_lib.validate(c)
     assert c.data.name == 'msrc' and c.data.num_classes == 12 and not c.data.saliency_dir
     assert not c.data.root  # nothing points at a particular copy of the data
-  assert (full.data.crop_size, full.model.num_nodes, full.model.num_steps,
+  assert (full.data.crop_size, full.model.num_nodes, full.model.graph_steps,
           full.train.num_epochs) == (224, 4, 3, 15)
   assert cpu.data.crop_size < 100 and cpu.model.num_nodes == 3
   with pytest.raises(ValueError, match='full'):

@@ -25,6 +25,7 @@ class TorchRelease:
   """The release's forward for one group of three images, node by node, in torch (NCHW)."""
 
   def __init__(self, params, drop_rate, drop_th, steps, dropout):
+    # drop_rate: the release's own --drop_rate, the drop mask's probability (1 - importance_prob)
     # The weights as torch leaves (flax's layout), so that autograd can differentiate them.
     self.p = jax.tree_util.tree_map(lambda x: t(x).requires_grad_(True), params)
     self.drop_rate, self.drop_th = drop_rate, drop_th
@@ -103,11 +104,11 @@ def o1_params(params, seed=0):
   return jax.tree_util.tree_map_with_path(redraw, params)
 
 
-def release_setup(num_steps, drop_rate, dropout, groups, seed, params_seed):
+def release_setup(graph_steps, importance_prob, dropout, groups, seed, params_seed):
   """The release variant at test width with O(1) weights, and a batch of groups of three."""
   cfg = config_lib.base_config().model
-  cfg.variant, cfg.width, cfg.num_nodes, cfg.num_steps = 'release', WIDTH, 3, num_steps
-  cfg.drop_rate, cfg.graph_dropout = drop_rate, dropout
+  cfg.variant, cfg.width, cfg.num_nodes, cfg.graph_steps = 'release', WIDTH, 3, graph_steps
+  cfg.importance_prob, cfg.graph_dropout = importance_prob, dropout
   model = clf.build_classifier(cfg, L)
   rs = np.random.RandomState(seed)
   images = rs.rand(groups, 3, SIZE, SIZE, 3).astype(np.float32) * 2 - 1
@@ -118,22 +119,23 @@ def release_setup(num_steps, drop_rate, dropout, groups, seed, params_seed):
   return cfg, model, images, labels, adjacency, o1_params(shapes['params'], seed=params_seed)
 
 
-@pytest.mark.parametrize('train,drop_rate,dropout', [
-    (True, 1.0, True),    # the drop mask for every node and round
-    (True, 0.0, True),    # the importance map for every node and round
-    (False, 0.8, True),   # inference: the importance map
-    (True, 0.8, False),   # graph dropout off
+@pytest.mark.parametrize('train,importance_prob,dropout', [
+    (True, 0.0, True),    # the drop mask for every node and round
+    (True, 1.0, True),    # the importance map for every node and round
+    (False, 0.2, True),   # inference: the importance map
+    (True, 0.2, False),   # graph dropout off
 ])
-def test_release_forward_and_loss_match_torch(train, drop_rate, dropout):
+def test_release_forward_and_loss_match_torch(train, importance_prob, dropout):
   cfg, model, images, labels, adjacency, params = release_setup(
-      num_steps=3, drop_rate=drop_rate, dropout=dropout, groups=2, seed=1, params_seed=0)
+      graph_steps=3, importance_prob=importance_prob, dropout=dropout, groups=2, seed=1,
+      params_seed=0)
   logits, out = jax.jit(lambda p: model.apply(
       {'params': p}, images, adjacency, train, rngs={'dropout': jax.random.PRNGKey(3)}))(params)
   loss, _ = clf.loss_fn(logits, out, labels, cfg)
 
-  ref = TorchRelease(jax.tree_util.tree_map(np.asarray, params), drop_rate, cfg.drop_threshold,
-                     3, dropout)
-  use_drop_mask = train and drop_rate == 1.0
+  ref = TorchRelease(jax.tree_util.tree_map(np.asarray, params), 1.0 - importance_prob,
+                     cfg.drop_threshold, 3, dropout)
+  use_drop_mask = train and importance_prob == 0.0
   losses = []
   for b in range(2):
     with torch.no_grad():
@@ -154,12 +156,13 @@ def test_release_forward_and_loss_match_torch(train, drop_rate, dropout):
 
 
 def test_release_drop_branch_frequency_and_one_draw_per_node():
-  """The release's drop mask is taken with probability drop_rate, drawn per node and round."""
+  """The release's drop mask is taken with probability 1 - importance_prob (the release's
+  --drop_rate), drawn per node and round."""
   from gwsss_jax.models.graph import GraphConfig  # pylint: disable=g-import-not-at-top
   from gwsss_jax.models.release_graph import ReleaseGraph  # pylint: disable=g-import-not-at-top
   b, k = 300, 3
   x = jnp.asarray(np.random.RandomState(2).randn(b, k, 2, 2, 4).astype(np.float32))
-  mod = ReleaseGraph(GraphConfig(num_steps=1, drop_rate=0.8, drop_threshold=0.7))
+  mod = ReleaseGraph(GraphConfig(graph_steps=1, importance_prob=0.2, drop_threshold=0.7))
   v = {'params': o1_params(jax.eval_shape(
       lambda: mod.init({'params': jax.random.PRNGKey(0)}, x, None, False))['params'])}
   key = {'dropout': jax.random.PRNGKey(4)}
@@ -181,9 +184,9 @@ def test_release_drop_branch_frequency_and_one_draw_per_node():
 def test_release_gradients_match_torch_autograd():
   """The training step's gradients (the max-pools' custom VJP and the graph's backward
   included) against torch autograd of the same loss, for every parameter."""
-  # drop_rate 0: the importance map, so graph dropout is on and differentiable.
+  # importance_prob 1: the importance map, so graph dropout is on and differentiable.
   cfg, model, images, labels, adjacency, params = release_setup(
-      num_steps=2, drop_rate=0.0, dropout=True, groups=1, seed=2, params_seed=1)
+      graph_steps=2, importance_prob=1.0, dropout=True, groups=1, seed=2, params_seed=1)
 
   def loss(p):
     logits, out = model.apply({'params': p}, images, adjacency, True,

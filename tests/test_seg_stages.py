@@ -227,10 +227,10 @@ def test_eval_miou_matches_an_independent_computation(oracle_run):
       inter[c] += np.sum((pred == c) & (gt == c))
       union[c] += np.sum(((pred == c) | (gt == c)) & (gt != 255))
   present = union > 0
-  np.testing.assert_allclose(metrics['seg_oracle_miou'], np.mean(inter[present] / union[present]),
-                             rtol=1e-9)
+  np.testing.assert_allclose(metrics['eval_seg_oracle/miou'],
+                             np.mean(inter[present] / union[present]), rtol=1e-9)
   names = ('background',) + dataset.class_names
-  assert f'seg_oracle/iou_per_class/01_{names[1]}' in metrics
+  assert f'eval_seg_oracle/iou_per_class/01_{names[1]}' in metrics
   with open(os.path.join(workdir, 'seg_oracle_iou.md')) as f:
     assert names[1] in f.read()
 
@@ -240,7 +240,7 @@ def test_eval_reuses_predictions_of_the_same_checkpoint(oracle_run):
   directory = os.path.join(workdir, 'seg_oracle_predictions')
   stamps = {f: os.stat(os.path.join(directory, f)).st_mtime_ns for f in os.listdir(directory)}
   again = eval_seg.run(config, workdir)
-  assert again['seg_oracle_miou'] == metrics['seg_oracle_miou']
+  assert again['eval_seg_oracle/miou'] == metrics['eval_seg_oracle/miou']
   assert stamps == {f: os.stat(os.path.join(directory, f)).st_mtime_ns
                     for f in os.listdir(directory)}
 
@@ -311,15 +311,17 @@ def test_crf_reports_both_and_the_implementations_agree(oracle_run):
     shutil.rmtree(directory)
     runs[impl] = eval_seg.run(config, workdir), read()
   for out, _ in runs.values():
-    assert out['seg_oracle_miou_no_crf'] == pytest.approx(plain['seg_oracle_miou'], abs=1e-9)
+    assert out['eval_seg_oracle/miou_no_crf'] == pytest.approx(plain['eval_seg_oracle/miou'],
+                                                               abs=1e-9)
   (ref, ref_labels), (jx, jx_labels) = runs['reference'], runs['jax']
   equal = sum(np.sum(a == b) for a, b in zip(ref_labels, jx_labels))
   assert equal >= 0.98 * sum(a.size for a in ref_labels)
-  assert abs(ref['seg_oracle_miou'] - jx['seg_oracle_miou']) < 0.01
-  assert eval_seg.run(config, workdir)['seg_oracle_miou'] == jx['seg_oracle_miou']  # resumed
+  assert abs(ref['eval_seg_oracle/miou'] - jx['eval_seg_oracle/miou']) < 0.01
+  # Resumed:
+  assert eval_seg.run(config, workdir)['eval_seg_oracle/miou'] == jx['eval_seg_oracle/miou']
   config.seg.crf = False  # back to the plain predictions for the other tests
   shutil.rmtree(directory)
-  assert eval_seg.run(config, workdir)['seg_oracle_miou'] == plain['seg_oracle_miou']
+  assert eval_seg.run(config, workdir)['eval_seg_oracle/miou'] == plain['eval_seg_oracle/miou']
 
 
 def test_train_resumes_from_the_latest_checkpoint(oracle_run, capsys):

@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from gwsss_jax import config as config_lib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -23,7 +25,7 @@ def test_table3_lists_the_paper_ablations():
   assert sorted(o['model.num_nodes'] for n, (o, _) in by_name.items()
                 if n.startswith('K') or n.startswith('single') or n.startswith('default')) == [
                     1, 3, 4, 5, 6]
-  assert sorted(o['model.num_steps'] for n, (o, _) in by_name.items()
+  assert sorted(o['model.graph_steps'] for n, (o, _) in by_name.items()
                 if n.startswith('T')) == [2, 4, 5]
   assert by_name['no_graph_dropout'][0]['model.graph_dropout'] is False
   assert {o['cams.source'] for n, (o, _) in by_name.items() if n.startswith('cam_')} == {
@@ -77,11 +79,11 @@ def test_table_only_runs_nothing(tmp_path):
   sweep_file = tmp_path / 'mini.py'
   sweep_file.write_text("def get_sweep():\n  return [('a', {'model.num_nodes': 2}, None)]\n")
   os.makedirs(tmp_path / 'a')
-  (tmp_path / 'a' / 'metrics.json').write_text(json.dumps({'seg_miou': 0.125}))
+  (tmp_path / 'a' / 'metrics.json').write_text(json.dumps({'eval_seg/miou': 0.125}))
   result = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}', f'--workdir={tmp_path}',
                    '--table_only'])
   assert result.returncode == 0, result.stderr
-  assert '[sweep] a' not in result.stdout and '0.1250' in result.stdout
+  assert '[sweep] a' not in result.stdout and '| 0.1250 |' in result.stdout  # seg mIoU, last
   assert '0.1250' in (tmp_path / 'mini.md').read_text()
   assert os.listdir(tmp_path / 'a') == ['metrics.json']
 
@@ -90,7 +92,7 @@ def test_table_from_finished_variants_and_unknown_variant(tmp_path):
   sweep_file = tmp_path / 'mini.py'
   sweep_file.write_text(
       'def get_sweep():\n'
-      "  return [('a', {'model.num_nodes': 2}, None), ('b', {'model.num_steps': 1}, None)]\n")
+      "  return [('a', {'model.num_nodes': 2}, None), ('b', {'model.graph_steps': 1}, None)]\n")
   for name, miou in (('a', 0.5), ('b', 0.25)):
     os.makedirs(tmp_path / name)
     (tmp_path / name / 'metrics.json').write_text(json.dumps({'eval_cams/pseudo_label_miou': miou}))
@@ -100,7 +102,29 @@ def test_table_from_finished_variants_and_unknown_variant(tmp_path):
   from gwsss_jax import sweep  # pylint: disable=g-import-not-at-top
   text = sweep.table(sweep.load_sweep(str(sweep_file)), str(tmp_path))
   assert '| a | model.num_nodes=2 | - | - | 0.5000 | - | - |' in text
-  assert '| b | model.num_steps=1 | - | - | 0.2500 | - | - |' in text
+  assert '| b | model.graph_steps=1 | - | - | 0.2500 | - | - |' in text
+
+
+def test_renamed_keys_in_a_sweep_file_or_set_fail_before_any_variant_runs(tmp_path):
+  sweep_file = tmp_path / 'old.py'
+  sweep_file.write_text(
+      'def get_sweep():\n'
+      "  return [('a', {'model.num_nodes': 2}, None), ('b', {'model.drop_rate': 0.6}, None)]\n")
+  result = _sweep(['--config=configs/demo.py', f'--sweep={sweep_file}',
+                   f'--workdir={tmp_path}', '--print_commands'])
+  assert result.returncode == 2 and result.stdout == '', result.stdout
+  note = config_lib.RENAMED['model.drop_rate'][1]
+  assert result.stderr == (f'error: {sweep_file}: variant b: config.model.drop_rate was renamed '
+                           f'config.model.importance_prob ({note}); docs/training.md lists the '
+                           'renamed keys\n')
+  good = tmp_path / 'good.py'
+  good.write_text("def get_sweep():\n  return [('a', {'model.num_nodes': 2}, None)]\n")
+  result = _sweep(['--config=configs/demo.py', f'--sweep={good}', f'--workdir={tmp_path}',
+                   '--table_only', '--set=data.synthetic.size=48,seg.head_lr_mult=5'])
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert result.stderr.startswith('error: --set=seg.head_lr_mult=5: config.seg.head_lr_mult was '
+                                  'renamed config.seg.new_lr_mult ('), result.stderr
+  assert sorted(os.listdir(tmp_path)) == ['good.py', 'old.py']  # nothing ran, no table
 
 
 def test_missing_sweep_file_is_a_clear_error(tmp_path):

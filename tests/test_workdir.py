@@ -149,6 +149,25 @@ def test_a_workdir_from_before_stage_records_is_checked_against_its_config_json(
   pipeline.run(_tiny_config(workdir, **{'train.log_every_steps': 3}), workdir)
 
 
+def test_a_record_from_before_the_key_renames_is_compared_under_the_new_names(
+    tmp_path, fake_stages):
+  workdir = str(tmp_path / 'wd')
+  pipeline.run(_tiny_config(workdir, stages='train_cls'), workdir)
+  path = workdir_lib.record_path(workdir, 'train_cls')
+  with open(path) as f:
+    record = json.load(f)
+  new_to_old = {new: old for old, (new, _) in config_lib.RENAMED.items()}
+  record['config'] = {new_to_old.get(k, k): v for k, v in record['config'].items()}
+  assert {'model.num_steps', 'model.drop_rate', 'train.new_mult'} <= set(record['config'])
+  with open(path, 'w') as f:
+    json.dump(record, f)
+  with pytest.raises(UserError, match=r'model.graph_steps=2 \(was 3\), '
+                                      r'model.importance_prob=0.5 \(was 0.8\)'):
+    pipeline.run(_tiny_config(workdir, **{'model.graph_steps': 2, 'model.importance_prob': 0.5,
+                                          'stages': 'train_cls'}), workdir)
+  pipeline.run(_tiny_config(workdir, stages='train_cls'), workdir)  # the same config
+
+
 def test_discard_from_deletes_a_stage_and_the_stages_after_it(tmp_path, fake_stages):
   workdir = str(tmp_path / 'wd')
   pipeline.run(_tiny_config(workdir), workdir)

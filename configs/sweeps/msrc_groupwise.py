@@ -15,7 +15,7 @@ same epochs.
 def get_sweep():
   """(name, overrides, reuse) triples (see gwsss_jax.sweep)."""
   return [
-      ('single_image_K1', {'model.num_nodes': 1, 'model.num_steps': 0,
+      ('single_image_K1', {'model.num_nodes': 1, 'model.graph_steps': 0,
                            'train.batch_size': 6, 'train.repeats_per_epoch': 3}, None),
-      ('group_K3_T3', {'model.num_nodes': 3, 'model.num_steps': 3}, None),
+      ('group_K3_T3', {'model.num_nodes': 3, 'model.graph_steps': 3}, None),
   ]

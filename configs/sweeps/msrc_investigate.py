@@ -7,18 +7,19 @@ Run (needs the MSRC-v2 data):
     --set=data.root=/data/msrc_v2,model.pretrained=.cache/weights/vgg16_imagenet_onnx
 """
 
-GROUP = {'model.num_nodes': 3, 'model.num_steps': 3}
+GROUP = {'model.num_nodes': 3, 'model.graph_steps': 3}
 
 
 def get_sweep():
   """(name, overrides, reuse) triples (see gwsss_jax.sweep)."""
   deltas = [
-      ('K3_T0', {'model.num_steps': 0}),                 # groups, no message passing
+      ('K3_T0', {'model.graph_steps': 0}),               # groups, no message passing
       ('K3_T3_no_graph_dropout', {'model.graph_dropout': False}),
       ('K3_T3_lambda1', {'model.loss_lambda': 1.0}),     # intermediate readout's share up
-      ('K3_T3_new_mult1', {'train.new_mult': 1.0, 'train.new_bias_mult': 2.0}),  # new layers' lr
+      ('K3_T3_new_mult1', {'train.new_lr_mult': 1.0,     # new layers at the backbone's lr
+                           'train.new_bias_lr_mult': 2.0}),
       ('K3_T3_2epochs', {'train.num_epochs': 2}),
-      ('K1_T0_2epochs', {'model.num_nodes': 1, 'model.num_steps': 0, 'train.batch_size': 6,
+      ('K1_T0_2epochs', {'model.num_nodes': 1, 'model.graph_steps': 0, 'train.batch_size': 6,
                          'train.repeats_per_epoch': 3, 'train.num_epochs': 2}),
   ]
   return [(name, {**GROUP, **delta}, None) for name, delta in deltas]

@@ -16,7 +16,7 @@ row exactly (tests/test_sweep.py checks the configs and the copy).
 """
 
 
-BASE = {'model.num_nodes': 4, 'model.num_steps': 3}  # the paper's K and T
+BASE = {'model.num_nodes': 4, 'model.graph_steps': 3}  # the paper's K and T
 READOUTS = {'cams.oaa_all_readouts': True}  # the default row stores every readout's OAA maps
 
 
@@ -25,11 +25,11 @@ def get_sweep():
   variant shares (None = train its own)."""
   # The plain single-image baseline: groups of one image and no graph (T = 0), so both readouts
   # are class convolutions on h^0 (the intermediate one and phi_r).
-  deltas = [('single_image_K1', {'model.num_nodes': 1, 'model.num_steps': 0}, None),
+  deltas = [('single_image_K1', {'model.num_nodes': 1, 'model.graph_steps': 0}, None),
             ('default_K4_T3', dict(READOUTS), None)]
   deltas += [(f'K{k}', {'model.num_nodes': k}, None) for k in (3, 5, 6)]
-  deltas += [(f'T{t}', {'model.num_steps': t}, None) for t in (2, 4, 5)]
-  deltas += [(f'drop_r{r}_d{d}', {'model.drop_rate': r, 'model.drop_threshold': d}, None)
+  deltas += [(f'T{t}', {'model.graph_steps': t}, None) for t in (2, 4, 5)]
+  deltas += [(f'drop_r{r}_d{d}', {'model.importance_prob': r, 'model.drop_threshold': d}, None)
              for r, d in ((0.6, 0.7), (0.8, 0.5), (0.8, 0.9))]
   deltas.append(('no_graph_dropout', {'model.graph_dropout': False}, None))
   deltas += [(f'cam_{source}', {**READOUTS, 'cams.source': source}, 'default_K4_T3')

@@ -17,6 +17,12 @@ METRICS_FILE = 'metrics.json'
 STAGE_METRICS_DIR = 'metrics'
 # The figures of a metrics.json written before per-stage files existed, kept as the lowest layer.
 IMPORTED = 'imported'
+# eval_seg's metric keys before they took the `<stage>/<metric>` form of the other stages: read
+# under the current names from the metrics files of older workdirs.
+_RENAMED_METRICS = {'seg_miou': 'eval_seg/miou', 'seg_miou_no_crf': 'eval_seg/miou_no_crf',
+                    'seg_oracle_miou': 'eval_seg_oracle/miou',
+                    'seg_oracle_miou_no_crf': 'eval_seg_oracle/miou_no_crf'}
+_RENAMED_METRIC_PREFIXES = (('seg/', 'eval_seg/'), ('seg_oracle/', 'eval_seg_oracle/'))
 # The temporary names of `atomic_path`: mkstemp's 8 random characters between prefix and suffix.
 _TMP_NAME = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')
 
@@ -89,6 +95,20 @@ def _read_json_dict(path: str) -> dict:
   return value
 
 
+def _current_metric_name(key: str) -> str:
+  if key in _RENAMED_METRICS:
+    return _RENAMED_METRICS[key]
+  for old, new in _RENAMED_METRIC_PREFIXES:
+    if key.startswith(old):
+      return new + key[len(old):]
+  return key
+
+
+def _read_metrics_file(path: str) -> dict:
+  """The metrics in `path` under their current names."""
+  return {_current_metric_name(k): v for k, v in _read_json_dict(path).items()}
+
+
 def _write_json(path: str, values: dict) -> None:
   atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True, default=float) + '\n')
 
@@ -96,7 +116,7 @@ def _write_json(path: str, values: dict) -> None:
 def read_metrics(workdir: str) -> dict:
   """The summary <workdir>/metrics.json ({} when absent)."""
   path = os.path.join(workdir, METRICS_FILE)
-  return _read_json_dict(path) if os.path.exists(path) else {}
+  return _read_metrics_file(path) if os.path.exists(path) else {}
 
 
 def stage_metrics_path(workdir: str, stage: str) -> str:
@@ -107,7 +127,7 @@ def write_stage_metrics(workdir: str, stage: str, values: dict) -> None:
   """Merges `values` into <workdir>/metrics/<stage>.json (atomic). A stage that skips finished
   work returns less than it did, and keeps the figures it returned before."""
   path = stage_metrics_path(workdir, stage)
-  merged = _read_json_dict(path) if os.path.exists(path) else {}
+  merged = _read_metrics_file(path) if os.path.exists(path) else {}
   merged.update(values)
   _write_json(path, merged)
 
@@ -124,6 +144,6 @@ def rebuild_metrics(workdir: str, order=()) -> dict:
   rank = {name: i for i, name in enumerate((IMPORTED,) + tuple(order))}
   merged = {}
   for name in sorted(names, key=lambda n: (rank.get(n, len(rank)), n)):
-    merged.update(_read_json_dict(stage_metrics_path(workdir, name)))
+    merged.update(_read_metrics_file(stage_metrics_path(workdir, name)))
   _write_json(os.path.join(workdir, METRICS_FILE), merged)
   return merged

@@ -62,7 +62,7 @@ class DeepLabV2(nn.Module):
     freeze_bn: BatchNorm statistics and affine parameters frozen, as DeepLab-v2 trains with
       batch 10 (too small for batch statistics).
     stride_in_1x1, pool_ceil_mode: the Caffe ResNet layout of DeepLab's COCO initialisation
-      (`build_segmenter` sets them from the weights' metadata).
+      (`build_segmenter(..., caffe_layout=True)`).
     dtype: activation dtype; logits are returned in float32.
     stage_sizes: blocks per ResNet layer (ResNet-101; tests use a shallower trunk).
   """
@@ -121,16 +121,15 @@ def caffe_layout(meta: Optional[dict]) -> bool:
   return bool(meta) and meta.get('arch') == 'resnet101_caffe'
 
 
-def build_segmenter(seg_config, meta: Optional[dict] = None) -> nn.Module:
+def build_segmenter(seg_config, caffe_layout: bool = False) -> nn.Module:
   """The module named by `config.seg.model` ('deeplab_v2_resnet101' or
-  'deeplab_largefov_vgg16'); `meta` (from `convert.load_pretrained`) selects the Caffe ResNet
-  layout when the weights are DeepLab's COCO initialisation."""
+  'deeplab_largefov_vgg16'); `caffe_layout` (the `caffe_layout(meta)` of its weights, as the
+  run's record keeps it) selects the Caffe ResNet layout of DeepLab's COCO initialisation."""
   dtype = jnp.dtype(seg_config.dtype)
   if seg_config.model == 'deeplab_v2_resnet101':
-    caffe = caffe_layout(meta)
     return DeepLabV2(num_classes=seg_config.num_classes, width=seg_config.width,
                      output_stride=seg_config.output_stride, freeze_bn=True,
-                     stride_in_1x1=caffe, pool_ceil_mode=caffe, dtype=dtype)
+                     stride_in_1x1=caffe_layout, pool_ceil_mode=caffe_layout, dtype=dtype)
   if seg_config.model == 'deeplab_largefov_vgg16':
     return DeepLabLargeFOV(num_classes=seg_config.num_classes, width=seg_config.width,
                            dtype=dtype)
@@ -140,12 +139,13 @@ def build_segmenter(seg_config, meta: Optional[dict] = None) -> nn.Module:
 def param_labels(params, pretrained_head: Sequence[str] = ()) -> Any:
   """A pytree like `params` of learning-rate group names (DeepLab's Caffe `lr_mult`s).
 
-  - `backbone_weight` (x1) and `backbone_bias` (x2): the trunk (VGG's conv biases; ResNet has
-    none), and the head modules named in `pretrained_head`: LargeFOV's fc6/fc7 when they come
-    from VGG16's fully connected layers, trained at lr_mult 1/2 as in DeepLab's prototxt;
-  - `head_weight` (x head_lr_mult = 10) and `head_bias` (x 2 * head_lr_mult = 20): ASPP (also
-    when DeepLab's COCO initialisation provides it, as DeepLab-v2's `fc1_voc12` layers), and
-    LargeFOV's fc8 and new fc6/fc7;
+  - `backbone_weight` (x1) and `backbone_bias` (x seg.backbone_bias_lr_mult = 2): the trunk
+    (VGG's conv biases; ResNet has none), and the head modules named in `pretrained_head`:
+    LargeFOV's fc6/fc7 when they come from VGG16's fully connected layers, trained at lr_mult
+    1/2 as in DeepLab's prototxt;
+  - `head_weight` (x seg.new_lr_mult = 10) and `head_bias` (x seg.new_bias_lr_mult = 20), the
+    new layers: ASPP (also when DeepLab's COCO initialisation provides it, as DeepLab-v2's
+    `fc1_voc12` layers), and LargeFOV's fc8 and new fc6/fc7;
   - `frozen`: the frozen BatchNorm scale/bias (no update, no weight decay).
   Biases get no weight decay (Caffe `decay_mult: 0`).
   """

@@ -226,11 +226,11 @@ class SelfEdge(nn.Module):
 class GraphConfig:
   """The graph's hyper-parameters: the `config.model` keys of the same names (`from_config`),
   declared here once and passed whole to the graph modules of both variants."""
-  num_steps: int = 3            # T: message-passing rounds
+  graph_steps: int = 3          # T: message-passing rounds
   reduction: int = 4            # d of Eq. (5); P, Q, phi_f, phi_g project C to max(1, C // d)
   gru_kernel: int = 3           # ConvGRU kernel size (the paper variant; the release uses 1)
   graph_dropout: bool = True    # graph dropout (Eqs. 10-11) after every update
-  drop_rate: float = 0.8        # delta_r of Eq. (10)
+  importance_prob: float = 0.8  # delta_r of Eq. (10): P(importance map), else the drop mask
   drop_threshold: float = 0.7   # delta_d of Eq. (10)
   drop_mask: str = 'binary'     # the drop branch of Eq. (10): 'binary' or 'eq10'
 
@@ -243,7 +243,7 @@ class GraphConfig:
 class GraphStep(nn.Module):
   """One message-passing round t: Eqs. (5)-(8), the ConvGRU of Eq. (2), graph dropout (10)-(11).
 
-  Called T times on the same instance, so the T rounds share their weights; `graph.num_steps`
+  Called T times on the same instance, so the T rounds share their weights; `graph.graph_steps`
   is not read here.
   """
   graph: GraphConfig = GraphConfig()
@@ -266,7 +266,7 @@ class GraphStep(nn.Module):
     h = ConvGRUCell(c, g.gru_kernel, dtype=self.dtype, name='gru')(message, h)
     if g.graph_dropout:
       r = jax.random.uniform(self.make_rng('dropout'), (b, k)) if train else None
-      h = graph_dropout(h, r, g.drop_rate, g.drop_threshold, g.drop_mask)
+      h = graph_dropout(h, r, g.importance_prob, g.drop_threshold, g.drop_mask)
     return h
 
 
@@ -277,7 +277,7 @@ class GroupGraph(nn.Module):
   little faster but each step ran several times slower; compilation happens once, steps many
   times.
 
-  Attributes: `graph` (T = `graph.num_steps`) and the activations' `dtype`.
+  Attributes: `graph` (T = `graph.graph_steps`) and the activations' `dtype`.
   """
   graph: GraphConfig = GraphConfig()
   dtype: Any = jnp.float32
@@ -286,7 +286,7 @@ class GroupGraph(nn.Module):
   def __call__(self, h, adjacency, train: bool):
     """h: [B, K, H, W, C] = h^0, adjacency: [B, K, K] -> h^T (after graph dropout)."""
     step = GraphStep(self.graph, dtype=self.dtype, name='step')
-    for _ in range(self.graph.num_steps):
+    for _ in range(self.graph.graph_steps):
       h = step(h, adjacency, train)
     return h
 

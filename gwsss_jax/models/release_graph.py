@@ -16,10 +16,13 @@ Nodes are the L-channel class-score maps x_i [H, W, L] of the K images (C = L). 
 Differences from the paper variant (all listed in docs/model.md and docs/release.md): no
 self-edge; the messages are concatenated and fused instead of summed; every pair exchanges
 messages whatever the labels (the adjacency input is ignored: the release samples partners that
-share a class with the anchor and never masks); 1x1 ConvGRU kernels; the dropout output is (x * s + x) / 2; the drop
-mask is binary and is chosen with probability `drop_rate` (the release's ADL computes
-floor(U + drop_rate)), so at drop_rate 0.8 it is the drop mask, not the importance map, that is
-taken 80% of the time; one draw per ADL call, and the release calls it once per node per round.
+share a class with the anchor and never masks); 1x1 ConvGRU kernels; the dropout output is
+(x * s + x) / 2; the drop mask is binary. The branch is drawn as in the paper variant: the
+importance map when r < `importance_prob` (delta_r). The release's ADL layer computes
+floor(U + drop_rate) and takes the drop mask when it is 1, that is when U >= 1 - drop_rate, so
+its `--drop_rate` is 1 - importance_prob: its default 0.8 takes the drop mask, not the importance
+map, 80% of the time (configs/release.py: importance_prob 0.2). One draw per ADL call, and the
+release calls it once per node per round.
 Module names follow the release's attributes so that weights port one-to-one.
 """
 
@@ -35,11 +38,11 @@ from gwsss_jax.models.graph import GraphConfig, torch_default_bias
 from gwsss_jax.models.graph import edge_embeddings, neighbour_messages, other_nodes
 
 
-def release_graph_dropout(x, r, drop_rate, drop_threshold):
+def release_graph_dropout(x, r, importance_prob, drop_threshold):
   """The release's graph dropout: (x * s + x) / 2 with s chosen per node.
 
-  s = 1(o < max(o) * drop_threshold) (binary drop mask) if r < drop_rate, else sigmoid(o)
-  (importance map), o the channel mean. `r=None` (inference) takes the importance map: the
+  s = sigmoid(o) (importance map) if r < importance_prob, else 1(o < max(o) * drop_threshold)
+  (binary drop mask), o the channel mean. `r=None` (inference) takes the importance map: the
   drop mask erases the most activated regions, which inference must not do, although the
   release trains with it most of the time (and applies its random layer at test time too).
 
@@ -51,8 +54,8 @@ def release_graph_dropout(x, r, drop_rate, drop_threshold):
   if r is None:
     s = importance
   else:
-    s = jnp.where((r < drop_rate)[..., None, None], drop_threshold_mask(o, drop_threshold),
-                  importance)
+    s = jnp.where((r < importance_prob)[..., None, None], importance,
+                  drop_threshold_mask(o, drop_threshold))
   return (x * s[..., None].astype(x.dtype) + x) / 2
 
 
@@ -87,7 +90,7 @@ class ReleaseGraphStep(nn.Module):
         fused.reshape(x.shape), x)
     if self.graph.graph_dropout:
       r = jax.random.uniform(self.make_rng('dropout'), (b, k)) if train else None
-      x = release_graph_dropout(x, r, self.graph.drop_rate, self.graph.drop_threshold)
+      x = release_graph_dropout(x, r, self.graph.importance_prob, self.graph.drop_threshold)
     return x
 
 
@@ -96,7 +99,7 @@ class ReleaseGraph(nn.Module):
 
   `adjacency` is accepted for the interface and ignored (all pairs exchange messages).
   """
-  graph: GraphConfig = GraphConfig()  # T = graph.num_steps
+  graph: GraphConfig = GraphConfig()  # T = graph.graph_steps
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -106,6 +109,6 @@ class ReleaseGraph(nn.Module):
       raise UserError(f'model.num_nodes={x.shape[1]}: the release variant fuses the messages of '
                       'the other nodes and needs groups of 3 images')
     step = ReleaseGraphStep(self.graph, dtype=self.dtype, name='step')
-    for _ in range(self.graph.num_steps):
+    for _ in range(self.graph.graph_steps):
       x = step(x, train)
     return x

@@ -34,19 +34,20 @@ _ARCHS = {'deeplab_v2_resnet101': ('resnet101', 'resnet101_caffe'),
 @dataclasses.dataclass(frozen=True)
 class RunNames:
   """Workdir names of one segmentation run (pseudo-label or oracle)."""
-  train: str            # metric prefix and TensorBoard folder: train_seg, train_seg_oracle
+  train: str            # record, metric prefix, TensorBoard folder: train_seg, train_seg_oracle
+  eval: str             # record and metric prefix: eval_seg, eval_seg_oracle
   checkpoints: str      # seg_checkpoints, seg_oracle_checkpoints
-  miou: str             # seg_miou, seg_oracle_miou
-  metrics_prefix: str   # seg/, seg_oracle/ (per-class IoU keys)
   predictions: str      # seg_predictions, seg_oracle_predictions
+  iou_table: str        # seg_iou.md, seg_oracle_iou.md
   results: str          # results, results_oracle (VOC test server layout)
 
 
 def run_names(oracle: bool) -> RunNames:
   tag = 'seg_oracle' if oracle else 'seg'
-  return RunNames(train=f'train_{tag}', checkpoints=f'{tag}_checkpoints', miou=f'{tag}_miou',
-                  metrics_prefix=f'{tag}/', predictions=f'{tag}_predictions',
-                  results='results_oracle' if oracle else 'results')
+  suffix = '_oracle' if oracle else ''
+  return RunNames(train=f'train_seg{suffix}', eval=f'eval_seg{suffix}',
+                  checkpoints=f'{tag}_checkpoints', predictions=f'{tag}_predictions',
+                  iou_table=f'{tag}_iou.md', results=f'results{suffix}')
 
 
 def checkpoint_dir(config, workdir: str) -> str:
@@ -99,8 +100,7 @@ def pretrained_head(config, pretrained: Optional[dict]) -> list:
 
 
 def build_model(config, caffe_layout: bool):
-  meta = {'arch': 'resnet101_caffe'} if caffe_layout else None
-  return deeplab.build_segmenter(config.seg, meta)
+  return deeplab.build_segmenter(config.seg, caffe_layout)
 
 
 def init_variables(module, config, seed) -> dict:
@@ -141,9 +141,10 @@ def apply_pretrained(variables: dict, pretrained: dict, head: Sequence[str] = ()
 def optimizer(config, params, pretrained_head=()) -> tuple[optax.GradientTransformation, dict]:
   """DeepLab's SGD (momentum, weight decay, poly decay) with `deeplab.param_labels` groups.
 
-  Head weights run at `seg.head_lr_mult` x the base rate and every bias at twice its weight's
-  rate (Caffe `lr_mult` 1/2 and 10/20); weight decay applies to weights only (`decay_mult: 0`
-  on biases), added to the gradient before the momentum as Caffe and PyTorch do.
+  The groups run at `seg.base_lr` times 1 (trunk weights), `seg.backbone_bias_lr_mult`,
+  `seg.new_lr_mult` and `seg.new_bias_lr_mult` (head weights and biases; Caffe `lr_mult` 1/2 and
+  10/20 by default); weight decay applies to weights only (`decay_mult: 0` on biases), added to
+  the gradient before the momentum as Caffe and PyTorch do.
   With `seg.head_warmup_steps` = N > 0 the backbone is held still for the first N steps (no
   update, no momentum) while the new head trains, then joins at the poly rate of step N.
   `pretrained_head` (`model_info`'s record) names head modules that train in the trunk's
@@ -152,9 +153,10 @@ def optimizer(config, params, pretrained_head=()) -> tuple[optax.GradientTransfo
   g = config.seg
   def poly(mult):
     return optim.poly_schedule(g.base_lr * mult, g.num_steps, g.poly_power)
-  lr_by_label = {deeplab.BACKBONE_WEIGHT: poly(1.0), deeplab.BACKBONE_BIAS: poly(2.0),
-                 deeplab.HEAD_WEIGHT: poly(g.head_lr_mult),
-                 deeplab.HEAD_BIAS: poly(2.0 * g.head_lr_mult), deeplab.FROZEN: None}
+  lr_by_label = {deeplab.BACKBONE_WEIGHT: poly(1.0),
+                 deeplab.BACKBONE_BIAS: poly(g.backbone_bias_lr_mult),
+                 deeplab.HEAD_WEIGHT: poly(g.new_lr_mult),
+                 deeplab.HEAD_BIAS: poly(g.new_bias_lr_mult), deeplab.FROZEN: None}
   warmup = int(g.head_warmup_steps)
   hold_steps = {deeplab.BACKBONE_WEIGHT: warmup, deeplab.BACKBONE_BIAS: warmup}
   labels = deeplab.param_labels(params, pretrained_head)

@@ -4,8 +4,8 @@ Every image is segmented at full resolution (multi-scale `seg.eval_scales` and m
 `seg.eval_flip` inference average softmax probabilities), written as a palette PNG to
 `<workdir>/seg_predictions/<name>.png` (`seg_oracle_predictions` for the oracle run) and, where
 the split has ground truth, counted into one confusion matrix over all images: mIoU
-(`seg_miou` / `seg_oracle_miou`) and the per-class IoU table with class names. A VOC split
-without masks (test) is written in the layout of the official evaluation server instead:
+(`eval_seg/miou` / `eval_seg_oracle/miou`) and the per-class IoU table with class names. A VOC
+split without masks (test) is written in the layout of the official evaluation server instead:
 `<workdir>/results/VOC2012/Segmentation/comp6_test_cls/<name>.png` (archive `results/` and
 upload it).
 
@@ -13,7 +13,8 @@ Dense CRF (`seg.crf=True`, DeepLab-v2's post-processing with `seg.crf_params`, u
 -log(softmax)): by pydensecrf2 in a CPU worker pool (`crf.impl='reference'`) or on the devices in
 the same batches as the network (`crf.impl='jax'`). The written predictions are then the CRF's;
 with ground truth, the predictions without it also go to `<predictions>/no_crf/` and the mIoU of
-both is reported (`seg_miou` with, `seg_miou_no_crf` without; `seg_oracle_*` alike).
+both is reported (`eval_seg/miou` with, `eval_seg/miou_no_crf` without; `eval_seg_oracle/*`
+alike).
 
 Resumable: predictions already on disk from the same checkpoint and inference settings
 (`manifest.json` beside them) are read back instead of recomputed.
@@ -162,7 +163,7 @@ def run(config, workdir: str) -> dict:
       workers = min(config.pseudo.num_workers or os.cpu_count() or 1, g.eval_batch_size)
       if workers > 1:  # spawn: the parent holds JAX's threads, which fork does not copy safely
         pool = multiprocessing.get_context('spawn').Pool(workers)
-    bar = console.progress(len(todo), names.miou.replace('_miou', '_eval'))
+    bar = console.progress(len(todo), names.eval)
     try:
       for batch in batches:
         valid = np.flatnonzero(np.asarray(batch['valid']))
@@ -210,23 +211,23 @@ def run(config, workdir: str) -> dict:
   print(f'[eval_seg] {len(dataset)} predictions in {directory} (checkpoint step {step})',
         flush=True)
   if not has_masks:
-    return {f'{names.metrics_prefix}num_predictions': len(dataset)}
-  out = metrics_lib.segmentation_metrics(cm, class_names, prefix=names.metrics_prefix)
+    return {f'{names.eval}/num_predictions': len(dataset)}
+  out = metrics_lib.segmentation_metrics(cm, class_names, prefix=f'{names.eval}/')
   iou = metrics_lib.iou_per_class(cm)
-  out[names.miou] = out[f'{names.metrics_prefix}mean_iou']
+  miou = f'{names.eval}/miou'  # the headline figure (= mean_iou), beside miou_no_crf
+  out[miou] = out[f'{names.eval}/mean_iou']
   if use_crf:
-    out[names.miou + '_no_crf'] = float(np.nanmean(metrics_lib.iou_per_class(cm_plain)))
+    out[miou + '_no_crf'] = float(np.nanmean(metrics_lib.iou_per_class(cm_plain)))
   rows = [(i, n, float(v)) for i, (n, v) in enumerate(zip(class_names, iou))]
-  rows.append(('', 'mean', out[names.miou]))
+  rows.append(('', 'mean', out[miou]))
   table = metrics_lib.format_table(rows, ('#', 'class', 'IoU'))
   title = (f'{"Oracle (ground-truth)" if g.oracle else "Pseudo-label"} DeepLab on '
            f'{config.data.val_split}, checkpoint step {step}, scales {tuple(g.eval_scales)}, '
            f'flip {bool(g.eval_flip)}')
   if use_crf:
     title += (f", dense CRF ({config.crf.impl}); without it: mIoU "
-              f"{out[names.miou + '_no_crf']:.4f}")
+              f"{out[miou + '_no_crf']:.4f}")
   report = f'### {title}\n\n{table}\n'
   print(report, flush=True)
-  gio.atomic_write_text(os.path.join(workdir, f'{names.miou.replace("_miou", "_iou")}.md'),
-                        report)
+  gio.atomic_write_text(os.path.join(workdir, names.iou_table), report)
   return out

@@ -97,7 +97,7 @@ def run(config, workdir: str) -> dict:
   g = config.seg
   names = common.run_names(g.oracle)
   directory = common.checkpoint_dir(config, workdir)
-  ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.train.max_to_keep)
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.seg.max_to_keep)
   start = 0
   if ckpt.all_steps():  # weights from the checkpoint; the run's conventions from its record
     info = artifact.read(directory)

@@ -102,8 +102,7 @@ def build(record: dict):
                         output_stride=record['output_stride'],
                         num_classes=record['num_classes'],
                         dtype=record.get('dtype', 'float32'))
-  meta = {'arch': 'resnet101_caffe'} if record.get('caffe_layout') else None
-  return deeplab.build_segmenter(seg, meta)
+  return deeplab.build_segmenter(seg, caffe_layout=bool(record.get('caffe_layout')))
 
 
 def _init(module, record: dict):

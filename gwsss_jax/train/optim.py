@@ -123,8 +123,8 @@ def classifier_optimizer(train_config, params, batch_stats, freeze_bn: bool,
   def sched(mult):
     return step_decay_schedule(t.base_lr * mult, steps_per_epoch, t.decay_every_epochs,
                                t.decay_factor, t.num_epochs)
-  lr_by_label = {'backbone_weight': sched(1.0), 'backbone_bias': sched(t.backbone_bias_mult),
-                 'new_weight': sched(t.new_mult), 'new_bias': sched(t.new_bias_mult),
+  lr_by_label = {'backbone_weight': sched(1.0), 'backbone_bias': sched(t.backbone_bias_lr_mult),
+                 'new_weight': sched(t.new_lr_mult), 'new_bias': sched(t.new_bias_lr_mult),
                  FROZEN: None}
   tx = build_sgd(params, classifier_label_fn(batch_stats, freeze_bn), lr_by_label,
                  momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)

@@ -190,7 +190,7 @@ def fit(dp: parallel.DataParallel, train_step: Callable, state, batches: Iterabl
   """
   step = int(dp.unreplicate(state['step']))
   loop = _Loop(dp, spec, checkpointer, writer, step)
-  hooks = writers.periodic_hooks(logdir, writer, num_train_steps=spec.total_steps,
+  hooks = writers.periodic_hooks(logdir, num_train_steps=spec.total_steps,
                                  profile_steps=spec.profile_steps)
   try:
     for host_batch, batch in prefetch(batches, lambda b: spec.to_device(dp, b)):

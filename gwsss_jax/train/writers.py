@@ -24,14 +24,16 @@ def create_writer(logdir: str):
   return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(logdir)])
 
 
-def periodic_hooks(logdir: str, writer, *, num_train_steps: int, profile_steps: int) -> list:
-  """`ReportProgress` (steps/s and ETA) and, when `profile_steps` > 0, a `Profile` of that many
-  steps written to `logdir` (open with TensorBoard's profile plugin). Process 0 only."""
+def periodic_hooks(logdir: str, *, num_train_steps: int, profile_steps: int) -> list:
+  """`ReportProgress` (steps/s and ETA in the logs, shown with --verbose) and, when
+  `profile_steps` > 0, a `Profile` of that many steps written to `logdir` (open with
+  TensorBoard's profile plugin). Process 0 only. ReportProgress gets no writer: its bare
+  `steps_per_sec` and `uptime` tags would break the `<stage>/<metric>` names of TensorBoard,
+  where the training loop writes `<stage>/steps_per_sec` itself."""
   if jax.process_index() > 0:
     return []
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  hooks = [periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
-                                           every_secs=60.0)]
+  hooks = [periodic_actions.ReportProgress(num_train_steps=num_train_steps, every_secs=60.0)]
   if profile_steps > 0:
     hooks.append(periodic_actions.Profile(logdir=logdir, num_profile_steps=profile_steps,
                                           first_profile=10, every_secs=None, every_steps=None))
