@@ -7,6 +7,10 @@ sides alike; the ratio is the median of the rounds' ratios.
   eval_seg runs it), the pool started before timing;
 - jax: one call on a batch of those images (`make_labeller`, split over `devices`), compiled
   before timing.
+
+Each side's CPU time per image is emitted too (the pool's workers time their tasks; JAX's is
+this process's, all XLA threads included): on a machine whose cores other jobs keep busy, the
+wall-clock ratio depends on how the scheduler shares them out, the CPU time much less.
 """
 
 import multiprocessing
@@ -34,13 +38,17 @@ def _inputs(n, h, w, k, seed=0):
 
 
 def _reference_task(task):
+  """The labels and the CPU seconds that this worker spent on them."""
   from gwsss_jax.crf import reference  # pylint: disable=g-import-not-at-top
   probs, rgb, params = task
-  return reference.from_probs(probs.transpose(2, 0, 1), rgb, params)
+  start = time.process_time()
+  labels = reference.from_probs(probs.transpose(2, 0, 1), rgb, params)
+  return labels, time.process_time() - start
 
 
 def run(emit, params: crf_lib.Params, devices, *, quick: bool, rounds: int, context: dict):
-  """Emits crf.{reference,jax}.images_per_s and crf.jax_over_reference."""
+  """Emits crf.{reference,jax}.{images_per_s,cpu_s_per_image}, crf.jax_over_reference (images
+  per second) and crf.jax_over_reference_cpu (reference CPU time per image over JAX's)."""
   h, w, k, n = (48, 64, 4, 2) if quick else (240, 320, 21, 2 * max(len(devices), 2))
   rgb, probs = _inputs(n, h, w, k)
   ctx = dict(context, image=f'{h}x{w}', labels=k, batch=n, iterations=params.iterations,
@@ -58,24 +66,30 @@ def run(emit, params: crf_lib.Params, devices, *, quick: bool, rounds: int, cont
     pool.map(_reference_task, tasks[:1])  # workers started and the module imported
   except ImportError:
     pool = None
-  ref_s, jax_s = [], []
+  ref_s, jax_s, ref_cpu, jax_cpu = [], [], [], []
   try:
     for _ in range(rounds):
       if pool is not None:
         start = time.perf_counter()
-        pool.map(_reference_task, tasks, chunksize=1)
+        done = pool.map(_reference_task, tasks, chunksize=1)
         ref_s.append(time.perf_counter() - start)
-      start = time.perf_counter()
+        ref_cpu.append(sum(cpu for _, cpu in done) / n)
+      start, cpu = time.perf_counter(), time.process_time()
       jax.block_until_ready(labeller(unary, rgb, hw))
       jax_s.append(time.perf_counter() - start)
+      jax_cpu.append((time.process_time() - cpu) / n)
   finally:
     if pool is not None:
       pool.terminate()
   emit('crf.jax.images_per_s', n / statistics.median(jax_s), 'images/s', **ctx)
+  emit('crf.jax.cpu_s_per_image', statistics.median(jax_cpu), 's', **ctx)
   if pool is None:
     emit('crf.reference.images_per_s', None, 'images/s',
          note='pydensecrf2 not installed (requirements-crf.txt)', **ctx)
     return
   emit('crf.reference.images_per_s', n / statistics.median(ref_s), 'images/s', **ctx)
+  emit('crf.reference.cpu_s_per_image', statistics.median(ref_cpu), 's', **ctx)
   emit('crf.jax_over_reference', statistics.median(r / j for r, j in zip(ref_s, jax_s)),
        'ratio of images/s', **ctx)
+  emit('crf.jax_over_reference_cpu', statistics.median(r / j for r, j in zip(ref_cpu, jax_cpu)),
+       'ratio of CPU s per image (reference / JAX)', **ctx)
