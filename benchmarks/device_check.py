@@ -17,6 +17,9 @@ time limit, in this order (the figures the goals of docs/accelerators.md name co
   subprocesses), timed in rotating order round after round as `benchmarks/versus_torch.py` does.
 - `deeplab`: the DeepLab-v2 ResNet-101 training step, 321x321, batch 10, bf16 then fp32.
 - `cam_export`: group-inference CAM export (K=4, 4 scales + flips), images/s of the forward.
+- `crf`: the JAX dense CRF (`gwsss_jax.bench`'s `crf` group: 240x320 images, 21 labels,
+  `seg.crf_params`, 10 iterations), images/s on the device; the C++ reference beside it where
+  pydensecrf2 is installed (the GPU machine has none: docs/crf.md has its CPU figures).
 
 Every line carries the step time, MFU (XLA's FLOP count of the JAX step over the step time, as a
 fraction of the device's dense peak for the dtype; TF32 for fp32 on GPUs) and the device's peak
@@ -44,8 +47,8 @@ TORCH_SCRIPT = os.path.join(ROOT, 'benchmarks', 'torch_vgg_step.py')
 # (part, time limit in seconds on a device, process start-up included). Sum 450 s, the default
 # `--budget_s`: the whole check stays inside 8 minutes, and a part never gets more than what is
 # left of the budget. `release` has the most: torch.compile's first call compiles.
-PARTS = (('paper_bf16', 110), ('release', 150), ('deeplab', 80), ('paper_fp32', 65),
-         ('cam_export', 45))
+PARTS = (('paper_bf16', 110), ('release', 140), ('deeplab', 80), ('paper_fp32', 60),
+         ('cam_export', 35), ('crf', 25))
 # --quick's parts take seconds of CPU time each; the limit is loose so that a busy machine does
 # not fail the smoke test.
 QUICK_LIMIT_S = 150
@@ -444,6 +447,17 @@ def cam_export_part(quick: bool) -> None:
     p.failed('cam_export', text, e)
 
 
+def crf_part(quick: bool) -> None:
+  from gwsss_jax import crf as crf_lib  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.crf import bench as crf_bench  # pylint: disable=g-import-not-at-top
+  p = Part(quick)
+  try:
+    crf_bench.run(p.emit, crf_lib.params_from_config(p.config.seg.crf_params), [p.device],
+                  quick=quick, rounds=1 if quick else 3, context={})
+  except Exception as e:  # pylint: disable=broad-except
+    p.failed('crf.jax.images_per_s', 'dense CRF', e)
+
+
 def run_one(part: str, quick: bool, limit_s: float) -> None:
   if part == 'paper_bf16':
     paper_part(quick, 'bfloat16')
@@ -455,6 +469,8 @@ def run_one(part: str, quick: bool, limit_s: float) -> None:
     deeplab_part(quick)
   elif part == 'cam_export':
     cam_export_part(quick)
+  elif part == 'crf':
+    crf_part(quick)
   else:
     raise SystemExit(f'unknown part {part!r}')
 
