@@ -162,6 +162,10 @@ def base_config() -> ml_collections.ConfigDict:
   k.oaa_members = 'anchor'
   k.oaa_first_epoch = 1        # OAA: first epoch (0-based) that accumulates (OAA: `epoch > 0`)
   k.oaa_fill_last_epoch = True  # OAA: the last epoch writes missing maps whatever the probability
+  # How many of each epoch's `train.repeats_per_epoch` rounds of groups feed OAA (0: all). With
+  # a single-image baseline that repeats its images (K = 1, R rounds), 1 gives each image one
+  # update per epoch, as 'anchor' gives the group model: the matched comparison.
+  k.oaa_rounds = 0
   # OAA: accumulate the graph, intermediate and ensemble readouts in one run (False: cams.source
   # only), so that export_cams can write any of them (Table 3's readout rows) from one store.
   k.oaa_all_readouts = False
@@ -372,6 +376,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(k.oaa_first_epoch >= 0 and (k.method != 'oaa' or k.oaa_first_epoch < t.num_epochs),
          'cams.oaa_first_epoch', k.oaa_first_epoch,
          f'must lie in [0, train.num_epochs={t.num_epochs}): no epoch would accumulate OAA maps')
+  _check(0 <= k.oaa_rounds <= t.repeats_per_epoch, 'cams.oaa_rounds', k.oaa_rounds,
+         f'must lie in [0, train.repeats_per_epoch={t.repeats_per_epoch}] (0: every round)')
   _check(0.0 <= k.bg_threshold <= 1.0, 'cams.bg_threshold', k.bg_threshold, 'must lie in [0, 1]')
   _check(len(k.scales) >= 1 and all(s > 0 for s in k.scales), 'cams.scales', k.scales,
          'needs at least one positive scale')

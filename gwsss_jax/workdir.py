@@ -117,7 +117,7 @@ def depends_on(record: str, config) -> dict:
             if k != 'data.saliency_dir']  # read by pseudo_labels only
     if config.cams.method == 'oaa':  # the OAA store is written during training
       keys += ['cams.prob_threshold', 'cams.oaa_members', 'cams.oaa_first_epoch',
-               'cams.oaa_fill_last_epoch', 'cams.oaa_all_readouts']
+               'cams.oaa_fill_last_epoch', 'cams.oaa_all_readouts', 'cams.oaa_rounds']
       if not config.cams.oaa_all_readouts:  # the store holds this readout only
         keys.append('cams.source')
   elif record == 'export_cams':

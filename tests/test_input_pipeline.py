@@ -312,6 +312,30 @@ def test_repeats_per_epoch_matches_a_group_models_images(setup):
     config_lib.validate(bad)
 
 
+def test_batches_name_the_round_of_each_group(setup):
+  """'round': with K = 1 and 3 rounds, each round's groups show every image once (the rounds
+  are shuffled together over the epoch); without repeats every group is of round 0."""
+  config, train, _ = setup
+  single = config.copy_and_resolve_references()
+  single.train.repeats_per_epoch = 3
+  batches = _collect(ip.train_iterator(train, single, num_nodes=1, global_batch=6, epoch=1,
+                                       process_index=0, process_count=1))
+  rounds = np.concatenate([b['round'] for b in batches])
+  anchors = np.concatenate([b['index'][:, 0] for b in batches])
+  assert rounds.dtype == np.int32 and len(rounds) == 3 * len(train)
+  for j in range(3):
+    assert sorted(anchors[rounds == j].tolist()) == list(range(len(train)))
+  assert len(set(rounds[:len(train)].tolist())) > 1  # interleaved, not round after round
+  plain = _collect(ip.train_iterator(train, config, num_nodes=3, global_batch=2, epoch=0,
+                                     process_index=0, process_count=1))
+  assert not np.concatenate([b['round'] for b in plain]).any()
+  for value in (-1, 4):
+    with pytest.raises(UserError, match='cams.oaa_rounds'):
+      bad = single.copy_and_resolve_references()
+      bad.cams.oaa_rounds = value
+      config_lib.validate(bad)
+
+
 def test_eval_at_training_resolution(setup):
   """`resize`: shorter side to `resize`, centre square; PIL's antialiased resize as reference."""
   config, _, val = setup

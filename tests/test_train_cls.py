@@ -107,3 +107,30 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, data_root, compile_cach
 
   # Complete: skipped; its figures stay in metrics/train_cls.json, where the pipeline put them.
   assert train_cls.run(config, interrupted) == {}
+
+
+def test_oaa_rounds_feeds_only_the_first_round(tmp_path, data_root):
+  """A single-image run that repeats its images twice an epoch: with `cams.oaa_rounds=1` each
+  map is the max over a subset of the updates that `oaa_rounds=0` takes (the classifier is the
+  same), every slot still gets its one update, and some maps are strictly smaller."""
+  from gwsss_jax.cams import oaa  # pylint: disable=g-import-not-at-top
+  overrides = dict(OVERRIDES, **{
+      'model.num_nodes': 1, 'model.graph_steps': 0, 'train.repeats_per_epoch': 2,
+      'train.num_epochs': 1, 'train.checkpoint_every_steps': 100, 'cams.oaa_first_epoch': 0,
+      'cams.oaa_members': 'all', 'cams.prob_threshold': 0.0, 'cams.oaa_fill_last_epoch': False})
+  stores = {}
+  for rounds in (0, 1):
+    config = demo_config(dict(overrides, **{'cams.oaa_rounds': rounds}), data_root)
+    workdir = str(tmp_path / f'rounds{rounds}')
+    assert train_cls.run(config, workdir)['train_cls/steps'] == 12  # 24 images x 2 / 4
+    labels = datasets.load_split(config, config.data.train_split).label_matrix()
+    stores[rounds] = oaa.MergedOAA(workdir, labels)
+  assert stores[0].num_missing() == stores[1].num_missing() == 0
+  smaller = 0
+  for i in range(24):
+    every, first = stores[0].get(i), stores[1].get(i)
+    assert sorted(every) == sorted(first)
+    for c in every:
+      assert (first[c] <= every[c]).all(), (i, c)
+      smaller += int((first[c] < every[c]).any())
+  assert smaller > 0

@@ -11,8 +11,10 @@ Which maps a training step feeds in (`accumulate_groups`, the keys `cams.oaa_*`)
 the group's anchor only (`oaa_members='anchor'`: every image is updated once per epoch, at its
 own anchor turn, as OAA does for single images and the release for its item 0), or of all K
 members ('all': images often drawn as partners are updated many times per epoch); from epoch
-`oaa_first_epoch` on (OAA and the release start at 1: `epoch > 0`); and whether the last epoch
-writes the maps still missing (`oaa_fill_last_epoch`).
+`oaa_first_epoch` on (OAA and the release start at 1: `epoch > 0`); from the first
+`oaa_rounds` of the epoch's `train.repeats_per_epoch` rounds of groups only (0: all; a
+single-image baseline that sees each image R times an epoch takes 1 to match 'anchor'); and
+whether the last epoch writes the maps still missing (`oaa_fill_last_epoch`).
 
 Readouts. A store accumulates one or more readouts ('ensemble', 'graph', 'intermediate'; the
 store's `readouts`): `cams.source` alone, or all three with `cams.oaa_all_readouts`, so that one
@@ -321,13 +323,13 @@ class MergedOAA:
 
 
 def accumulate_groups(store: OAAStore, cams_config, epoch: int, last_epoch: int, index, cams,
-                      probs, boxes=None, flips=None) -> None:
+                      probs, boxes=None, flips=None, rounds=None) -> None:
   """One training step's update of the store under the `cams.oaa_*` policy.
 
   Args:
     store: the process's `OAAStore`.
     cams_config: `config.cams` (prob_threshold, oaa_members, oaa_first_epoch,
-      oaa_fill_last_epoch).
+      oaa_fill_last_epoch, and oaa_rounds if present).
     epoch: the step's epoch (0-based); last_epoch: the run's last epoch.
     index: [b, K] dataset indices of the group members (column 0 the anchor).
     cams: {readout: [b, K', h, w, L]} export maps (`classifier.cams_for_export`) of the first
@@ -335,6 +337,8 @@ def accumulate_groups(store: OAAStore, cams_config, epoch: int, last_epoch: int,
       for a store of one readout.
     probs: [b, K, L] class probabilities (the graph readout).
     boxes, flips: optional [b, K, 4] and [b, K] (the training crops, `OAAStore.update`).
+    rounds: optional [b], each group's round within the epoch (the batch's 'round'); groups of a
+      round past `oaa_rounds` (when it is > 0) are left out.
   """
   if epoch < cams_config.oaa_first_epoch:
     return
@@ -345,7 +349,13 @@ def accumulate_groups(store: OAAStore, cams_config, epoch: int, last_epoch: int,
   held = min(np.shape(c)[1] for c in cams.values())
   if held < members:
     raise ValueError(f'cams hold {held} members per group, the policy needs {members}')
-  take = lambda x: None if x is None else np.asarray(x)[:, :members].reshape(
+  keep = slice(None)
+  oaa_rounds = cams_config.get('oaa_rounds', 0)
+  if oaa_rounds and rounds is not None:
+    keep = np.flatnonzero(np.asarray(rounds) < oaa_rounds)
+    if not len(keep):
+      return
+  take = lambda x: None if x is None else np.asarray(x)[keep, :members].reshape(
       (-1,) + np.shape(x)[2:])
   store.update(take(index), {r: take(c) for r, c in cams.items()}, take(probs),
                threshold=cams_config.prob_threshold,

@@ -186,8 +186,9 @@ def train_iterator(dataset, config, *, num_nodes: int, global_batch: int, epoch:
 
   Yields dicts of numpy arrays: 'images' float32 [b, K, C, C, 3], 'labels' float32 [b, K, L],
   'adjacency' float32 [b, K, K], 'index' int32 [b, K] (dataset indices; column 0 the anchor),
-  'boxes' float32 [b, K, 4] (each crop's (y0, x0, y1, x1) in 0..1 of its image) and 'flips'
-  bool [b, K].
+  'boxes' float32 [b, K, 4] (each crop's (y0, x0, y1, x1) in 0..1 of its image), 'flips'
+  bool [b, K] and 'round' int32 [b] (which of the epoch's `train.repeats_per_epoch` rounds of
+  groups the group comes from).
   """
   norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
   pi, pc = _process(process_index, process_count)
@@ -209,13 +210,14 @@ def train_iterator(dataset, config, *, num_nodes: int, global_batch: int, epoch:
         for k in range(num_nodes)])
     return {'images': tf.stack(images), 'labels': item['labels'],
             'adjacency': item['adjacency'], 'index': item['index'],
-            'boxes': tf.stack(boxes), 'flips': tf.stack(flips)}
+            'boxes': tf.stack(boxes), 'flips': tf.stack(flips), 'round': item['round']}
 
   ds = tf.data.Dataset.from_tensor_slices({
       'group': rows.astype(np.int64),
       'index': groups[rows].astype(np.int32),
       'labels': labels[groups[rows]],
       'adjacency': adjacency[rows],
+      'round': (rows // (len(groups) // config.train.repeats_per_epoch)).astype(np.int32),
   })
   ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=config.data.deterministic)
   ds = ds.batch(b, drop_remainder=True).prefetch(config.data.prefetch)

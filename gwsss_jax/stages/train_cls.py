@@ -249,6 +249,6 @@ def _oaa_hooks(config, workdir, dp, model, dataset, start, spe, total):
     rows = dp.local_rows(per_example)
     oaa.accumulate_groups(store, config.cams, epoch, last_epoch, host_batch['index'],
                           rows['cams'], rows['probs'], boxes=host_batch['boxes'],
-                          flips=host_batch['flips'])
+                          flips=host_batch['flips'], rounds=host_batch['round'])
   return store, on_step, store.flush
 
