@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -208,7 +207,7 @@ def test_policy_without_last_epoch_fill_leaves_unconfident_slots_missing(tmp_pat
   assert sorted(store.get(0)) == [0, 2] and store.get(1) == {}  # the anchor's slots only
 
 
-def test_policy_takes_only_the_first_oaa_rounds():
+def test_policy_takes_only_the_first_oaa_rounds(tmp_path):
   """`oaa_rounds=1`: groups of later rounds leave the store as it is; 0 takes every round."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   labels = np.array([[1, 0], [0, 1], [1, 1]], bool)
@@ -220,10 +219,12 @@ def test_policy_takes_only_the_first_oaa_rounds():
     cams_config = ml_collections.ConfigDict({
         'prob_threshold': 0.1, 'oaa_members': 'anchor', 'oaa_first_epoch': 0,
         'oaa_fill_last_epoch': False, 'oaa_rounds': oaa_rounds})
-    with tempfile.TemporaryDirectory() as d:
-      store = oaa.OAAStore.open(d, labels, (2, 2), process_index=0)
-      oaa.accumulate_groups(store, cams_config, 0, 1, index, cams, probs, rounds=rounds)
-      got[oaa_rounds] = {i: sorted(store.get(i)) for i in range(3)}
+    store = oaa.OAAStore.open(str(tmp_path / str(oaa_rounds)), labels, (2, 2), process_index=0)
+    oaa.accumulate_groups(store, cams_config, 0, 1, index, cams, probs, rounds=rounds)
+    got[oaa_rounds] = {i: sorted(store.get(i)) for i in range(3)}
+    if oaa_rounds:
+      with pytest.raises(ValueError, match='oaa_rounds'):
+        oaa.accumulate_groups(store, cams_config, 0, 1, index, cams, probs)
   assert got[0] == {0: [0], 1: [1], 2: [0, 1]}
   assert got[1] == {0: [0], 1: [], 2: []}       # rounds 2 and 1 left out
   assert got[2] == {0: [0], 1: [], 2: [0, 1]}   # round 2 left out

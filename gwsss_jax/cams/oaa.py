@@ -351,7 +351,9 @@ def accumulate_groups(store: OAAStore, cams_config, epoch: int, last_epoch: int,
     raise ValueError(f'cams hold {held} members per group, the policy needs {members}')
   keep = slice(None)
   oaa_rounds = cams_config.get('oaa_rounds', 0)
-  if oaa_rounds and rounds is not None:
+  if oaa_rounds:
+    if rounds is None:  # taking every round would silently break the policy
+      raise ValueError(f'cams.oaa_rounds={oaa_rounds} needs the groups\' rounds')
     keep = np.flatnonzero(np.asarray(rounds) < oaa_rounds)
     if not len(keep):
       return
