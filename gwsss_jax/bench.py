@@ -439,7 +439,8 @@ class Bench:
     from gwsss_jax.data import datasets  # pylint: disable=g-import-not-at-top
     from gwsss_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     config = self.config.copy_and_resolve_references()
-    ctx = dict(self.context, dataset=config.data.name, K=config.model.num_nodes,
+    ctx = dict(self.context, dataset=config.data.name, loader=config.data.loader,
+               K=config.model.num_nodes,
                image_size=config.data.crop_size, batch_groups=config.train.batch_size)
     try:
       with tempfile.TemporaryDirectory() as tmp:

@@ -27,6 +27,7 @@ RESIZE_MODES = ('shorter_side', 'square')
 ANCHOR_ORDERS = ('shuffle', 'list')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
 CRF_IMPLS = ('reference', 'jax')
+LOADERS = ('tf', 'numpy')
 
 # Keys renamed so that their names say what they mean: old key -> (new key, what else changed).
 # Each entry point refuses the old name with an error naming the new one (`renamed_message`):
@@ -84,8 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
   d.flip = True                # random horizontal flip
   d.normalization = 'auto'     # 'auto' (from the weights), 'imagenet_rgb', 'caffe_bgr'
   d.skip_bad = False
-  d.deterministic = True
-  d.prefetch = 2
+  d.loader = 'tf'              # input pipeline: 'tf' (tf.data) or 'numpy' (no TensorFlow needed)
+  d.num_threads = 0            # the numpy loader's threads; 0 = one per core
+  d.deterministic = True       # tf.data's element order (the numpy loader is always in order)
+  d.prefetch = 2               # batches loaded ahead
   d.cache_dir = ''             # masks cache; '' = <root>/masks_cache_<split> (COCO), <workdir>/cache (MSRC)
   d.msrc_labels = 'voc'        # MSRC label space: 'voc' = 12 VOC classes (person = face + body)
   # The built-in dataset (data.name='synthetic'), generated into <workdir>/data when root is ''.
@@ -310,6 +313,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(d.resize_mode in RESIZE_MODES, 'data.resize_mode', d.resize_mode,
          f'choose from {", ".join(map(repr, RESIZE_MODES))}')
   _check(d.resize >= 16, 'data.resize', d.resize, 'must be >= 16')
+  _check(d.loader in LOADERS, 'data.loader', d.loader,
+         f'choose from {", ".join(map(repr, LOADERS))}')
+  _check(d.num_threads >= 0, 'data.num_threads', d.num_threads, 'must be >= 0 (0: one per core)')
+  _check(d.prefetch >= 0, 'data.prefetch', d.prefetch, 'must be >= 0')
   _check(d.crop_size == 0 or d.crop_size >= 16, 'data.crop_size', d.crop_size,
          'must be 0 (no crop) or >= 16')
   _check(d.crop_size > 0 or d.resize_mode == 'square', 'data.crop_size', d.crop_size,

@@ -28,6 +28,7 @@ from gwsss_jax.common import cli
 from gwsss_jax.common import io as gio
 from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import core
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
 from gwsss_jax.seg import common
@@ -48,12 +49,7 @@ def list_images(directory: str) -> list:
   return paths
 
 
-def read_rgb(path: str) -> np.ndarray:
-  try:
-    with Image.open(path) as img:
-      return np.asarray(img.convert('RGB'))
-  except (OSError, SyntaxError, ValueError) as e:
-    raise UserError(f'unreadable image {path}: {e}') from None
+read_rgb = core.read_rgb
 
 
 def overlay(image: np.ndarray, label: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:

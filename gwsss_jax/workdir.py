@@ -37,15 +37,15 @@ RECORD_DIR = 'stages'
 _LOCATIONS = ('data.root', 'data.cache_dir', 'data.tfds_data_dir')
 # Keys that change how a run goes (logging, checkpoint spacing, workers, batching of inference,
 # the parallel implementation), not what it computes.
-_NO_EFFECT = ('data.prefetch', 'train.log_every_steps', 'train.checkpoint_every_steps',
-              'train.max_to_keep', 'train.eval_every_epochs', 'train.profile_steps',
+_NO_EFFECT = ('data.prefetch', 'data.num_threads', 'train.log_every_steps',
+              'train.checkpoint_every_steps', 'train.max_to_keep', 'train.eval_every_epochs', 'train.profile_steps',
               'parallel.impl', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
               'seg.max_to_keep', 'seg.min_labelled_fraction')
-# The data keys that decide which images and labels a run sees (the segmentation run does not
-# read the classifier's augmentation settings).
+# The data keys that decide which images and labels a run sees and how they are drawn (the
+# segmentation run does not read the classifier's augmentation settings).
 _DATA_SOURCE = ('data.name', 'data.num_classes', 'data.train_split', 'data.val_split',
                 'data.label_list', 'data.msrc_labels', 'data.skip_bad', 'data.deterministic',
-                'data.normalization', 'data.synthetic.')
+                'data.normalization', 'data.synthetic.', 'data.loader')
 # Keys of eval_seg, which its own manifest.json already checks (predictions of other settings
 # are replaced), and so are not part of train_seg's record; `seg.oracle` is in the record's name.
 _SEG_EVAL = ('seg.eval_scales', 'seg.eval_flip', 'seg.eval_batch_size', 'seg.crf', 'seg.oracle')

@@ -32,6 +32,8 @@ RUN_HERE = {
     'python -m benchmarks.conv_ops': ('tmp', True, SMOKE),
     'python -m benchmarks.pool_ops': ('tmp', True, SMOKE),
     'python -m gwsss_jax.bench --config=configs/demo.py --only=crf --steps=3': ('repo', True, SMOKE),
+    'python -m benchmarks.loaders --config=configs/demo.py --rounds=5 --batches=20':
+        ('repo', True, SMOKE),
 }
 # Commands that another test runs exactly as written (and checks its output) -> that test.
 RUN_ELSEWHERE = {
@@ -168,5 +170,12 @@ def _check_figures(module, cmd, records):
             for impl in POOL_IMPLS for op in ('fwd', 'fwd+grad')]
     assert sorted(rows) == sorted(want), rows
     assert all(r['ms'] >= 0 and (r['ms'] > 0 or r['pool'] != 'all4') for r in records), records
+  elif module == 'benchmarks.loaders':
+    rounds = [(r['round'], r['loader']) for r in records if 'round' in r]
+    assert rounds == [(0, 'tf'), (0, 'numpy')], records  # smoke: one round
+    summary = records[-1]
+    assert summary['name'] == 'loaders.numpy_over_tf' and summary['rounds'] == 1, records
+    assert summary['value'] > 0 and summary['tf_groups_per_s'] > 0, records
+    assert len(records) == 3, records
   else:
     raise AssertionError(f'no figure check for {cmd}')

@@ -17,10 +17,18 @@ import test_voc
 
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory):
+def voc_root(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('voc'))
   test_voc.write_voc(root, num_images=18, size=(36, 44))
+  return root
+
+
+# Every test of the iterators runs with both loaders: the properties are the same.
+@pytest.fixture(scope='module', params=config_lib.LOADERS)
+def setup(request, voc_root):
+  root = voc_root
   config = config_lib.base_config()
+  config.data.loader = request.param
   config.data.root = root
   config.data.num_classes = 4
   config.data.train_split = 'train'

@@ -34,6 +34,7 @@ from gwsss_jax.cams.pseudo import normalize_maps
 from gwsss_jax.common import console
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import core
 
 READOUTS = ('graph', 'intermediate', 'ensemble')
 MANIFEST = 'export.json'
@@ -251,13 +252,7 @@ def export_oaa(workdir: str, dataset, save_png: bool, source: str = 'ensemble') 
   return out
 
 
-def load_rgb(path: str) -> np.ndarray:
-  """uint8 [H, W, 3] RGB; UserError naming an unreadable file."""
-  try:
-    with Image.open(path) as img:
-      return np.asarray(img.convert('RGB'))
-  except (OSError, SyntaxError) as e:
-    raise UserError(f'unreadable image {path}: {e}') from None
+load_rgb = core.read_rgb
 
 
 def scale_sides(base: int, scales) -> list:

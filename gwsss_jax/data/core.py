@@ -90,6 +90,17 @@ def read_label_list(path: str, num_classes: int, bad: BadItems) -> dict:
   return out
 
 
+def read_rgb(path: str) -> np.ndarray:
+  """uint8 RGB [H, W, 3] of a JPEG, PNG or BMP, decoded by PIL (JPEGs with libjpeg's accurate
+  integer DCT; no EXIF rotation, as TensorFlow's decoders); a UserError naming an unreadable
+  file."""
+  try:
+    with Image.open(path) as img:
+      return np.asarray(img.convert('RGB'))
+  except (OSError, SyntaxError, ValueError) as e:
+    raise UserError(f'unreadable image {path}: {e}') from None
+
+
 def header_size(path: str):
   """(width, height) from the file header, without decoding the pixels; None if unreadable."""
   header = read_header(path)

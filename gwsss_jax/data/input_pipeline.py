@@ -1,47 +1,55 @@
-"""tf.data pipelines: groups for the classifier, padded evaluation batches, DeepLab crops.
+"""Input pipelines: groups for the classifier, padded evaluation batches, DeepLab crops.
 
-Every random choice is a stateless op seeded from (config.seed, epoch or position, index), and
+Two loaders make the batches, chosen by `data.loader`: 'tf' (tf.data, `tf_loader`, the
+default) and 'numpy' (NumPy, PIL and a thread pool, `np_loader`, for machines without
+TensorFlow). This module holds what they share, so that both see the same groups in the same
+order and the same shards: the groups of an epoch, the rows of each process, the evaluation
+slots, the DeepLab stream positions. Each loader then loads the rows: decoding, resizing and
+augmenting them. They apply the same transforms; their random draws come from different
+generators, so a given image's crop in a given epoch differs between them.
+
+Every random choice is a pure function of (config.seed, epoch or stream position, index), and
 the order of the examples is a numpy function of the same, so an iterator is positioned by
 (epoch, start_batch) (or start_step) alone: resuming yields bitwise the batches that an
 uninterrupted run would have. Skipping happens on the index list, before any decoding.
 
 Processes read disjoint shards: of each global batch of B rows, process i takes rows
-[i*b, (i+1)*b) with b = B / process_count. TensorFlow is kept off the accelerators (JAX owns
-them): this module hides GPUs and TPUs from TensorFlow at import.
+[i*b, (i+1)*b) with b = B / process_count.
 """
 
+import importlib
+import importlib.util
 import os
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from gwsss_jax import config as config_lib
 from gwsss_jax.common.errors import UserError
-from gwsss_jax.data import normalization as norm_lib
-from gwsss_jax.data import palette
-from gwsss_jax.data import sampler
 from gwsss_jax.data import core
+from gwsss_jax.data import normalization as norm_lib
+from gwsss_jax.data import sampler
 
-for _kind in ('GPU', 'TPU'):
-  try:
-    tf.config.set_visible_devices([], _kind)
-  except (RuntimeError, ValueError):  # Already initialised, or no such device type.
-    pass
-
-_AUTOTUNE = tf.data.AUTOTUNE
+LOADERS = config_lib.LOADERS
 
 # Every iterator takes `normalization`: a convention name of `data.normalization`
 # ('imagenet_rgb', 'caffe_bgr') or the full spec stored with the weights (its mean may differ
 # from the named one's, e.g. DeepLab's Caffe mean), applied exactly as given.
 
+input_size = config_lib.input_size  # defined with the config: the steps need it without TF
 
-def _normalize_tf(x, normalization):
-  """float32 RGB 0..255 -> normalised (`normalization.normalize` in TensorFlow)."""
-  bgr, mean, std = norm_lib.constants(normalization)
-  if bgr:
-    x = x[..., ::-1]
-  return (x - tf.constant(mean)) / tf.constant(std)
+
+def loader_module(config):
+  """The module of `config.data.loader`; a clear error where TensorFlow is missing."""
+  name = config.data.loader
+  if name not in LOADERS:
+    raise UserError(f'config.data.loader={name!r}: choose from '
+                    f'{", ".join(map(repr, LOADERS))}')
+  if name == 'tf' and importlib.util.find_spec('tensorflow') is None:
+    raise UserError("config.data.loader='tf' needs TensorFlow, which is not installed: "
+                    "pip install -r requirements.txt, or set --config.data.loader=numpy")
+  return importlib.import_module(
+      'gwsss_jax.data.' + {'tf': 'tf_loader', 'numpy': 'np_loader'}[name])
 
 
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
@@ -62,104 +70,6 @@ def _per_process(global_batch: int, process_count: int, key: str) -> int:
     raise UserError(f'config.{key}={global_batch}: must be a positive multiple of the number '
                     f'of processes ({process_count})')
   return global_batch // process_count
-
-
-def _options(config) -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = bool(config.data.deterministic)
-  options.experimental_optimization.map_parallelization = True
-  return options
-
-
-def _decode(path):
-  """uint8 RGB [H, W, 3] of a JPEG, PNG or BMP (MSRC); JPEGs decoded with the accurate integer
-  DCT, as PIL (and so the PyTorch pipelines) decode them, rather than TensorFlow's faster default."""
-  data = tf.io.read_file(path)
-  image = tf.cond(
-      tf.io.is_jpeg(data),
-      lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
-      lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
-  return tf.ensure_shape(image, [None, None, 3])
-
-
-def _read_label(path):
-  """Class indices of a palette PNG (TensorFlow would decode its colours), uint8 [H, W]."""
-  label = tf.numpy_function(lambda p: palette.read_label_png(p.decode()), [path], tf.uint8)
-  return tf.ensure_shape(label, [None, None])
-
-
-def _seeds(seed, n):
-  return tf.unstack(tf.random.experimental.stateless_split(seed, n))
-
-
-def _uniform(seed, lo, hi):
-  return tf.random.stateless_uniform([], seed, lo, hi, dtype=tf.float32)
-
-
-def _color_jitter(x, jitter, seed):
-  """torchvision-style ColorJitter on 0..1 RGB, in a fixed order: brightness, contrast,
-  saturation (factors drawn from [1 - j, 1 + j]), hue (shift drawn from [-j, j])."""
-  b, c, s, h = (float(v) for v in jitter)
-  sb, sc, ss, sh = _seeds(seed, 4)
-  if b > 0:
-    x = tf.clip_by_value(x * _uniform(sb, max(0.0, 1 - b), 1 + b), 0.0, 1.0)
-  if c > 0:
-    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(x))
-    x = tf.clip_by_value((x - mean) * _uniform(sc, max(0.0, 1 - c), 1 + c) + mean, 0.0, 1.0)
-  if s > 0:
-    gray = tf.image.rgb_to_grayscale(x)
-    x = tf.clip_by_value((x - gray) * _uniform(ss, max(0.0, 1 - s), 1 + s) + gray, 0.0, 1.0)
-  if h > 0:
-    x = tf.clip_by_value(tf.image.adjust_hue(x, _uniform(sh, -h, h)), 0.0, 1.0)
-  return x
-
-
-def _random_crop_offsets(height, width, size, seed):
-  s1, s2 = _seeds(seed, 2)
-  top = tf.random.stateless_uniform([], s1, 0, height - size + 1, dtype=tf.int32)
-  left = tf.random.stateless_uniform([], s2, 0, width - size + 1, dtype=tf.int32)
-  return top, left
-
-
-input_size = config_lib.input_size  # defined with the config: the steps need it without TF
-
-
-def _train_image(path, seed, config, normalization):
-  """Resize (`data.resize_mode`), colour jitter, random crop (none when `data.crop_size` is 0),
-  random flip (`data.flip`), normalise.
-
-  Returns the image [S, S, 3] float32 (S = `input_size`), the crop box (y0, x0, y1, x1) as
-  fractions of the whole image, and whether it was mirrored: OAA maps each crop's CAM back into
-  the whole image (without a crop the box is the whole image, and that is a plain resize).
-  """
-  d = config.data
-  crop = input_size(config)
-  s_jit, s_crop, s_flip = _seeds(seed, 3)
-  image = _decode(path)
-  hw = tf.cast(tf.shape(image)[:2], tf.float32)
-  if d.resize_mode == 'square':
-    new_hw = tf.constant([d.resize, d.resize], tf.int32)
-  else:
-    resize = max(d.resize, crop)
-    new_hw = tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32)
-    new_hw = tf.maximum(new_hw, crop)
-  x = tf.image.resize(tf.cast(image, tf.float32) / 255.0, new_hw, 'bilinear', antialias=True)
-  x = _color_jitter(tf.clip_by_value(x, 0.0, 1.0), d.color_jitter, s_jit)
-  if d.crop_size:
-    top, left = _random_crop_offsets(new_hw[0], new_hw[1], crop, s_crop)
-  else:
-    top, left = tf.constant(0), tf.constant(0)
-  x = x[top:top + crop, left:left + crop]
-  flip = tf.constant(False)
-  if d.flip:
-    flip = _uniform(s_flip, 0.0, 1.0) < 0.5
-    x = tf.where(flip, x[:, ::-1], x)
-  x = tf.ensure_shape(x, [crop, crop, 3])
-  new_hw = tf.cast(new_hw, tf.float32)
-  box = tf.stack([tf.cast(top, tf.float32) / new_hw[0], tf.cast(left, tf.float32) / new_hw[1],
-                  tf.cast(top + crop, tf.float32) / new_hw[0],
-                  tf.cast(left + crop, tf.float32) / new_hw[1]])
-  return _normalize_tf(x * 255.0, normalization), box, flip
 
 
 def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
@@ -189,39 +99,27 @@ def train_iterator(dataset, config, *, num_nodes: int, global_batch: int, epoch:
   'boxes' float32 [b, K, 4] (each crop's (y0, x0, y1, x1) in 0..1 of its image), 'flips'
   bool [b, K] and 'round' int32 [b] (which of the epoch's `train.repeats_per_epoch` rounds of
   groups the group comes from).
+
+  Each image: resize (`data.resize_mode`), colour jitter, random crop (none when
+  `data.crop_size` is 0), random flip (`data.flip`), normalise.
   """
   norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
+  loader = loader_module(config)
   pi, pc = _process(process_index, process_count)
   b = _per_process(global_batch, pc, 'train.batch_size')
   groups, adjacency, order = epoch_groups(dataset, config, num_nodes=num_nodes, epoch=epoch)
   steps = steps_per_epoch(len(groups), global_batch)
   rows = order[:steps * global_batch].reshape(steps, pc, b)[start_batch:, pi].reshape(-1)
   labels = dataset.label_matrix().astype(np.float32)
-  paths = tf.constant([ex.image_path for ex in dataset.examples])
-  base_seed = tf.constant([config.seed, epoch], tf.int64)
-
-  # One traced function for the K images of a group (tracing is the slow part of set-up).
-  one_image = tf.function(lambda path, seed: _train_image(path, seed, config, normalization))
-
-  def load(item):
-    seed = tf.random.experimental.stateless_fold_in(base_seed, item['group'])
-    images, boxes, flips = zip(*[
-        one_image(paths[item['index'][k]], tf.random.experimental.stateless_fold_in(seed, k))
-        for k in range(num_nodes)])
-    return {'images': tf.stack(images), 'labels': item['labels'],
-            'adjacency': item['adjacency'], 'index': item['index'],
-            'boxes': tf.stack(boxes), 'flips': tf.stack(flips), 'round': item['round']}
-
-  ds = tf.data.Dataset.from_tensor_slices({
-      'group': rows.astype(np.int64),
+  items = {
+      'group': rows.astype(np.int64),  # the row in the epoch's groups: seeds its draws
       'index': groups[rows].astype(np.int32),
       'labels': labels[groups[rows]],
-      'adjacency': adjacency[rows],
+      'adjacency': adjacency[rows].astype(np.float32),
       'round': (rows // (len(groups) // config.train.repeats_per_epoch)).astype(np.int32),
-  })
-  ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=config.data.deterministic)
-  ds = ds.batch(b, drop_remainder=True).prefetch(config.data.prefetch)
-  return ds.with_options(_options(config)).as_numpy_iterator()
+  }
+  return loader.train_batches(dataset, config, items, batch=b, epoch=epoch,
+                              normalization=normalization)
 
 
 def image_sizes(dataset) -> np.ndarray:
@@ -253,6 +151,7 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
   and with `with_rgb` the images as decoded, 'rgb' uint8 [b, Hp, Wp, 3] (the dense CRF's input).
   """
   norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
+  loader = loader_module(config)
   pi, pc = _process(process_index, process_count)
   if resize:
     if with_masks or with_rgb:
@@ -273,48 +172,12 @@ def eval_iterator(dataset, config, *, batch_size: int, pad_to=None,
   index = np.arange(total)
   index = index.reshape(-1, pc, batch_size)[:, pi].reshape(-1)
   index = np.where(index < n, index, -1).astype(np.int32)
-  paths = tf.constant([ex.image_path for ex in dataset.examples] or [''])
-  mask_paths = tf.constant([ex.mask_path or '' for ex in dataset.examples] or [''])
-  hp, wp = pad_to
-
-  def load(i):
-    valid = i >= 0
-    j = tf.maximum(i, 0)
-    decoded = _decode(paths[j])
-    image = tf.cast(decoded, tf.float32)
-    if resize:
-      hw = tf.cast(tf.shape(image)[:2], tf.float32)
-      new_hw = tf.maximum(tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32), resize)
-      if square:
-        new_hw = tf.constant([resize, resize], tf.int32)
-      image = tf.image.resize(image / 255.0, new_hw, 'bilinear', antialias=True)
-      image = tf.image.resize_with_crop_or_pad(tf.clip_by_value(image, 0.0, 1.0) * 255.0,
-                                               resize, resize)
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    x = _normalize_tf(image, normalization)
-    x = tf.image.pad_to_bounding_box(x, 0, 0, hp, wp) * tf.cast(valid, tf.float32)
-    if with_masks:
-      mask = tf.cond(tf.strings.length(mask_paths[j]) > 0,
-                     lambda: _read_label(mask_paths[j]),
-                     lambda: tf.fill([h, w], tf.constant(palette.IGNORE, tf.uint8)))
-      mask = tf.where(valid, mask, tf.constant(palette.IGNORE, tf.uint8))
-    else:
-      mask = tf.fill([h, w], tf.constant(palette.IGNORE, tf.uint8))
-    mask = tf.pad(mask, [[0, hp - h], [0, wp - w]], constant_values=palette.IGNORE)
-    out = {'images': tf.ensure_shape(x, [hp, wp, 3]), 'masks': tf.ensure_shape(mask, [hp, wp]),
-           'hw': tf.stack([h, w]), 'index': i, 'valid': valid}
-    if with_rgb:
-      out['rgb'] = tf.ensure_shape(tf.image.pad_to_bounding_box(decoded, 0, 0, hp, wp),
-                                   [hp, wp, 3])
-    return out
-
-  ds = tf.data.Dataset.from_tensor_slices(index)
-  ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
-  ds = ds.batch(batch_size).prefetch(config.data.prefetch)
-  return ds.with_options(_options(config)).as_numpy_iterator()
+  return loader.eval_batches(dataset, config, index, batch=batch_size, pad_to=pad_to,
+                             normalization=normalization, with_masks=with_masks,
+                             with_rgb=with_rgb, resize=resize, square=square)
 
 
-def _seg_positions(num_examples, seed, global_batch, b, pi, start_step):
+def seg_positions(num_examples, seed, global_batch, b, pi, start_step):
   """(example index, stream position) forever: the examples in a fresh permutation per pass."""
   perms = {}
   step = start_step
@@ -338,6 +201,7 @@ def seg_train_iterator(dataset, config, *, label_dir=None, global_batch: int, st
   Yields 'images' float32 [b, C, C, 3] and 'labels' int32 [b, C, C].
   """
   norm_lib.resolve(normalization)  # a bad spec fails here, naming itself
+  loader = loader_module(config)
   pi, pc = _process(process_index, process_count)
   b = _per_process(global_batch, pc, 'seg.batch_size')
   if label_dir is None:
@@ -352,39 +216,31 @@ def seg_train_iterator(dataset, config, *, label_dir=None, global_batch: int, st
     if missing:
       raise UserError(f'pseudo label not found: {missing[0]} (and {len(missing) - 1} more); '
                       'run the pseudo_labels stage first')
-  crop = config.seg.crop_size
-  lo, hi = (float(v) for v in config.seg.scale_range)
-  paths = tf.constant([ex.image_path for ex in dataset.examples])
-  labels = tf.constant(label_paths)
-  base_seed = tf.constant([config.seed, 0x5e9], tf.int64)
+  positions = seg_positions(len(dataset), config.seed, global_batch, b, pi, start_step)
+  return loader.seg_batches(dataset, config, label_paths, positions, batch=b,
+                            normalization=normalization)
 
-  def load(i, p):
-    s_scale, s_crop, s_flip = _seeds(tf.random.experimental.stateless_fold_in(base_seed, p), 3)
-    image = tf.cast(_decode(paths[i]), tf.float32)
-    label = _read_label(labels[i])[..., None]
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    new_hw = tf.maximum(tf.cast(tf.round(hw * _uniform(s_scale, lo, hi)), tf.int32), 1)
-    x = _normalize_tf(tf.image.resize(image, new_hw, 'bilinear'), normalization)
-    y = tf.image.resize(label, new_hw, 'nearest')
-    ph = tf.maximum(crop - new_hw[0], 0)
-    pw = tf.maximum(crop - new_hw[1], 0)
-    x = tf.pad(x, [[0, ph], [0, pw], [0, 0]])
-    y = tf.pad(y, [[0, ph], [0, pw], [0, 0]], constant_values=palette.IGNORE)
-    top, left = _random_crop_offsets(new_hw[0] + ph, new_hw[1] + pw, crop, s_crop)
-    x = x[top:top + crop, left:left + crop]
-    y = y[top:top + crop, left:left + crop, 0]
-    flip = _uniform(s_flip, 0.0, 1.0) < 0.5
-    x = tf.where(flip, x[:, ::-1], x)
-    y = tf.where(flip, y[:, ::-1], y)
-    return {'images': tf.ensure_shape(x, [crop, crop, 3]),
-            'labels': tf.ensure_shape(tf.cast(y, tf.int32), [crop, crop])}
 
-  ds = tf.data.Dataset.from_generator(
-      lambda: _seg_positions(len(dataset), config.seed, global_batch, b, pi, start_step),
-      output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)))
-  ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=config.data.deterministic)
-  ds = ds.batch(b, drop_remainder=True).prefetch(config.data.prefetch)
-  return ds.with_options(_options(config)).as_numpy_iterator()
+def groups_per_s(dataset, config, num_batches: int, epoch: int = 0) -> float:
+  """Groups per second of `train_iterator` over `num_batches` batches of `epoch`; the first
+  batch (set-up: tracing, the thread pool, the first reads) is not timed."""
+  normalization = config.data.normalization
+  if normalization == 'auto':
+    normalization = 'imagenet_rgb'
+  it = train_iterator(dataset, config, num_nodes=config.model.num_nodes,
+                      global_batch=config.train.batch_size, epoch=epoch,
+                      normalization=normalization, process_index=0, process_count=1)
+  next(it)
+  t0 = time.perf_counter()
+  done = 0
+  for batch in it:
+    done += batch['images'].shape[0]
+    if done >= num_batches * config.train.batch_size:
+      break
+  rate = done / max(time.perf_counter() - t0, 1e-9)
+  if hasattr(it, 'close'):
+    it.close()  # the numpy loader's threads stop at once
+  return rate
 
 
 def benchmark(config, num_batches: int) -> float:
@@ -394,20 +250,8 @@ def benchmark(config, num_batches: int) -> float:
   """
   from gwsss_jax.data import datasets  # pylint: disable=g-import-not-at-top
   dataset = datasets.load_split(config, config.data.train_split)
-  normalization = config.data.normalization
-  if normalization == 'auto':
-    normalization = 'imagenet_rgb'
-  it = train_iterator(dataset, config, num_nodes=config.model.num_nodes,
-                      global_batch=config.train.batch_size, epoch=0, normalization=normalization,
-                      process_index=0, process_count=1)
-  next(it)
-  t0 = time.perf_counter()
-  done = 0
-  for batch in it:
-    done += batch['images'].shape[0]
-    if done >= num_batches * config.train.batch_size:
-      break
-  rate = done / max(time.perf_counter() - t0, 1e-9)
-  print(f'input pipeline: {rate:.1f} groups/s ({config.model.num_nodes} images of '
-        f'{input_size(config)}px each, batch {config.train.batch_size})')
+  rate = groups_per_s(dataset, config, num_batches)
+  print(f'input pipeline ({config.data.loader}): {rate:.1f} groups/s '
+        f'({config.model.num_nodes} images of {input_size(config)}px each, '
+        f'batch {config.train.batch_size})')
   return rate

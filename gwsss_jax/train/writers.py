@@ -1,10 +1,14 @@
 """Metrics, progress and the NaN guard of the training loops (clu).
 
 Only process 0 writes TensorBoard summaries; the others log to the console only. clu's writers
-import TensorFlow (seconds), so they are imported where a writer is made.
+import TensorFlow (seconds), so they are imported where a writer is made. Without clu or
+TensorFlow (`data.loader='numpy'` on a machine that has neither), the scalars go to
+`<logdir>/scalars.jsonl` instead, one JSON object per write, and the progress hooks are off.
 """
 
+import json
 import math
+import os
 from typing import Callable, Optional
 
 import jax
@@ -18,10 +22,48 @@ def create_writer(logdir: str):
   """TensorBoard events under `logdir` on process 0, nothing on the others. No console writer:
   the training loop prints its own line per interval (`progress_line`), and clu's
   `LoggingWriter` would print the same numbers a second time."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # clu, or the TensorFlow its summary writer needs, is missing
+    _warn_once(f'no TensorBoard summaries ({e}): scalars go to {logdir}/scalars.jsonl')
+    return JsonLinesWriter(logdir if jax.process_index() == 0 else None)
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(logdir)])
+
+
+_warned = set()
+
+
+def _warn_once(message: str) -> None:
+  if message not in _warned:
+    _warned.add(message)
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning(message)
+
+
+class JsonLinesWriter:
+  """The part of clu's MetricWriter that the training loops use, appending
+  `{"step": s, "<tag>": value, ...}` lines to `<logdir>/scalars.jsonl` (None: writes nothing).
+  Each write is one line flushed at once, so an interrupted run leaves whole lines."""
+
+  def __init__(self, logdir):
+    self._path = None if logdir is None else os.path.join(logdir, 'scalars.jsonl')
+    if self._path:
+      os.makedirs(logdir, exist_ok=True)
+
+  def write_scalars(self, step: int, scalars) -> None:
+    if self._path is None:
+      return
+    line = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(line) + '\n')
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
 
 
 def periodic_hooks(logdir: str, *, num_train_steps: int, profile_steps: int) -> list:
@@ -32,7 +74,13 @@ def periodic_hooks(logdir: str, *, num_train_steps: int, profile_steps: int) -> 
   where the training loop writes `<stage>/steps_per_sec` itself."""
   if jax.process_index() > 0:
     return []
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  try:
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    if profile_steps > 0:
+      raise UserError(f'train.profile_steps={profile_steps} needs clu ({e}): pip install clu, '
+                      'or set it to 0') from None
+    return []
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_train_steps, every_secs=60.0)]
   if profile_steps > 0:
     hooks.append(periodic_actions.Profile(logdir=logdir, num_profile_steps=profile_steps,
