@@ -39,6 +39,7 @@ RUN_HERE = {
 RUN_ELSEWHERE = {
     'python -m gwsss_jax.bench --config=configs/demo.py --quick': 'tests/test_bench.py',
     'bash benchmarks/device_check.sh --quick': 'tests/test_device_check.py',
+    'bash benchmarks/msrc_device.sh --quick': 'tests/test_msrc_device.py',
     'python -m gwsss_jax.sweep --config=configs/msrc.py --sweep=configs/sweeps/msrc_groupwise.py '
     '--workdir=runs/msrc_groupwise --seeds=0,1,2 --print_commands': 'tests/test_sweep.py',
     'python -m gwsss_jax.data.synthetic --out runs/crf_synthetic --num_train 1 --num_val 48':

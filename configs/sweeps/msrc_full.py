@@ -1,0 +1,27 @@
+"""Group-wise mining against the single-image baseline at the paper's sizes
+(`configs/msrc.py:full`, docs/msrc.md, "At the paper's sizes"), for a GPU.
+
+Run on a GPU machine without TensorFlow (every seed of both variants at once, through the CAMs
+and pseudo labels): `bash benchmarks/msrc_device.sh`. Or, where TensorFlow is installed, one
+variant and seed after another:
+  python -m gwsss_jax.sweep --config=configs/msrc.py:full --sweep=configs/sweeps/msrc_full.py \
+    --workdir=runs/msrc_full --seeds=0,1,2 \
+    --set=data.root=/data/msrc_v2,model.pretrained=.cache/weights/vgg16_imagenet_onnx,seg.pretrained=.cache/weights/vgg16_imagenet_onnx
+
+The group model takes 1 group of K = 4 images a step; the baseline 4 single images, every image
+4 times an epoch (`train.repeats_per_epoch`), so both run the same steps and see each image
+equally often. The full schedule keeps OAA's own rule (the anchor's map, from the second epoch),
+one update per image and epoch for the group model; `cams.oaa_rounds=1` gives the baseline the
+same count (docs/msrc.md: the update count moves the pseudo labels more than anything else
+measured on the CPU schedule).
+"""
+
+
+def get_sweep():
+  """(name, overrides, reuse) triples (see gwsss_jax.sweep)."""
+  return [
+      ('single_image_K1', {'model.num_nodes': 1, 'model.graph_steps': 0,
+                           'train.batch_size': 4, 'train.repeats_per_epoch': 4,
+                           'cams.oaa_rounds': 1}, None),
+      ('group_K4_T3', {'model.num_nodes': 4, 'model.graph_steps': 3}, None),
+  ]
