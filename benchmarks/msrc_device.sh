@@ -9,7 +9,8 @@
 #   bash benchmarks/msrc_device.sh --quick    # smoke test on any machine (a tiny random MSRC)
 #
 # .device_msrc comes from `python -m benchmarks.msrc_device pack` (MSRC-v2 as JPEGs and the
-# VGG16 in float16, 56 MiB). Environment: SEEDS (default 0,1,2; --quick: 0), RUN_S (each
+# VGG16 in float16, 56 MiB). Environment: SEEDS (default 0,1,2; --quick: 0), ONLY (the sweep's
+# variants, default single_image_K1,group_K4_T3), RUN_S (each
 # run's time limit, default 480 s), GWSSS_MSRC_PACK (default .device_msrc), GWSSS_SET (more
 # `key=value,...` overrides for every run), OUT (where the table, the per-seed CSV and the logs
 # go; default runs/msrc_device).
@@ -46,7 +47,7 @@ fi
 "$PY" -m benchmarks.msrc_device unpack --src="$PACK" --out="$WORK/msrc_v2" || exit 2
 
 SWEEP=(-m gwsss_jax.sweep --config=configs/msrc.py:full --sweep=configs/sweeps/msrc_full.py
-       --workdir="$WORK/runs" --seeds="$SEEDS"
+       --workdir="$WORK/runs" --seeds="$SEEDS" --only="${ONLY:-single_image_K1,group_K4_T3}"
        --stages=train_cls,export_cams,pseudo_labels,eval_cams
        --set="data.loader=numpy,data.num_threads=2,data.root=$WORK/msrc_v2,model.pretrained=$WEIGHTS$EXTRA${GWSSS_SET:+,$GWSSS_SET}")
 "$PY" "${SWEEP[@]}" --print_commands > "$WORK/commands.txt" || exit 2

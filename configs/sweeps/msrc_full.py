@@ -14,6 +14,11 @@ equally often. The full schedule keeps OAA's own rule (the anchor's map, from th
 one update per image and epoch for the group model; `cams.oaa_rounds=1` gives the baseline the
 same count (docs/msrc.md: the update count moves the pseudo labels more than anything else
 measured on the CPU schedule).
+
+`group_K4_T3_small_graph` is the group model with the CPU schedule's graph (64-channel nodes,
+1x1 ConvGRU) at the paper's input sizes: on the CPU schedule the paper-size graph trained
+worse than the small one (docs/msrc.md), and this variant tells at 224 pixels whether the
+graph's size or the input size decides. msrc_device.sh runs the first two unless ONLY names it.
 """
 
 
@@ -24,4 +29,6 @@ def get_sweep():
                            'train.batch_size': 4, 'train.repeats_per_epoch': 4,
                            'cams.oaa_rounds': 1}, None),
       ('group_K4_T3', {'model.num_nodes': 4, 'model.graph_steps': 3}, None),
+      ('group_K4_T3_small_graph', {'model.num_nodes': 4, 'model.graph_steps': 3,
+                                   'model.node_dim': 64, 'model.gru_kernel': 1}, None),
   ]
