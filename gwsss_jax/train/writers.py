@@ -45,7 +45,9 @@ def _warn_once(message: str) -> None:
 class JsonLinesWriter:
   """The part of clu's MetricWriter that the training loops use, appending
   `{"step": s, "<tag>": value, ...}` lines to `<logdir>/scalars.jsonl` (None: writes nothing).
-  Each write is one line flushed at once, so an interrupted run leaves whole lines."""
+  Each write is one line flushed at once, so an interrupted run leaves whole lines; a resumed
+  run appends, so the steps between its last checkpoint and the interruption appear twice (the
+  later line is the resumed run's)."""
 
   def __init__(self, logdir):
     self._path = None if logdir is None else os.path.join(logdir, 'scalars.jsonl')
