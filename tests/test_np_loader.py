@@ -173,3 +173,15 @@ def test_an_unreadable_image_is_named(setup, tmp_path):
     list(ip.eval_iterator(broken, config, batch_size=2, pad_to=(40, 50), process_index=0,
                           process_count=1, with_masks=False))
   assert os.path.getsize(bad) == 12  # read, not touched
+
+
+def test_a_mask_of_another_size_is_named(setup, tmp_path):
+  config, _, val = setup
+  config = _with(config, data__loader='numpy')
+  ex = val.examples[0]
+  small = str(tmp_path / 'small.png')
+  palette.save_label_png(small, np.zeros((5, 7), np.uint8))
+  broken = val.__class__(**{**val.__dict__, 'examples': [ex.__class__(
+      **{**ex.__dict__, 'mask_path': small})] + list(val.examples[1:])})
+  with pytest.raises(UserError, match=f'{small}: mask 7x5 differs from its image'):
+    list(ip.eval_iterator(broken, config, batch_size=2, process_index=0, process_count=1))

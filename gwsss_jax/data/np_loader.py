@@ -209,7 +209,11 @@ def eval_batches(dataset, config, index, *, batch: int, pad_to, normalization, w
     if i >= 0:
       x[:h, :w] = norm_lib.normalize(image, normalization)
       if with_masks and ex.mask_path:
-        mask[:h, :w] = palette.read_label_png(ex.mask_path)
+        label = palette.read_label_png(ex.mask_path)
+        if label.shape != (h, w):
+          raise UserError(f'{ex.mask_path}: mask {label.shape[1]}x{label.shape[0]} differs from '
+                          f'its image {ex.image_path} ({w}x{h})')
+        mask[:h, :w] = label
     out = {'images': x, 'masks': mask, 'hw': np.array([h, w], np.int32),
            'index': np.int32(i), 'valid': np.bool_(i >= 0)}
     if with_rgb:
