@@ -23,20 +23,25 @@ def voc_root(tmp_path_factory):
   return root
 
 
-# Every test of the iterators runs with both loaders: the properties are the same.
-@pytest.fixture(scope='module', params=config_lib.LOADERS)
-def setup(request, voc_root):
-  root = voc_root
+def small_setup(root, seed, loader='tf'):
+  """(config, train split, val split) of a small VOC tree at `root`: 24-pixel crops of a
+  28-pixel shorter side, DeepLab crops of 40 (tests/test_np_loader.py uses it too)."""
   config = config_lib.base_config()
-  config.data.loader = request.param
+  config.data.loader = loader
   config.data.root = root
   config.data.num_classes = 4
   config.data.train_split = 'train'
   config.data.crop_size = 24
   config.data.resize = 28
   config.seg.crop_size = 40
-  config.seed = 3
+  config.seed = seed
   return config, voc.load(config.data, 'train'), voc.load(config.data, 'val')
+
+
+# Every test of the iterators runs with both loaders: the properties are the same.
+@pytest.fixture(scope='module', params=config_lib.LOADERS)
+def setup(request, voc_root):
+  return small_setup(voc_root, seed=3, loader=request.param)
 
 
 def _collect(it):

@@ -19,7 +19,7 @@ from gwsss_jax.data import input_pipeline as ip
 from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import np_loader
 from gwsss_jax.data import palette
-from gwsss_jax.data import voc
+import test_input_pipeline
 import test_voc
 
 tf = pytest.importorskip('tensorflow')
@@ -29,16 +29,8 @@ from gwsss_jax.data import tf_loader  # pylint: disable=g-import-not-at-top,g-ba
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('voc'))
-  test_voc.write_voc(root, num_images=12, size=(37, 45))
-  config = config_lib.base_config()
-  config.data.root = root
-  config.data.num_classes = 4
-  config.data.train_split = 'train'
-  config.data.crop_size = 24
-  config.data.resize = 28
-  config.seg.crop_size = 40
-  config.seed = 5
-  return config, voc.load(config.data, 'train'), voc.load(config.data, 'val')
+  test_voc.write_voc(root, num_images=12, size=(37, 45))  # 37 x 45: every resize resamples
+  return test_input_pipeline.small_setup(root, seed=5)
 
 
 def _with(config, **keys):
