@@ -52,8 +52,9 @@ bench: install
 	$(PY) -m gwsss_jax.bench $(ARGS)
 
 # Wheels that benchmarks/device_check.sh installs offline on the GPU machine (Python 3.12, no
-# ml-collections): pure-Python, so one download serves any platform. Carry .wheels with the run.
-DEVICE_WHEELS ?= ml-collections==1.1.0 absl-py==2.5.1
+# ml-collections; tqdm should an image lack it): pure-Python, so one download serves any
+# platform. Carry .wheels with the run.
+DEVICE_WHEELS ?= ml-collections==1.1.0 absl-py==2.5.1 tqdm==4.70.1
 device-wheels:
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 	  --implementation py --abi none --platform any -d .wheels $(DEVICE_WHEELS)

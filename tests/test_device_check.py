@@ -56,6 +56,24 @@ def test_documented_quick_device_check(tmp_path):
   assert '| release_step_torch_compile |' in table and 'failed' in table
 
 
+@pytest.mark.slow
+def test_release_part_without_pytorch_still_times_jax(tmp_path):
+  """Where PyTorch is missing (or its server fails), the JAX release step is timed alone."""
+  env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, GWSSS_HIDE='torch',
+             PYTHONPATH=os.pathsep.join([os.path.join(ROOT, 'tests', 'no_tensorflow'), ROOT]))
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run(shlex.split(QUICK_COMMAND) + ['--parts=release'], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  by_name = {r['name']: r for r in map(json.loads, filter(str.strip, proc.stdout.splitlines()))}
+  assert set(by_name) == {'release_step_jax', 'release_step_torch_eager',
+                          'release_step_torch_compile'}, sorted(by_name)
+  jax_fig = by_name['release_step_jax']
+  assert jax_fig['value'] > 0 and jax_fig['step_s'] > 0 and 'timed alone' in jax_fig['note']
+  assert by_name['release_step_torch_eager']['value'] is None
+  assert 'error' in by_name['release_step_torch_eager']
+
+
 def test_largest_batch_estimate():
   from benchmarks import device_check
 
