@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # configs/msrc.py:full on one GPU (docs/msrc.md, "At the paper's sizes"): the group-wise model
-# (K = 4, T = 3) against the matched single-image baseline (configs/sweeps/msrc_full.py), every
-# seed of both in its own process at once, through the CAMs, the pseudo labels and their
+# (K = 4, T = 3) and the authors' network (K = 3) against the matched single-image baseline
+# (configs/sweeps/msrc_full.py), every seed of each in its own process at once, through the CAMs, the pseudo labels and their
 # evaluation. DeepLab is left out: its 3000 steps of 10 crops do not fit a borrowed machine's
 # minutes. Needs neither TensorFlow nor clu (data.loader=numpy). Run from anywhere.
 #
@@ -10,7 +10,7 @@
 #
 # .device_msrc comes from `python -m benchmarks.msrc_device pack` (MSRC-v2 as JPEGs and the
 # VGG16 in float16, 56 MiB). Environment: SEEDS (default 0,1,2; --quick: 0), ONLY (the sweep's
-# variants, default single_image_K1,group_K4_T3), RUN_S (each
+# variants, default single_image_K1,group_K4_T3,release_K3_T3), RUN_S (each
 # run's time limit, default 480 s), GWSSS_MSRC_PACK (default .device_msrc), GWSSS_SET (more
 # `key=value,...` overrides for every run), OUT (where the table, the per-seed CSV and the logs
 # go; default runs/msrc_device).
@@ -47,7 +47,7 @@ fi
 "$PY" -m benchmarks.msrc_device unpack --src="$PACK" --out="$WORK/msrc_v2" || exit 2
 
 SWEEP=(-m gwsss_jax.sweep --config=configs/msrc.py:full --sweep=configs/sweeps/msrc_full.py
-       --workdir="$WORK/runs" --seeds="$SEEDS" --only="${ONLY:-single_image_K1,group_K4_T3}"
+       --workdir="$WORK/runs" --seeds="$SEEDS" --only="${ONLY:-single_image_K1,group_K4_T3,release_K3_T3}"
        --stages=train_cls,export_cams,pseudo_labels,eval_cams
        --set="data.loader=numpy,data.num_threads=2,data.root=$WORK/msrc_v2,model.pretrained=$WEIGHTS$EXTRA${GWSSS_SET:+,$GWSSS_SET}")
 "$PY" "${SWEEP[@]}" --print_commands > "$WORK/commands.txt" || exit 2

@@ -54,13 +54,13 @@ def test_the_device_script_runs_in_its_smoke_mode(tmp_path):
                         env=env, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   timing = (tmp_path / 'out' / 'timing.txt').read_text().splitlines()
-  assert len(timing) == 2 and all(' rc=0 ' in line for line in timing), timing
+  assert len(timing) == 3 and all(' rc=0 ' in line for line in timing), timing
   assert all('--config.data.loader=numpy' in line for line in timing), timing
   rows = [line for line in (tmp_path / 'out' / 'msrc_full.md').read_text().splitlines()
-          if line.startswith(('| single_image_K1 ', '| group_K4_T3 '))]
-  assert len(rows) == 2 and all(r.count('(n=1)') == 4 for r in rows), rows
+          if line.startswith(('| single_image_K1 ', '| group_K4_T3 ', '| release_K3_T3 '))]
+  assert len(rows) == 3 and all(r.count('(n=1)') == 4 for r in rows), rows
   # The CSV lists every variant of the sweep; the one ONLY leaves out by default has no figures.
   seeds = (tmp_path / 'out' / 'msrc_full_seeds.csv').read_text().splitlines()[1:]
-  assert [s.split(',')[0] for s in seeds] == ['single_image_K1', 'group_K4_T3',
+  assert [s.split(',')[0] for s in seeds] == ['single_image_K1', 'group_K4_T3', 'release_K3_T3',
                                               'group_K4_T3_small_graph'], seeds
-  assert [bool(s.split(',')[2]) for s in seeds] == [True, True, False], seeds
+  assert [bool(s.split(',')[2]) for s in seeds] == [True, True, True, False], seeds
