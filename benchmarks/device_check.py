@@ -372,6 +372,12 @@ def release_part(quick: bool, deadline: float) -> None:
           torch_times.append(server.time('step', max(deadline - time.monotonic(), 1)))
     return jax_times, torch_times
 
+  def emit_jax(times: list, **fields) -> None:
+    p.step_figure('release_step_jax', text, {'step_s': statistics.median(times),
+                                             'compile_s': compile_s, 'flops': flops,
+                                             'step_all': times}, 3, 'float32',
+                  rounds=len(times), **fields)
+
   jax_emitted = False
   for name in ('torch_eager', 'torch_compile'):
     label = f'release_step_{name}'
@@ -398,9 +404,7 @@ def release_part(quick: bool, deadline: float) -> None:
       continue
     jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
     if not jax_emitted:  # the JAX figure of the rounds against eager
-      p.step_figure('release_step_jax', text, {'step_s': jax_s, 'compile_s': compile_s,
-                                               'flops': flops, 'step_all': jax_times}, 3,
-                    'float32', rounds=len(jax_times))
+      emit_jax(jax_times)
       jax_emitted = True
     p.step_figure(label, f'{text}, PyTorch {name.split("_")[1]}',
                   {'step_s': torch_s, 'compile_s': warm_s, 'flops': flops,
@@ -418,10 +422,7 @@ def release_part(quick: bool, deadline: float) -> None:
       p.emit('release_step_jax', None, 'images/s', config=text,
              error='no time left for a timed round')
       return
-    p.step_figure('release_step_jax', text, {'step_s': statistics.median(jax_times),
-                                             'compile_s': compile_s, 'flops': flops,
-                                             'step_all': jax_times}, 3, 'float32',
-                  rounds=len(jax_times), note='timed alone: PyTorch gave no figure')
+    emit_jax(jax_times, note='timed alone: PyTorch gave no figure')
 
 
 def deeplab_part(quick: bool) -> None:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # configs/msrc.py:full on one GPU (docs/msrc.md, "At the paper's sizes"): the group-wise model
 # (K = 4, T = 3) and the authors' network (K = 3) against the matched single-image baseline
-# (configs/sweeps/msrc_full.py), every seed of each in its own process at once, through the CAMs, the pseudo labels and their
-# evaluation. DeepLab is left out: its 3000 steps of 10 crops do not fit a borrowed machine's
-# minutes. Needs neither TensorFlow nor clu (data.loader=numpy). Run from anywhere.
+# (configs/sweeps/msrc_full.py), every seed of each in its own process at once, through the
+# CAMs, the pseudo labels and their evaluation. DeepLab is left out: its 3000 steps of 10 crops
+# do not fit a borrowed machine's minutes. Needs neither TensorFlow nor clu (data.loader=numpy).
+# Run from anywhere.
 #
 #   bash benchmarks/msrc_device.sh            # on the GPU machine, carrying .device_msrc, .wheels
 #   bash benchmarks/msrc_device.sh --quick    # smoke test on any machine (a tiny random MSRC)

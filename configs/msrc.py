@@ -24,9 +24,10 @@ took 10-12 minutes alongside other jobs and the CAM stages about a minute): held
 0.346 +- 0.007 on train (at cams.bg_threshold=0.2). The single-image baseline of
 configs/sweeps/msrc_groupwise.py, given the same images, is still ahead (0.77, 0.448, 0.363);
 with --config.model.variant=release --config.model.importance_prob=0.2 (the authors' network)
-the group model is level with it (0.80, 0.448, 0.366). DeepLab's val mIoU is in docs/msrc.md. The `:full` schedule needs a GPU and has not
-been run; `bash benchmarks/msrc_device.sh` runs it against the matched baseline
-(configs/sweeps/msrc_full.py) on a GPU machine without TensorFlow (docs/msrc.md).
+the group model is level with it (0.80, 0.448, 0.366). DeepLab's val mIoU is in docs/msrc.md.
+The `:full` schedule needs a GPU and has not been run; `bash benchmarks/msrc_device.sh` runs it
+against the matched baseline (configs/sweeps/msrc_full.py) on a GPU machine without TensorFlow
+(docs/msrc.md).
 """
 
 from gwsss_jax import config as config_lib

@@ -7,6 +7,7 @@ evaluation batches (which draw nothing) against the tf.data loader's, and traini
 against windows of TensorFlow's resize of the same image.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -152,15 +153,19 @@ def test_seg_crops_are_windows_of_tensorflows_resize(setup):
     assert best < 2e-3, best
 
 
+def _first_example_with(dataset, **changes):
+  """A copy of `dataset` whose first example has `changes` (the others are the same)."""
+  first = dataclasses.replace(dataset.examples[0], **changes)
+  return dataclasses.replace(dataset, examples=[first] + list(dataset.examples[1:]))
+
+
 def test_an_unreadable_image_is_named(setup, tmp_path):
   config, train, _ = setup
   config = _with(config, data__loader='numpy')
   bad = str(tmp_path / 'bad.jpg')
   with open(bad, 'wb') as f:
     f.write(b'not an image')
-  ex = train.examples[0]
-  broken = train.__class__(**{**train.__dict__, 'examples': [ex.__class__(
-      **{**ex.__dict__, 'image_path': bad})] + list(train.examples[1:])})
+  broken = _first_example_with(train, image_path=bad)
   with pytest.raises(UserError, match=f'unreadable image {bad}'):
     list(ip.eval_iterator(broken, config, batch_size=2, pad_to=(40, 50), process_index=0,
                           process_count=1, with_masks=False))
@@ -170,10 +175,8 @@ def test_an_unreadable_image_is_named(setup, tmp_path):
 def test_a_mask_of_another_size_is_named(setup, tmp_path):
   config, _, val = setup
   config = _with(config, data__loader='numpy')
-  ex = val.examples[0]
   small = str(tmp_path / 'small.png')
   palette.save_label_png(small, np.zeros((5, 7), np.uint8))
-  broken = val.__class__(**{**val.__dict__, 'examples': [ex.__class__(
-      **{**ex.__dict__, 'mask_path': small})] + list(val.examples[1:])})
+  broken = _first_example_with(val, mask_path=small)
   with pytest.raises(UserError, match=f'{small}: mask 7x5 differs from its image'):
     list(ip.eval_iterator(broken, config, batch_size=2, process_index=0, process_count=1))

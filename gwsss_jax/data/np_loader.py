@@ -186,6 +186,16 @@ def train_batches(dataset, config, items, *, batch: int, epoch: int, normalizati
   return _batches(load, range(len(items['group'])), batch, config, drop_remainder=True)
 
 
+def _read_label(path: str, image_path: str, hw, what: str) -> np.ndarray:
+  """The label PNG at `path`, which must be `hw` (its image's size): else a UserError naming
+  both files."""
+  label = palette.read_label_png(path)
+  if label.shape != tuple(hw):
+    raise UserError(f'{path}: {what} {label.shape[1]}x{label.shape[0]} differs from its image '
+                    f'{image_path} ({hw[1]}x{hw[0]})')
+  return label
+
+
 def eval_batches(dataset, config, index, *, batch: int, pad_to, normalization, with_masks,
                  with_rgb, resize: int, square: bool):
   """`input_pipeline.eval_iterator`'s batches of the slots `index` (-1: padding)."""
@@ -209,11 +219,7 @@ def eval_batches(dataset, config, index, *, batch: int, pad_to, normalization, w
     if i >= 0:
       x[:h, :w] = norm_lib.normalize(image, normalization)
       if with_masks and ex.mask_path:
-        label = palette.read_label_png(ex.mask_path)
-        if label.shape != (h, w):
-          raise UserError(f'{ex.mask_path}: mask {label.shape[1]}x{label.shape[0]} differs from '
-                          f'its image {ex.image_path} ({w}x{h})')
-        mask[:h, :w] = label
+        mask[:h, :w] = _read_label(ex.mask_path, ex.image_path, (h, w), 'mask')
     out = {'images': x, 'masks': mask, 'hw': np.array([h, w], np.int32),
            'index': np.int32(i), 'valid': np.bool_(i >= 0)}
     if with_rgb:
@@ -236,10 +242,7 @@ def seg_batches(dataset, config, label_paths, positions, *, batch: int, normaliz
     i, p = (int(v) for v in item)
     rng = np.random.default_rng([seed, 0x5e9, p])
     image = decode(paths[i]).astype(np.float32)
-    label = palette.read_label_png(label_paths[i])
-    if label.shape != image.shape[:2]:
-      raise UserError(f'{label_paths[i]}: label {label.shape[1]}x{label.shape[0]} differs from '
-                      f'its image {paths[i]} ({image.shape[1]}x{image.shape[0]})')
+    label = _read_label(label_paths[i], paths[i], image.shape[:2], 'label')
     hw = np.asarray(image.shape[:2], np.float32)
     new_hw = np.maximum(np.round(hw * np.float32(lo + (hi - lo) * rng.random())), 1)
     new_hw = new_hw.astype(np.int64)
