@@ -100,6 +100,10 @@ def test_bias_rates_follow_their_weights_unless_set():
     c.new_bias_lr_mult = 5.0
     c.new_lr_mult = 3.0
     assert c.new_bias_lr_mult == 5.0
+  t = config.train
+  assert (t.graph_lr_mult, t.graph_bias_lr_mult) == (3.0, 6.0)  # the new layers' rates
+  t.graph_lr_mult = 50.0
+  assert (t.new_lr_mult, t.graph_bias_lr_mult) == (3.0, 100.0)
   config_lib.validate(config)
 
 

@@ -91,3 +91,37 @@ def test_sgd_matches_torch_per_group():
   for (k, m, n), t in leaves.items():
     np.testing.assert_allclose(np.asarray(p[k][m][n]), t.detach().numpy(), rtol=1e-6,
                                atol=1e-7, err_msg='/'.join((k, m, n)))
+
+
+def test_graph_rate_of_its_own():
+  """train.graph_lr_mult: the graph's own groups only when its rates differ from the new
+  layers'; one SGD step moves each group by its own rate (first Nesterov step, by hand:
+  p -= lr (1 + m) (g + wd p))."""
+  config = config_lib.lock(config_lib.base_config())
+  t = config.train
+  params = _params()
+  default_tx, default_lrs = optim.classifier_optimizer(t, params, BATCH_STATS, True, 10)
+  assert set(default_lrs) == {'backbone_weight', 'backbone_bias', 'new_weight', 'new_bias'}
+  t.graph_lr_mult = 100.0
+  assert t.graph_bias_lr_mult == 200.0
+  tx, lrs = optim.classifier_optimizer(t, params, BATCH_STATS, True, 10)
+  assert float(lrs['graph_weight'](0)) == pytest.approx(0.1)
+  assert float(lrs['graph_bias'](0)) == pytest.approx(0.2)
+  assert float(lrs['new_weight'](0)) == pytest.approx(1e-2)
+  labels = optim.make_labels(params, optim.classifier_label_fn(BATCH_STATS, True, True))
+  assert labels['graph']['gru'] == {'kernel': 'graph_weight', 'bias': 'graph_bias'}
+  assert labels['backbone']['conv1']['kernel'] == 'backbone_weight'
+  # The default rates keep the optimiser state of four groups (checkpoints stay compatible).
+  assert set(default_tx.init(params).inner_states) == {'backbone_weight', 'backbone_bias',
+                                                       'new_weight', 'new_bias', optim.FROZEN}
+  rng = np.random.default_rng(2)
+  grads = {k: {m: {n: rng.normal(size=v.shape).astype(np.float32) for n, v in mod.items()}
+               for m, mod in sub.items()} for k, sub in params.items()}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for (m, n), lr in [(('gru', 'kernel'), 0.1), (('gru', 'bias'), 0.2)]:
+    p, g = params['graph'][m][n], grads['graph'][m][n]
+    np.testing.assert_allclose(np.asarray(updates['graph'][m][n]),
+                               -lr * 1.9 * (g + 5e-4 * p), rtol=1e-5, err_msg=n)
+  p, g = params['backbone']['conv1']['kernel'], grads['backbone']['conv1']['kernel']
+  np.testing.assert_allclose(np.asarray(updates['backbone']['conv1']['kernel']),
+                             -1e-3 * 1.9 * (g + 5e-4 * p), rtol=1e-5)

@@ -100,11 +100,13 @@ def batchnorm_modules(batch_stats) -> set:
   return {k[:-1] for k in flat}
 
 
-def classifier_label_fn(batch_stats, freeze_bn: bool) -> PathLabel:
+def classifier_label_fn(batch_stats, freeze_bn: bool, graph_group: bool = False) -> PathLabel:
   """Groups of the group-wise classifier: the top-level 'backbone' is pretrained, all else new.
 
   Biases (leaves named 'bias') form their own groups; the affine parameters of BatchNorm
-  layers go to FROZEN when the backbone's statistics are frozen (`model.freeze_bn`).
+  layers go to FROZEN when the backbone's statistics are frozen (`model.freeze_bn`). With
+  `graph_group`, the top-level 'graph' gets groups of its own ('graph_weight', 'graph_bias');
+  without it, they are new layers like the rest.
   """
   bn = batchnorm_modules(batch_stats) if freeze_bn else set()
 
@@ -112,13 +114,20 @@ def classifier_label_fn(batch_stats, freeze_bn: bool) -> PathLabel:
     if path[:-1] in bn:
       return FROZEN
     kind = 'bias' if path[-1] == 'bias' else 'weight'
-    return f'{"backbone" if path[0] == "backbone" else "new"}_{kind}'
+    if path[0] == 'backbone':
+      return f'backbone_{kind}'
+    return f'{"graph" if graph_group and path[0] == "graph" else "new"}_{kind}'
   return label
 
 
 def classifier_optimizer(train_config, params, batch_stats, freeze_bn: bool,
                          steps_per_epoch: int):
-  """The paper's optimiser from `config.train`; returns (tx, {group: schedule}) for logging."""
+  """The paper's optimiser from `config.train`; returns (tx, {group: schedule}) for logging.
+
+  The graph's parameters get groups of their own only when `train.graph_lr_mult` or
+  `train.graph_bias_lr_mult` differ from the new layers' keys, so that the optimiser state of
+  a run with the default rates keeps the four groups (checkpoints stay compatible).
+  """
   t = train_config
   def sched(mult):
     return step_decay_schedule(t.base_lr * mult, steps_per_epoch, t.decay_every_epochs,
@@ -126,6 +135,11 @@ def classifier_optimizer(train_config, params, batch_stats, freeze_bn: bool,
   lr_by_label = {'backbone_weight': sched(1.0), 'backbone_bias': sched(t.backbone_bias_lr_mult),
                  'new_weight': sched(t.new_lr_mult), 'new_bias': sched(t.new_bias_lr_mult),
                  FROZEN: None}
-  tx = build_sgd(params, classifier_label_fn(batch_stats, freeze_bn), lr_by_label,
+  graph_mults = (t.get('graph_lr_mult', t.new_lr_mult),
+                 t.get('graph_bias_lr_mult', t.new_bias_lr_mult))
+  graph_group = graph_mults != (t.new_lr_mult, t.new_bias_lr_mult) and 'graph' in params
+  if graph_group:
+    lr_by_label.update(graph_weight=sched(graph_mults[0]), graph_bias=sched(graph_mults[1]))
+  tx = build_sgd(params, classifier_label_fn(batch_stats, freeze_bn, graph_group), lr_by_label,
                  momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)
   return tx, {k: v for k, v in lr_by_label.items() if v is not None}
