@@ -13,8 +13,8 @@
 # VGG16 in float16, 56 MiB). Environment: SEEDS (default 0,1,2; --quick: 0), ONLY (the sweep's
 # variants, default single_image_K1,group_K4_T3,release_K3_T3), RUN_S (each
 # run's time limit, default 480 s), GWSSS_MSRC_PACK (default .device_msrc), GWSSS_SET (more
-# `key=value,...` overrides for every run), OUT (where the table, the per-seed CSV and the logs
-# go; default runs/msrc_device).
+# `key=value,...` overrides for every run), OUT (where the table, the per-seed CSV, the logs and
+# graph_probe.txt go; default runs/msrc_device).
 set -u
 cd "$(dirname "$0")/.."
 . benchmarks/device_env.sh || exit 2
@@ -72,4 +72,11 @@ for f in "$WORK"/logs/run*.log; do
   echo "== $f"; tail -n 15 "$f"
 done > "$RESULTS/logs_tail.txt"
 cat "$RESULTS/msrc_full.md"
+# How far each run's graph moved its class maps (docs/msrc.md, "Its graph barely changes the
+# maps"): on the CPU schedules the release network's graph readout stayed an affine copy.
+for d in "$WORK"/runs/*/seed*; do
+  [ -f "$d/config.json" ] || continue
+  echo "$(basename "$(dirname "$d")")/$(basename "$d"): $("$PY" -m gwsss_jax.evaluation.graph_probe \
+    --workdir="$d" 2>&1 | tail -n 1)"
+done | tee "$RESULTS/graph_probe.txt"
 ! grep -q ' rc=[1-9]' "$RESULTS/timing.txt"

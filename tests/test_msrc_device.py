@@ -64,3 +64,7 @@ def test_the_device_script_runs_in_its_smoke_mode(tmp_path):
   assert [s.split(',')[0] for s in seeds] == ['single_image_K1', 'group_K4_T3', 'release_K3_T3',
                                               'group_K4_T3_small_graph'], seeds
   assert [bool(s.split(',')[2]) for s in seeds] == [True, True, True, False], seeds
+  probes = (tmp_path / 'out' / 'graph_probe.txt').read_text().splitlines()
+  assert len(probes) == 3, probes
+  assert all('graph_probe: ' in p and 'R^2 median' in p for p in probes), probes
+  assert any(p.startswith('single_image_K1/seed0: ') and '(paper, T = 0)' in p for p in probes)

@@ -1,0 +1,124 @@
+"""How much a trained classifier's graph changes its class maps.
+
+For each positive class of each image of the first `--groups` training groups (the sampler's
+groups of epoch 0, the whole image resized to the input size, inference mode), the graph
+readout's map is fitted by an affine function of the intermediate readout's map over its pixels:
+
+  cam_graph[..., c] ~ a * cam_mid[..., c] + b      R^2 = 1 - var(residual) / var(cam_graph)
+
+R^2 near 1 for nearly every map means that the message passing only rescales and shifts the
+map it started from: the graph readout then carries no information that the intermediate
+readout lacks (docs/msrc.md, "Its graph barely changes the maps"). For a model without message
+passing (T = 0) the two readouts are two class convolutions on the same features.
+
+  python -m gwsss_jax.evaluation.graph_probe --workdir=runs/msrc [--groups=40]
+
+It reads the run's `config.json` and its trained classifier (train_cls); it needs the data
+that the run was trained on. Prints a summary and writes `<workdir>/graph_probe.json`.
+"""
+
+import json
+import os
+
+import cv2
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from gwsss_jax import config as config_lib
+from gwsss_jax.cams.export import load_rgb
+from gwsss_jax.common import cli
+from gwsss_jax.common import io as gio
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import datasets
+from gwsss_jax.data import normalization as norm_lib
+from gwsss_jax.data import sampler
+from gwsss_jax.train import artifact
+
+
+def affine_fit(x, y):
+  """Least squares y ~ a x + b along the last axis: (a, b, r2), each of shape x.shape[:-1].
+
+  A constant x gives a = 0 (b is the mean of y); a constant y gives R^2 = 1 (nothing left to
+  explain).
+  """
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  xm, ym = x.mean(-1), y.mean(-1)
+  dx, dy = x - xm[..., None], y - ym[..., None]
+  sxx, sxy, syy = (dx * dx).sum(-1), (dx * dy).sum(-1), (dy * dy).sum(-1)
+  a = np.where(sxx > 0, sxy / np.where(sxx > 0, sxx, 1.0), 0.0)
+  residual = np.maximum(syy - a * sxy, 0.0)
+  r2 = np.where(syy > 0, 1.0 - residual / np.where(syy > 0, syy, 1.0), 1.0)
+  return a, ym - a * xm, r2
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise UserError(f'{path} not found: --workdir must be a run of gwsss_jax.main')
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise UserError(f'unreadable {path}: {e}') from None
+
+
+def probe(workdir: str, num_groups: int = 40) -> dict:
+  """The fits of the first `num_groups` training groups; returns the summary (see module)."""
+  config = read_config(workdir)
+  model, variables, record = artifact.load(artifact.classifier_dir(workdir), artifact.CLASSIFIER)
+  dataset = datasets.load_split(config, config.data.train_split)
+  labels = dataset.label_matrix()
+  k = config.model.num_nodes
+  groups, adjacency = sampler.make_groups(labels, k, config.seed, 0, config.train.group_rule)
+  side = config_lib.input_size(config)
+  apply = jax.jit(lambda v, x, adj: model.apply(v, x, adj, train=False)[1])
+  a, b, r2 = [], [], []
+  for g in range(min(num_groups, len(groups))):
+    members = groups[g]
+    images = np.stack([cv2.resize(load_rgb(dataset.examples[i].image_path), (side, side),
+                                  interpolation=cv2.INTER_LINEAR) for i in members])
+    x = norm_lib.normalize(images, record['normalization'])[None]
+    out = apply(variables, x, adjacency[g:g + 1].astype(np.float32))
+    mid, graph = np.asarray(out['cam_mid'][0]), np.asarray(out['cam_graph'][0])
+    for n, i in enumerate(members):
+      classes = np.flatnonzero(labels[i])
+      if not len(classes):
+        continue
+      m = np.moveaxis(mid[n][..., classes], -1, 0).reshape(len(classes), -1)
+      y = np.moveaxis(graph[n][..., classes], -1, 0).reshape(len(classes), -1)
+      fa, fb, fr = affine_fit(m, y)
+      a.append(fa)
+      b.append(fb / np.maximum(np.abs(y).max(-1), 1e-12))
+      r2.append(fr)
+  if not a:
+    raise UserError(f'{workdir}: no training image with a class in the first {num_groups} groups')
+  a, b, r2 = (np.concatenate(v) for v in (a, b, r2))
+  return {
+      'maps': int(len(r2)), 'groups': int(min(num_groups, len(groups))),
+      'graph_steps': int(config.model.graph_steps), 'variant': str(config.model.variant),
+      'a_median': float(np.median(a)), 'b_over_max_median': float(np.median(b)),
+      'r2_median': float(np.median(r2)), 'r2_p10': float(np.percentile(r2, 10)),
+      'r2_min': float(np.min(r2)), 'r2_below_0.99': float(np.mean(r2 < 0.99)),
+  }
+
+
+def main(argv):
+  del argv
+  summary = probe(flags.FLAGS.workdir, flags.FLAGS.groups)
+  gio.atomic_write_text(os.path.join(flags.FLAGS.workdir, 'graph_probe.json'),
+                        json.dumps(summary, indent=1) + '\n')
+  print(f"graph_probe: {summary['maps']} maps of {summary['groups']} groups "
+        f"({summary['variant']}, T = {summary['graph_steps']}): cam_graph = a cam_mid + b with "
+        f"a {summary['a_median']:.4f} (median), R^2 median {summary['r2_median']:.5f}, "
+        f"10th percentile {summary['r2_p10']:.5f}, min {summary['r2_min']:.5f}; "
+        f"{100 * summary['r2_below_0.99']:.1f}% of maps below 0.99")
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'A run of gwsss_jax.main with a trained classifier.')
+  flags.DEFINE_integer('groups', 40, 'How many training groups to run.')
+  flags.mark_flag_as_required('workdir')
+  cli.run(main)

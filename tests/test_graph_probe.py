@@ -1,0 +1,114 @@
+"""gwsss_jax.evaluation.graph_probe: the affine fit against numpy's least squares, and the probe
+on small saved classifiers (the release network without message passing is the identity)."""
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from gwsss_jax import config as config_lib
+from gwsss_jax.common.errors import UserError
+from gwsss_jax.data import core
+from gwsss_jax.data import sampler
+from gwsss_jax.evaluation import graph_probe
+from gwsss_jax.models import classifier
+from gwsss_jax.models import convert
+from gwsss_jax.train import artifact
+from gwsss_jax.train import checkpoint
+from gwsss_jax.train import optim
+from gwsss_jax.train import trainer
+
+NORM = convert.normalization_spec('imagenet_rgb')
+
+
+def test_affine_fit_against_lstsq():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(5, 64))
+  y = 0.3 * x + rng.normal(scale=0.2, size=x.shape) + 1.5
+  a, b, r2 = graph_probe.affine_fit(x, y)
+  for i in range(5):
+    (ea, eb), *_ = np.linalg.lstsq(np.stack([x[i], np.ones(64)], 1), y[i], rcond=None)
+    residual = y[i] - (ea * x[i] + eb)
+    np.testing.assert_allclose([a[i], b[i]], [ea, eb], rtol=1e-10)
+    np.testing.assert_allclose(r2[i], 1 - residual.var() / y[i].var(), rtol=1e-10)
+  a, b, r2 = graph_probe.affine_fit(x, 2 * x - 3)  # exactly affine
+  np.testing.assert_allclose(a, 2.0)
+  np.testing.assert_allclose(b, -3.0)
+  np.testing.assert_allclose(r2, 1.0)
+  a, b, r2 = graph_probe.affine_fit(np.ones((1, 8)), np.arange(8.0)[None])  # constant x
+  assert a[0] == 0 and b[0] == 3.5 and r2[0] == 0
+  _, _, r2 = graph_probe.affine_fit(x[:1], np.full((1, 64), 2.0))  # constant y
+  assert r2[0] == 1
+
+
+def _workdir(tmp_path, monkeypatch, variant, steps):
+  """A run directory with config.json and a saved classifier of random He-scaled weights, and
+  the dataset reader replaced by 6 random images with labels."""
+  config = config_lib.base_config()
+  config.model.variant = variant
+  config.model.width = 0.0625
+  config.model.node_dim = 8
+  config.model.num_nodes = 3
+  config.model.graph_steps = steps
+  config.data.num_classes = 3
+  config.data.crop_size = 32
+  config.data.resize = 32
+  model = classifier.build_classifier(config.model, 3)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          np.zeros((1, 3, 32, 32, 3), np.float32), np.ones((1, 3, 3), np.float32))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: (rng.normal(size=s.shape) * np.sqrt(
+      2.0 / np.prod(s.shape[:-1] or (1,)))).astype(np.float32), shapes['params'])
+  workdir = tmp_path / 'run'
+  directory = artifact.classifier_dir(str(workdir))
+  tx, _ = optim.classifier_optimizer(config.train, params, {}, True, 10)
+  ckpt = checkpoint.Checkpointer(directory, asynchronous=False)
+  ckpt.save(1, trainer.init_state(params, {}, tx, 0), force=True)
+  ckpt.close()
+  artifact.save(directory, artifact.classifier_record(config, NORM))
+  (workdir / 'config.json').write_text(config.to_json())
+
+  labels = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1]])
+  examples = []
+  for i, row in enumerate(labels):
+    path = str(tmp_path / 'images' / f'im{i}.png')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
+    examples.append(core.Example(f'im{i}', path, None, tuple(np.flatnonzero(row))))
+  dataset = core.Dataset(examples, ('a', 'b', 'c'), 'train')
+  monkeypatch.setattr(graph_probe.datasets, 'load_split', lambda config, split: dataset)
+  return str(workdir), labels
+
+
+def test_release_network_without_message_passing_is_the_identity(tmp_path, monkeypatch):
+  workdir, labels = _workdir(tmp_path, monkeypatch, 'release', 0)
+  summary = graph_probe.probe(workdir, num_groups=2)
+  assert summary['groups'] == 2 and summary['graph_steps'] == 0
+  groups, _ = sampler.make_groups(labels, 3, 0, 0, 'greedy')
+  assert summary['maps'] == labels[groups[:2]].sum()  # every positive class of the members
+  np.testing.assert_allclose(summary['a_median'], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(summary['r2_min'], 1.0, rtol=1e-6)
+  assert summary['r2_below_0.99'] == 0
+
+
+def test_paper_network_with_message_passing_is_not(tmp_path, monkeypatch):
+  workdir, labels = _workdir(tmp_path, monkeypatch, 'paper', 1)
+  summary = graph_probe.probe(workdir, num_groups=2)
+  # Two class convolutions on different features: no affine relation to speak of.
+  assert 0.0 <= summary['r2_min'] <= summary['r2_median'] < 0.99
+  assert summary['r2_below_0.99'] > 0.5
+
+
+def test_missing_config_is_named(tmp_path):
+  with pytest.raises(UserError, match='config.json not found'):
+    graph_probe.probe(str(tmp_path))
+  result = subprocess.run([sys.executable, '-m', 'gwsss_jax.evaluation.graph_probe',
+                           f'--workdir={tmp_path}'], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 2, result.stderr
+  assert 'config.json not found' in result.stderr and 'Traceback' not in result.stderr
