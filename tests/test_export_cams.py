@@ -290,3 +290,29 @@ def test_classifier_record_gives_back_the_trained_network(tmp_path):
   config.model.node_dim = 16
   with pytest.raises(UserError, match=r'config.model.node_dim=16.*trained with 8'):
     artifact.load(directory, config=config)
+
+
+def test_classifier_record_of_an_older_version_loads_under_the_new_names(tmp_path):
+  """A record written before the renames (model.num_steps, model.drop_rate as the release's
+  drop probability) reads under today's keys; one without a key of the network is refused by
+  name, not with a traceback."""
+  from gwsss_jax.train import artifact  # pylint: disable=g-import-not-at-top
+  config = _tiny_config()
+  config.model.variant = 'release'
+  config.model.num_nodes = 3
+  record = artifact.classifier_record(config, NORM)
+  old = dict(record['model'])
+  old['num_steps'] = old.pop('graph_steps')
+  old['drop_rate'] = 0.8  # the release's --drop_rate: importance map with probability 0.2
+  del old['importance_prob']
+  directory = tmp_path / 'cls'
+  directory.mkdir()
+  artifact.save(str(directory), dict(record, model=old))
+  got = artifact.read(str(directory), artifact.CLASSIFIER)['model']
+  assert got['graph_steps'] == config.model.graph_steps and 'num_steps' not in got
+  assert got['importance_prob'] == pytest.approx(0.2) and 'drop_rate' not in got
+  assert set(got) == set(record['model'])
+  del old['reduction']
+  artifact.save(str(directory), dict(record, model=old))
+  with pytest.raises(UserError, match=r'cls_model.json: the record lacks model.reduction'):
+    artifact.read(str(directory), artifact.CLASSIFIER)

@@ -71,8 +71,12 @@ def probe(workdir: str, num_groups: int = 40) -> dict:
   model, variables, record = artifact.load(artifact.classifier_dir(workdir), artifact.CLASSIFIER)
   dataset = datasets.load_split(config, config.data.train_split)
   labels = dataset.label_matrix()
-  k = config.model.num_nodes
-  groups, adjacency = sampler.make_groups(labels, k, config.seed, 0, config.train.group_rule)
+  # The network from its record (today's key names even for an older run); the data, seed and
+  # group rule from the run's config.
+  arch = record['model']
+  k = arch['num_nodes']
+  groups, adjacency = sampler.make_groups(labels, k, config.seed, 0,
+                                          config.train.get('group_rule', 'greedy'))
   side = config_lib.input_size(config)
   apply = jax.jit(lambda v, x, adj: model.apply(v, x, adj, train=False)[1])
   a, b, r2 = [], [], []
@@ -98,7 +102,7 @@ def probe(workdir: str, num_groups: int = 40) -> dict:
   a, b, r2 = (np.concatenate(v) for v in (a, b, r2))
   return {
       'maps': int(len(r2)), 'groups': int(min(num_groups, len(groups))),
-      'graph_steps': int(config.model.graph_steps), 'variant': str(config.model.variant),
+      'graph_steps': int(arch['graph_steps']), 'variant': str(arch['variant']),
       'a_median': float(np.median(a)), 'b_over_max_median': float(np.median(b)),
       'r2_median': float(np.median(r2)), 'r2_p10': float(np.percentile(r2, 10)),
       'r2_min': float(np.min(r2)), 'r2_below_0.99': float(np.mean(r2 < 0.99)),
