@@ -136,11 +136,11 @@ def base_config() -> ml_collections.ConfigDict:
   t.backbone_bias_lr_mult = 2.0  # backbone biases: 2e-3
   t.new_lr_mult = 10.0         # new layers' weights: 1e-2
   t.new_bias_lr_mult = t.get_ref('new_lr_mult') * 2  # new layers' biases: 2e-2
-  # The graph's layers (the `graph` submodule: co-attention, ConvGRU, fusion) are new layers;
-  # these keys give them a rate of their own (biases at twice it), by default the new layers'.
-  # `* 1.0` makes a derived reference: assigning to a plain one would set new_lr_mult too.
-  t.graph_lr_mult = t.get_ref('new_lr_mult') * 1.0
-  t.graph_bias_lr_mult = t.get_ref('graph_lr_mult') * 2
+  # The graph's layers (the `graph` submodule: co-attention, ConvGRU, fusion) are new layers.
+  # Unset (None), they train at the new layers' rates; `graph_lr_mult` gives them a rate of
+  # their own, their biases twice it unless `graph_bias_lr_mult` is set (train.optim).
+  t.graph_lr_mult = ml_collections.config_dict.placeholder(float)
+  t.graph_bias_lr_mult = ml_collections.config_dict.placeholder(float)
   t.momentum = 0.9
   t.nesterov = True
   t.weight_decay = 5e-4
@@ -428,7 +428,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _check_lr_mults(section, name: str) -> None:
   keys = ('backbone_bias_lr_mult', 'new_lr_mult', 'new_bias_lr_mult', 'graph_lr_mult',
           'graph_bias_lr_mult')
-  for key in (k for k in keys if k in section):
+  for key in (k for k in keys if section.get(k) is not None):
     _check(section[key] >= 0, f'{name}.{key}', section[key], 'must be >= 0')
 
 

@@ -101,10 +101,13 @@ def test_bias_rates_follow_their_weights_unless_set():
     c.new_lr_mult = 3.0
     assert c.new_bias_lr_mult == 5.0
   t = config.train
-  assert (t.graph_lr_mult, t.graph_bias_lr_mult) == (3.0, 6.0)  # the new layers' rates
+  assert (t.graph_lr_mult, t.graph_bias_lr_mult) == (None, None)  # unset: the new layers' rates
   t.graph_lr_mult = 50.0
-  assert (t.new_lr_mult, t.graph_bias_lr_mult) == (3.0, 100.0)
+  assert (t.new_lr_mult, t.new_bias_lr_mult) == (3.0, 5.0)
   config_lib.validate(config)
+  t.graph_bias_lr_mult = -1.0
+  with pytest.raises(UserError, match='train.graph_bias_lr_mult'):
+    config_lib.validate(config)
 
 
 def test_segmentation_keeps_its_own_checkpoints(monkeypatch, tmp_path):

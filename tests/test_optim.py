@@ -94,16 +94,22 @@ def test_sgd_matches_torch_per_group():
 
 
 def test_graph_rate_of_its_own():
-  """train.graph_lr_mult: the graph's own groups only when its rates differ from the new
-  layers'; one SGD step moves each group by its own rate (first Nesterov step, by hand:
-  p -= lr (1 + m) (g + wd p))."""
+  """train.graph_lr_mult: the graph's own groups only when a graph key is set; one SGD step
+  moves each group by its own rate (first Nesterov step, by hand: p -= lr (1 + m) (g + wd p))."""
   config = config_lib.lock(config_lib.base_config())
   t = config.train
   params = _params()
   default_tx, default_lrs = optim.classifier_optimizer(t, params, BATCH_STATS, True, 10)
   assert set(default_lrs) == {'backbone_weight', 'backbone_bias', 'new_weight', 'new_bias'}
-  t.graph_lr_mult = 100.0
-  assert t.graph_bias_lr_mult == 200.0
+  t.new_bias_lr_mult = 5.0  # the new layers' keys alone: the graph follows them
+  _, lrs = optim.classifier_optimizer(t, params, BATCH_STATS, True, 10)
+  assert set(lrs) == set(default_lrs) and float(lrs['new_bias'](0)) == pytest.approx(5e-3)
+  t.graph_bias_lr_mult = 7.0  # the graph's bias key alone: its weights at the new layers' rate
+  _, lrs = optim.classifier_optimizer(t, params, BATCH_STATS, True, 10)
+  assert float(lrs['graph_weight'](0)) == pytest.approx(1e-2)
+  assert float(lrs['graph_bias'](0)) == pytest.approx(7e-3)
+  t.graph_bias_lr_mult = None
+  t.graph_lr_mult = 100.0  # biases at twice it
   tx, lrs = optim.classifier_optimizer(t, params, BATCH_STATS, True, 10)
   assert float(lrs['graph_weight'](0)) == pytest.approx(0.1)
   assert float(lrs['graph_bias'](0)) == pytest.approx(0.2)

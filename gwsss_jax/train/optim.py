@@ -125,8 +125,9 @@ def classifier_optimizer(train_config, params, batch_stats, freeze_bn: bool,
   """The paper's optimiser from `config.train`; returns (tx, {group: schedule}) for logging.
 
   The graph's parameters get groups of their own only when `train.graph_lr_mult` or
-  `train.graph_bias_lr_mult` differ from the new layers' keys, so that the optimiser state of
-  a run with the default rates keeps the four groups (checkpoints stay compatible).
+  `train.graph_bias_lr_mult` is set (their biases: `graph_bias_lr_mult`, else twice
+  `graph_lr_mult`, else the new layers' bias rate), so that the optimiser state of a run that
+  sets neither keeps the four groups (checkpoints stay compatible).
   """
   t = train_config
   def sched(mult):
@@ -135,11 +136,13 @@ def classifier_optimizer(train_config, params, batch_stats, freeze_bn: bool,
   lr_by_label = {'backbone_weight': sched(1.0), 'backbone_bias': sched(t.backbone_bias_lr_mult),
                  'new_weight': sched(t.new_lr_mult), 'new_bias': sched(t.new_bias_lr_mult),
                  FROZEN: None}
-  graph_mults = (t.get('graph_lr_mult', t.new_lr_mult),
-                 t.get('graph_bias_lr_mult', t.new_bias_lr_mult))
-  graph_group = graph_mults != (t.new_lr_mult, t.new_bias_lr_mult) and 'graph' in params
+  weight, bias = t.get('graph_lr_mult'), t.get('graph_bias_lr_mult')
+  graph_group = (weight is not None or bias is not None) and 'graph' in params
   if graph_group:
-    lr_by_label.update(graph_weight=sched(graph_mults[0]), graph_bias=sched(graph_mults[1]))
+    weight = t.new_lr_mult if weight is None else weight
+    if bias is None:
+      bias = t.new_bias_lr_mult if t.get('graph_lr_mult') is None else 2 * weight
+    lr_by_label.update(graph_weight=sched(weight), graph_bias=sched(bias))
   tx = build_sgd(params, classifier_label_fn(batch_stats, freeze_bn, graph_group), lr_by_label,
                  momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)
   return tx, {k: v for k, v in lr_by_label.items() if v is not None}
