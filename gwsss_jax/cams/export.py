@@ -255,6 +255,14 @@ def export_oaa(workdir: str, dataset, save_png: bool, source: str = 'ensemble') 
 load_rgb = core.read_rgb
 
 
+def square_inputs(images, side: int, normalization) -> np.ndarray:
+  """Whole images (RGB uint8 arrays) as the classifier sees them in group inference: each
+  resized to a `side` x `side` square (bilinear), stacked and normalised ([N, side, side, 3])."""
+  from gwsss_jax.data import normalization as norm_lib  # pylint: disable=g-import-not-at-top
+  x = np.stack([cv2.resize(im, (side, side), interpolation=cv2.INTER_LINEAR) for im in images])
+  return norm_lib.normalize(x, normalization)
+
+
 def scale_sides(base: int, scales) -> list:
   """Square input side per scale: base * s rounded to a multiple of 8 (the output stride)."""
   return [max(8, int(round(base * s / 8.0)) * 8) for s in scales]
@@ -326,7 +334,6 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from gwsss_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from gwsss_jax.data import sampler  # pylint: disable=g-import-not-at-top
-  from gwsss_jax.data import normalization as norm_lib  # pylint: disable=g-import-not-at-top
   from gwsss_jax.train import parallel  # pylint: disable=g-import-not-at-top
 
   k = config.cams
@@ -370,9 +377,7 @@ def export_group_inference(config, workdir: str, dataset, model, variables,
     images = [load_rgb(dataset.examples[i].image_path) for i in members]
     per_scale = []
     for side in sides:
-      x = np.stack([cv2.resize(im, (side, side), interpolation=cv2.INTER_LINEAR)
-                    for im in images])
-      x = norm_lib.normalize(x, normalization)
+      x = square_inputs(images, side, normalization)
       per_scale.append(x.reshape((len(mine), num_nodes) + x.shape[1:]))
     return per_scale, adjacency[mine].astype(np.float32)
 

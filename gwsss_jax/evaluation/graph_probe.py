@@ -20,19 +20,17 @@ that the run was trained on. Prints a summary and writes `<workdir>/graph_probe.
 import json
 import os
 
-import cv2
 import jax
 import ml_collections
 import numpy as np
 from absl import flags
 
 from gwsss_jax import config as config_lib
-from gwsss_jax.cams.export import load_rgb
+from gwsss_jax.cams import export
 from gwsss_jax.common import cli
 from gwsss_jax.common import io as gio
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
-from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import sampler
 from gwsss_jax.train import artifact
 
@@ -82,9 +80,8 @@ def probe(workdir: str, num_groups: int = 40) -> dict:
   a, b, r2 = [], [], []
   for g in range(min(num_groups, len(groups))):
     members = groups[g]
-    images = np.stack([cv2.resize(load_rgb(dataset.examples[i].image_path), (side, side),
-                                  interpolation=cv2.INTER_LINEAR) for i in members])
-    x = norm_lib.normalize(images, record['normalization'])[None]
+    x = export.square_inputs([export.load_rgb(dataset.examples[i].image_path) for i in members],
+                             side, record['normalization'])[None]
     out = apply(variables, x, adjacency[g:g + 1].astype(np.float32))
     mid, graph = np.asarray(out['cam_mid'][0]), np.asarray(out['cam_graph'][0])
     for n, i in enumerate(members):
