@@ -139,10 +139,10 @@ def classifier_optimizer(train_config, params, batch_stats, freeze_bn: bool,
   weight, bias = t.get('graph_lr_mult'), t.get('graph_bias_lr_mult')
   graph_group = (weight is not None or bias is not None) and 'graph' in params
   if graph_group:
-    weight = t.new_lr_mult if weight is None else weight
     if bias is None:
-      bias = t.new_bias_lr_mult if t.get('graph_lr_mult') is None else 2 * weight
-    lr_by_label.update(graph_weight=sched(weight), graph_bias=sched(bias))
+      bias = t.new_bias_lr_mult if weight is None else 2 * weight
+    lr_by_label.update(graph_weight=sched(t.new_lr_mult if weight is None else weight),
+                       graph_bias=sched(bias))
   tx = build_sgd(params, classifier_label_fn(batch_stats, freeze_bn, graph_group), lr_by_label,
                  momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)
   return tx, {k: v for k, v in lr_by_label.items() if v is not None}
