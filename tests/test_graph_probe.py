@@ -46,9 +46,10 @@ def test_affine_fit_against_lstsq():
   assert r2[0] == 1
 
 
-def _workdir(tmp_path, monkeypatch, variant, steps):
-  """A run directory with config.json and a saved classifier of random He-scaled weights, and
-  the dataset reader replaced by 6 random images with labels."""
+def _workdir(tmp_path, monkeypatch, variant, steps, saved=None, name='run'):
+  """A run directory with config.json and a saved classifier of random He-scaled weights (or
+  `saved(init_params, random_params)`, where `init_params` come from flax's init with the run's
+  seed), and the dataset reader replaced by 6 random images with labels."""
   config = config_lib.base_config()
   config.model.variant = variant
   config.model.width = 0.0625
@@ -59,12 +60,15 @@ def _workdir(tmp_path, monkeypatch, variant, steps):
   config.data.crop_size = 32
   config.data.resize = 32
   model = classifier.build_classifier(config.model, 3)
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                          np.zeros((1, 3, 32, 32, 3), np.float32), np.ones((1, 3, 3), np.float32))
+  inputs = np.zeros((1, 3, 32, 32, 3), np.float32), np.ones((1, 3, 3), np.float32)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), *inputs)
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: (rng.normal(size=s.shape) * np.sqrt(
       2.0 / np.prod(s.shape[:-1] or (1,)))).astype(np.float32), shapes['params'])
-  workdir = tmp_path / 'run'
+  if saved is not None:
+    init = model.init(jax.random.key(config.seed), *inputs, train=False)['params']
+    params = saved(init, params)
+  workdir = tmp_path / name
   directory = artifact.classifier_dir(str(workdir))
   tx, _ = optim.classifier_optimizer(config.train, params, {}, True, 10)
   ckpt = checkpoint.Checkpointer(directory, asynchronous=False)
@@ -102,6 +106,29 @@ def test_paper_network_with_message_passing_is_not(tmp_path, monkeypatch):
   # Two class convolutions on different features: no affine relation to speak of.
   assert 0.0 <= summary['r2_min'] <= summary['r2_median'] < 0.99
   assert summary['r2_below_0.99'] > 0.5
+
+
+def test_reset_puts_back_the_initialisation(tmp_path, monkeypatch):
+  """`reset='graph'` probes the saved classifier with flax's initial graph; `reset='all'` the
+  initial classifier whatever was saved (no `model.pretrained` here)."""
+  trained, _ = _workdir(tmp_path, monkeypatch, 'paper', 1)
+  initial_graph, _ = _workdir(tmp_path, monkeypatch, 'paper', 1, name='initial_graph',
+                              saved=lambda init, p: dict(p, graph=init['graph']))
+  initial, _ = _workdir(tmp_path, monkeypatch, 'paper', 1, name='initial',
+                        saved=lambda init, p: init)
+  def same(a, b):  # the initialisers run eagerly here and jitted in the probe: float rounding
+    assert a['maps'] == b['maps']
+    keys = [k for k in a if k.endswith(('median', 'p10', 'min', '0.99'))]
+    np.testing.assert_allclose([a[k] for k in keys], [b[k] for k in keys], rtol=1e-5, atol=1e-6)
+
+  got = graph_probe.probe(trained, num_groups=2, reset='graph')
+  assert got['reset'] == 'graph'
+  same(got, graph_probe.probe(initial_graph, num_groups=2))
+  assert abs(got['r2_median'] - graph_probe.probe(trained, num_groups=2)['r2_median']) > 0.01
+  same(graph_probe.probe(trained, num_groups=2, reset='all'),
+       graph_probe.probe(initial, num_groups=2))
+  with pytest.raises(UserError, match="--reset='graphs': one of none, graph, all"):
+    graph_probe.probe(trained, reset='graphs')
 
 
 def test_missing_config_is_named(tmp_path):

@@ -11,10 +11,16 @@ map it started from: the graph readout then carries no information that the inte
 readout lacks (docs/msrc.md, "Its graph barely changes the maps"). For a model without message
 passing (T = 0) the two readouts are two class convolutions on the same features.
 
-  python -m gwsss_jax.evaluation.graph_probe --workdir=runs/msrc [--groups=40]
+`--reset` asks whether training made it so: `graph` puts the graph's parameters back to the
+initialisation that train_cls gives them (the run's seed, this version's initialisers; the
+backbone and the class convolution stay trained), `all` probes the classifier as train_cls started it (`model.pretrained` in the
+backbone, every new layer at its initialisation).
+
+  python -m gwsss_jax.evaluation.graph_probe --workdir=runs/msrc [--groups=40] [--reset=graph]
 
 It reads the run's `config.json` and its trained classifier (train_cls); it needs the data
-that the run was trained on. Prints a summary and writes `<workdir>/graph_probe.json`.
+that the run was trained on (and, for `--reset=all`, its `model.pretrained`). Prints a summary
+and writes `<workdir>/graph_probe.json` (`graph_probe_reset_<graph|all>.json` with `--reset`).
 """
 
 import json
@@ -33,6 +39,9 @@ from gwsss_jax.common.errors import UserError
 from gwsss_jax.data import datasets
 from gwsss_jax.data import sampler
 from gwsss_jax.train import artifact
+from gwsss_jax.train import steps
+
+RESETS = ('none', 'graph', 'all')
 
 
 def affine_fit(x, y):
@@ -63,8 +72,23 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     raise UserError(f'unreadable {path}: {e}') from None
 
 
-def probe(workdir: str, num_groups: int = 40) -> dict:
+def initial_variables(model, config, variables, reset: str) -> dict:
+  """`variables` with the parameters that `reset` names at train_cls's initialisation."""
+  if reset == 'none':
+    return variables
+  init = steps.init_classifier(model, config, jax.random.key(config.seed))
+  if reset == 'all':
+    return steps.with_pretrained(config, init)
+  if 'graph' not in variables['params']:
+    raise UserError(f'--reset=graph: the classifier of {config.model.variant!r} with '
+                    f'{config.model.graph_steps} graph steps has no graph parameters')
+  return dict(variables, params=dict(variables['params'], graph=init['params']['graph']))
+
+
+def probe(workdir: str, num_groups: int = 40, reset: str = 'none') -> dict:
   """The fits of the first `num_groups` training groups; returns the summary (see module)."""
+  if reset not in RESETS:
+    raise UserError(f'--reset={reset!r}: one of {", ".join(RESETS)}')
   config = read_config(workdir)
   model, variables, record = artifact.load(artifact.classifier_dir(workdir), artifact.CLASSIFIER)
   dataset = datasets.load_split(config, config.data.train_split)
@@ -73,6 +97,8 @@ def probe(workdir: str, num_groups: int = 40) -> dict:
   # group rule from the run's config.
   arch = record['model']
   k = arch['num_nodes']
+  config.model.update(arch)  # the initialisation's shapes: the trained network's
+  variables = initial_variables(model, config, variables, reset)
   groups, adjacency = sampler.make_groups(labels, k, config.seed, 0,
                                           config.train.get('group_rule', 'greedy'))
   side = config_lib.input_size(config)
@@ -99,7 +125,7 @@ def probe(workdir: str, num_groups: int = 40) -> dict:
   a, b, r2 = (np.concatenate(v) for v in (a, b, r2))
   return {
       'maps': int(len(r2)), 'groups': int(min(num_groups, len(groups))),
-      'graph_steps': int(arch['graph_steps']), 'variant': str(arch['variant']),
+      'graph_steps': int(arch['graph_steps']), 'variant': str(arch['variant']), 'reset': reset,
       'a_median': float(np.median(a)), 'b_over_max_median': float(np.median(b)),
       'r2_median': float(np.median(r2)), 'r2_p10': float(np.percentile(r2, 10)),
       'r2_min': float(np.min(r2)), 'r2_below_0.99': float(np.mean(r2 < 0.99)),
@@ -108,12 +134,16 @@ def probe(workdir: str, num_groups: int = 40) -> dict:
 
 def main(argv):
   del argv
-  summary = probe(flags.FLAGS.workdir, flags.FLAGS.groups)
-  gio.atomic_write_text(os.path.join(flags.FLAGS.workdir, 'graph_probe.json'),
+  reset = flags.FLAGS.reset
+  summary = probe(flags.FLAGS.workdir, flags.FLAGS.groups, reset)
+  name = 'graph_probe.json' if reset == 'none' else f'graph_probe_reset_{reset}.json'
+  gio.atomic_write_text(os.path.join(flags.FLAGS.workdir, name),
                         json.dumps(summary, indent=1) + '\n')
+  which = '' if reset == 'none' else f', {reset} reset to its initialisation'
   print(f"graph_probe: {summary['maps']} maps of {summary['groups']} groups "
-        f"({summary['variant']}, T = {summary['graph_steps']}): cam_graph = a cam_mid + b with "
-        f"a {summary['a_median']:.4f} (median), R^2 median {summary['r2_median']:.5f}, "
+        f"({summary['variant']}, T = {summary['graph_steps']}{which}): "
+        f"cam_graph = a cam_mid + b with a {summary['a_median']:.4f} (median), "
+        f"R^2 median {summary['r2_median']:.5f}, "
         f"10th percentile {summary['r2_p10']:.5f}, min {summary['r2_min']:.5f}; "
         f"{100 * summary['r2_below_0.99']:.1f}% of maps below 0.99")
 
@@ -121,5 +151,7 @@ def main(argv):
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A run of gwsss_jax.main with a trained classifier.')
   flags.DEFINE_integer('groups', 40, 'How many training groups to run.')
+  flags.DEFINE_enum('reset', 'none', RESETS, 'Parameters put back to their initialisation: '
+                    'none, the graph\'s, or all but the pretrained backbone.')
   flags.mark_flag_as_required('workdir')
   cli.run(main)

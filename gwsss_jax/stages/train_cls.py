@@ -52,23 +52,6 @@ def schedule(config, num_examples: int) -> tuple[int, int]:
   return spe, total
 
 
-def _pretrained(config, variables) -> dict:
-  """Merges `model.pretrained` into the backbone of `variables` (from-scratch when '')."""
-  path = config.model.pretrained
-  if not path:
-    return variables
-  weights, meta = convert.load_pretrained(path)
-  if not str(meta.get('arch', '')).startswith(config.model.backbone):
-    raise UserError(f'config.model.pretrained={path!r} holds {meta.get("arch")} weights, '
-                    f'config.model.backbone is {config.model.backbone!r}')
-  weights = convert.backbone_variables(weights)
-  out = dict(variables)
-  for collection in ('params', 'batch_stats'):
-    if collection in weights and collection in variables:
-      out[collection] = convert.merge_pretrained(variables[collection], weights[collection])
-  return out
-
-
 def normalization(config, workdir: str) -> dict:
   """The input convention of the run (a `data.normalization` spec: the one stored with the
   pretrained weights under 'auto'), recorded with its checkpoints once training starts, so that
@@ -175,7 +158,8 @@ def run(config, workdir: str) -> dict:
     batch_stats = shapes.get('batch_stats', {})
     print(f'[{NAME}] resuming from step {start} of {total}', flush=True)
   else:
-    variables = _pretrained(config, steps.init_classifier(model, config, jax.random.key(config.seed)))
+    variables = steps.with_pretrained(
+        config, steps.init_classifier(model, config, jax.random.key(config.seed)))
     batch_stats = variables.get('batch_stats', {})
     state = trainer.init_state(variables['params'], batch_stats, tx, config.seed)
     if jax.process_index() == 0:

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 
 from gwsss_jax import config as config_lib
 from gwsss_jax.cams import export
+from gwsss_jax.common.errors import UserError
 from gwsss_jax.models import classifier
+from gwsss_jax.models import convert
 from gwsss_jax.seg import losses
 from gwsss_jax.train import trainer
 
@@ -26,6 +28,23 @@ def init_classifier(model, config, rng) -> dict:
   if rng is None:
     return jax.eval_shape(init, jax.random.key(0))
   return trainer.run_init(init, rng)
+
+
+def with_pretrained(config, variables) -> dict:
+  """Merges `model.pretrained` into the backbone of `variables` (from-scratch when '')."""
+  path = config.model.pretrained
+  if not path:
+    return variables
+  weights, meta = convert.load_pretrained(path)
+  if not str(meta.get('arch', '')).startswith(config.model.backbone):
+    raise UserError(f'config.model.pretrained={path!r} holds {meta.get("arch")} weights, '
+                    f'config.model.backbone is {config.model.backbone!r}')
+  weights = convert.backbone_variables(weights)
+  out = dict(variables)
+  for collection in ('params', 'batch_stats'):
+    if collection in weights and collection in variables:
+      out[collection] = convert.merge_pretrained(variables[collection], weights[collection])
+  return out
 
 
 def oaa_readouts(config) -> tuple:
