@@ -98,6 +98,9 @@ def test_release_network_without_message_passing_is_the_identity(tmp_path, monke
   np.testing.assert_allclose(summary['a_median'], 1.0, rtol=1e-6)
   np.testing.assert_allclose(summary['r2_min'], 1.0, rtol=1e-6)
   assert summary['r2_below_0.99'] == 0
+  with pytest.raises(UserError, match="--reset=graph: the classifier of 'release' with 0 graph "
+                                     'steps has no graph parameters'):
+    graph_probe.probe(workdir, num_groups=2, reset='graph')
 
 
 def test_paper_network_with_message_passing_is_not(tmp_path, monkeypatch):

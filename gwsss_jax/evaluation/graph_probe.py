@@ -13,8 +13,8 @@ passing (T = 0) the two readouts are two class convolutions on the same features
 
 `--reset` asks whether training made it so: `graph` puts the graph's parameters back to the
 initialisation that train_cls gives them (the run's seed, this version's initialisers; the
-backbone and the class convolution stay trained), `all` probes the classifier as train_cls started it (`model.pretrained` in the
-backbone, every new layer at its initialisation).
+backbone and the class convolution stay trained), `all` probes the classifier as train_cls
+starts it (`model.pretrained` in the backbone, every new layer at its initialisation).
 
   python -m gwsss_jax.evaluation.graph_probe --workdir=runs/msrc [--groups=40] [--reset=graph]
 
