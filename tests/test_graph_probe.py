@@ -126,7 +126,15 @@ def test_reset_puts_back_the_initialisation(tmp_path, monkeypatch):
 
   got = graph_probe.probe(trained, num_groups=2, reset='graph')
   assert got['reset'] == 'graph'
-  same(got, graph_probe.probe(initial_graph, num_groups=2))
+  at_start = graph_probe.probe(initial_graph, num_groups=2)
+  same(got, at_start)
+  # Every graph kernel is reported: unmoved at the start, far from it with random weights.
+  moved = graph_probe.probe(trained, num_groups=2)['graph_weight_change']
+  assert set(moved) == set(at_start['graph_weight_change']) and len(moved) >= 4
+  assert all(k.endswith("['kernel']") for k in moved)
+  np.testing.assert_allclose(list(at_start['graph_weight_change'].values()), 0, atol=1e-5)
+  np.testing.assert_allclose(list(got['graph_weight_change'].values()), 0, atol=1e-5)
+  assert min(moved.values()) > 0.5
   assert abs(got['r2_median'] - graph_probe.probe(trained, num_groups=2)['r2_median']) > 0.01
   same(graph_probe.probe(trained, num_groups=2, reset='all'),
        graph_probe.probe(initial, num_groups=2))

@@ -14,7 +14,8 @@ passing (T = 0) the two readouts are two class convolutions on the same features
 `--reset` asks whether training made it so: `graph` puts the graph's parameters back to the
 initialisation that train_cls gives them (the run's seed, this version's initialisers; the
 backbone and the class convolution stay trained), `all` probes the classifier as train_cls
-starts it (`model.pretrained` in the backbone, every new layer at its initialisation).
+starts it (`model.pretrained` in the backbone, every new layer at its initialisation). The
+summary also gives how far training moved each of the graph's kernels, |W - W0| / |W0|.
 
   python -m gwsss_jax.evaluation.graph_probe --workdir=runs/msrc [--groups=40] [--reset=graph]
 
@@ -72,17 +73,31 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     raise UserError(f'unreadable {path}: {e}') from None
 
 
-def initial_variables(model, config, variables, reset: str) -> dict:
-  """`variables` with the parameters that `reset` names at train_cls's initialisation."""
+def initial_variables(config, variables, init, reset: str) -> dict:
+  """`variables` with the parameters that `reset` names at train_cls's initialisation `init`."""
   if reset == 'none':
     return variables
-  init = steps.init_classifier(model, config, jax.random.key(config.seed))
   if reset == 'all':
     return steps.with_pretrained(config, init)
   if 'graph' not in variables['params']:
     raise UserError(f'--reset=graph: the classifier of {config.model.variant!r} with '
                     f'{config.model.graph_steps} graph steps has no graph parameters')
   return dict(variables, params=dict(variables['params'], graph=init['params']['graph']))
+
+
+def weight_change(params, initial) -> dict:
+  """|W - W0| / |W0| of each kernel of the graph: how far training moved it from its start."""
+  if 'graph' not in params:
+    return {}
+  start = dict((jax.tree_util.keystr(p), np.asarray(w))
+               for p, w in jax.tree_util.tree_leaves_with_path(initial['graph']))
+  out = {}
+  for path, w in jax.tree_util.tree_leaves_with_path(params['graph']):
+    key = jax.tree_util.keystr(path)
+    if key.endswith("['kernel']"):
+      w0 = start[key].astype(np.float64)
+      out[key] = float(np.linalg.norm(np.asarray(w, np.float64) - w0) / np.linalg.norm(w0))
+  return out
 
 
 def probe(workdir: str, num_groups: int = 40, reset: str = 'none') -> dict:
@@ -98,7 +113,9 @@ def probe(workdir: str, num_groups: int = 40, reset: str = 'none') -> dict:
   arch = record['model']
   k = arch['num_nodes']
   config.model.update(arch)  # the initialisation's shapes: the trained network's
-  variables = initial_variables(model, config, variables, reset)
+  init = steps.init_classifier(model, config, jax.random.key(config.seed))
+  variables = initial_variables(config, variables, init, reset)
+  change = weight_change(variables['params'], init['params'])
   groups, adjacency = sampler.make_groups(labels, k, config.seed, 0,
                                           config.train.get('group_rule', 'greedy'))
   side = config_lib.input_size(config)
@@ -129,6 +146,7 @@ def probe(workdir: str, num_groups: int = 40, reset: str = 'none') -> dict:
       'a_median': float(np.median(a)), 'b_over_max_median': float(np.median(b)),
       'r2_median': float(np.median(r2)), 'r2_p10': float(np.percentile(r2, 10)),
       'r2_min': float(np.min(r2)), 'r2_below_0.99': float(np.mean(r2 < 0.99)),
+      'graph_weight_change': change,
   }
 
 
@@ -146,6 +164,9 @@ def main(argv):
         f"R^2 median {summary['r2_median']:.5f}, "
         f"10th percentile {summary['r2_p10']:.5f}, min {summary['r2_min']:.5f}; "
         f"{100 * summary['r2_below_0.99']:.1f}% of maps below 0.99")
+  if summary['graph_weight_change']:
+    print('graph kernels, |W - W0| / |W0| from their initialisation: ' + ', '.join(
+        f'{k} {v:.3f}' for k, v in summary['graph_weight_change'].items()))
 
 
 if __name__ == '__main__':
