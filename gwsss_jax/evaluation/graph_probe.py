@@ -96,7 +96,8 @@ def weight_change(params, initial) -> dict:
     key = jax.tree_util.keystr(path)
     if key.endswith("['kernel']"):
       w0 = start[key].astype(np.float64)
-      out[key] = float(np.linalg.norm(np.asarray(w, np.float64) - w0) / np.linalg.norm(w0))
+      name = '/'.join(str(getattr(k, 'key', k)) for k in path[:-1])  # e.g. step/extra_proja
+      out[name] = float(np.linalg.norm(np.asarray(w, np.float64) - w0) / np.linalg.norm(w0))
   return out
 
 
@@ -158,16 +159,15 @@ def main(argv):
   gio.atomic_write_text(os.path.join(flags.FLAGS.workdir, name),
                         json.dumps(summary, indent=1) + '\n')
   which = '' if reset == 'none' else f', {reset} reset to its initialisation'
+  # One line, so that benchmarks/msrc_device.sh can keep the last line of each run's output.
+  moved = ', '.join(f'{k} {v:.3f}' for k, v in summary['graph_weight_change'].items())
   print(f"graph_probe: {summary['maps']} maps of {summary['groups']} groups "
         f"({summary['variant']}, T = {summary['graph_steps']}{which}): "
         f"cam_graph = a cam_mid + b with a {summary['a_median']:.4f} (median), "
         f"R^2 median {summary['r2_median']:.5f}, "
         f"10th percentile {summary['r2_p10']:.5f}, min {summary['r2_min']:.5f}; "
-        f"{100 * summary['r2_below_0.99']:.1f}% of maps below 0.99")
-  if summary['graph_weight_change']:
-    print('graph kernels, |W - W0| / |W0| from their initialisation: ' + ', '.join(
-        f'{k} {v:.3f}' for k, v in summary['graph_weight_change'].items()))
-
+        f"{100 * summary['r2_below_0.99']:.1f}% of maps below 0.99"
+        + (f'; graph kernels, |W - W0| / |W0| from their initialisation: {moved}' if moved else ''))
 
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A run of gwsss_jax.main with a trained classifier.')
