@@ -31,6 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
+from flax import traverse_util
 
 from gwsss_jax import config as config_lib
 from gwsss_jax.cams import export
@@ -86,19 +87,18 @@ def initial_variables(config, variables, init, reset: str) -> dict:
 
 
 def weight_change(params, initial) -> dict:
-  """|W - W0| / |W0| of each kernel of the graph: how far training moved it from its start."""
+  """|W - W0| / |W0| of each kernel of the graph (e.g. 'step/extra_proja'): how far training
+  moved it from its start."""
   if 'graph' not in params:
     return {}
-  start = dict((jax.tree_util.keystr(p), np.asarray(w))
-               for p, w in jax.tree_util.tree_leaves_with_path(initial['graph']))
-  out = {}
-  for path, w in jax.tree_util.tree_leaves_with_path(params['graph']):
-    key = jax.tree_util.keystr(path)
-    if key.endswith("['kernel']"):
-      w0 = start[key].astype(np.float64)
-      name = '/'.join(str(getattr(k, 'key', k)) for k in path[:-1])  # e.g. step/extra_proja
-      out[name] = float(np.linalg.norm(np.asarray(w, np.float64) - w0) / np.linalg.norm(w0))
-  return out
+  start = traverse_util.flatten_dict(initial['graph'], sep='/')
+  change = {}
+  for path, w in traverse_util.flatten_dict(params['graph'], sep='/').items():
+    if path.endswith('/kernel'):
+      w0 = np.asarray(start[path], np.float64)
+      change[path[:-len('/kernel')]] = float(np.linalg.norm(np.asarray(w, np.float64) - w0)
+                                             / np.linalg.norm(w0))
+  return change
 
 
 def probe(workdir: str, num_groups: int = 40, reset: str = 'none') -> dict:
@@ -168,6 +168,7 @@ def main(argv):
         f"10th percentile {summary['r2_p10']:.5f}, min {summary['r2_min']:.5f}; "
         f"{100 * summary['r2_below_0.99']:.1f}% of maps below 0.99"
         + (f'; graph kernels, |W - W0| / |W0| from their initialisation: {moved}' if moved else ''))
+
 
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A run of gwsss_jax.main with a trained classifier.')
