@@ -19,6 +19,7 @@ import pytest
 from gwsss_jax import crf
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.crf import dense
+from gwsss_jax.crf import lattice
 from gwsss_jax.crf import reference
 
 pytest.importorskip('pydensecrf.densecrf', reason=reference.INSTALL)
@@ -100,6 +101,34 @@ def test_jax_agrees_with_the_reference(params, hw):
   assert np.abs(q - q_ref).max() < 2e-3
   assert np.mean(q.argmax(0) == q_ref.argmax(0)) >= 0.995
   assert np.mean(q.argmax(0) != p.argmax(0)) > 0.05  # the CRF did change labels
+
+
+def _lattice_keys(params):
+  img, _ = _scene(33, 47, 3, 7)
+  _, bi, _ = dense._features(img, np.array([33, 47]), params)  # pylint: disable=protected-access
+  keys = np.asarray(lattice._simplex(bi)[0]).reshape(-1, 5)  # pylint: disable=protected-access
+  return bi, len(np.unique(keys, axis=0))
+
+
+def test_lattice_points_are_the_distinct_simplex_vertices():
+  bi, distinct = _lattice_keys(DEEPLAB)
+  assert int(lattice.count_points(bi)) == distinct
+
+
+def test_keys_equal_in_the_sort_hashes_fall_back_to_the_exact_order(monkeypatch):
+  """The fast sort orders vertices by hashes of their keys; where distinct keys share them it
+  would merge their lattice points, so the collision check must send it to the exact sort.
+  Here both sort hashes take 4 values, the check's hash stays whole."""
+  bi, distinct = _lattice_keys(DEEPLAB)
+  full_hash = lattice._hash  # pylint: disable=protected-access
+
+  def weak(keys, mult=lattice._HASH_MULT):  # pylint: disable=protected-access
+    if mult is lattice._HASH_MULT3:  # pylint: disable=protected-access
+      return full_hash(keys, mult)
+    return keys[..., 0] & 3
+  monkeypatch.setattr(lattice, '_hash', weak)
+  assert distinct > 100  # so 4 hash values would merge most of them without the fallback
+  assert int(lattice.count_points(bi)) == distinct
 
 
 def test_padded_batch_and_devices_give_the_labels_of_single_images(monkeypatch):

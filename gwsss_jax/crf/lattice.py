@@ -5,9 +5,10 @@ It follows the C++ lattice of Kraehenbuehl's dense CRF (densecrf/src/permutohedr
 pydensecrf2 wraps) step for step: the same elevation, rounding, simplex ranking, barycentric
 weights, [1/2, 1, 1/2] blur along the d + 1 lattice directions and the same final scale alpha,
 so that the JAX CRF and the reference agree to float rounding. Where the C++ code keeps a hash
-table of the occupied lattice points, this code sorts the vertices by their key's 32-bit hash
-(and first key word) to number the distinct points, and finds a point's blur neighbours by
-binary search on the sorted hashes, comparing the full keys to rule out hash collisions.
+table of the occupied lattice points, this code sorts the vertices by hashes of their keys to
+number the distinct points (falling back to the whole keys where distinct keys share the
+hashes), and finds a point's blur neighbours by binary search on the sorted hashes, comparing
+the full keys to rule out hash collisions.
 
 Shapes are static: a point cloud of N points has at most N (d + 1) lattice points, and the
 tables are sized for that bound (`capacity` can shrink them when the caller knows better).
@@ -21,6 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 _HASH_MULT = np.int32(2531011)  # the C++ HashTable's multiplier
+# Odd multipliers of two more hashes of the keys (`_sorted_vertices`): the top bits of the
+# second fill the sort key, the third checks for keys that both share.
+_HASH_MULT2 = np.int32(-1640531535)  # 0x9E3779B1
+_HASH_MULT3 = np.int32(-2048144789)  # 0x85EBCA6B
 # Hash collisions are resolved by looking at this many sorted entries from the first candidate.
 _PROBE = 3
 
@@ -40,11 +45,11 @@ class Lattice(NamedTuple):
   num_points: jax.Array
 
 
-def _hash(keys):
+def _hash(keys, mult=_HASH_MULT):
   """int32 hash of int32 keys [..., d] (wrapping arithmetic)."""
   h = jnp.zeros(keys.shape[:-1], jnp.int32)
   for i in range(keys.shape[-1]):
-    h = (h + keys[..., i]) * _HASH_MULT
+    h = (h + keys[..., i]) * mult
   return h
 
 
@@ -104,24 +109,52 @@ def _pack(keys):
 
 
 def _sorted_vertices(features):
-  """The simplex vertices sorted by (hash, first key word): the keys, weights, sorted hashes,
-  the order, and where a new lattice point starts in it.
+  """The simplex vertices sorted by their keys' hash: the keys (in vertex order), the weights,
+  the sorted hashes, the order, and where a new lattice point starts in it.
 
-  The sort key is 64 bits, not the whole key: XLA:CPU sorts time grows with every key operand
-  (two keys take half the time of four). Distinct keys equal in those 64 bits (odds about
-  M^2 / 2^65 for M lattice points) would still get told apart below, but could interleave in the
-  order and split a lattice point in two.
+  The sort is of one int64 array, each word packing the key's 32-bit hash, 32 - b bits of a
+  second hash and the vertex index (b bits): XLA:CPU sorts a single operand with its native
+  comparison, several times faster than the general sort of several operands (hashes, key
+  words, the index as payload), which calls a compiled comparator per comparison. A lattice
+  point starts where the packed hashes change, so distinct keys equal in both (odds about
+  M^2 / 2^(65 - b) for M lattice points) would be merged into one point. A third hash,
+  compared between neighbours in the order, finds them, and then the vertices are sorted by
+  their whole keys instead (the general sort, exact).
   """
   n, d = features.shape
   keys, bary = _simplex(features)
   flat = keys.reshape(n * (d + 1), d)
+  nv = flat.shape[0]
   words = _pack(flat)
-  sh, _, perm = jax.lax.sort((_hash(flat), words[0], jnp.arange(flat.shape[0], dtype=jnp.int32)),
-                             num_keys=2)
-  new = sh[1:] != sh[:-1]
-  for w in words:
-    w = jnp.take(w, perm, mode='clip')
-    new |= w[1:] != w[:-1]
+  index_bits = max(1, (nv - 1).bit_length())
+  extra_bits = 32 - index_bits
+  if extra_bits < 0:
+    raise ValueError(f'{n} points in {d} dimensions: more lattice vertices than 2^32')
+  h = _hash(flat)
+  extra = _hash(flat, _HASH_MULT2) >> (32 - extra_bits) if extra_bits else jnp.zeros_like(h)
+  with jax.enable_x64(True):
+    packed = ((h.astype(jnp.int64) << 32)
+              | ((extra.astype(jnp.int64) & ((1 << extra_bits) - 1)) << index_bits)
+              | jnp.arange(nv, dtype=jnp.int64))
+    packed = jax.lax.sort(packed)
+    sh = (packed >> 32).astype(jnp.int32)
+    same_hash = (packed[1:] >> index_bits) == (packed[:-1] >> index_bits)
+    perm = (packed & ((1 << index_bits) - 1)).astype(jnp.int32)
+
+  # One word per vertex gathered for the check, not the whole key: cheaper, and a miss needs
+  # all three hashes equal.
+  h3 = jnp.take(_hash(flat, _HASH_MULT3), perm, mode='clip')
+  collision = jnp.any(same_hash & (h3[1:] != h3[:-1]))
+
+  def exact():
+    sh, *_, perm = jax.lax.sort((h, *words, jnp.arange(nv, dtype=jnp.int32)),
+                                num_keys=1 + len(words))
+    differs = sh[1:] != sh[:-1]
+    for w in words:
+      w = jnp.take(w, perm, mode='clip')
+      differs |= w[1:] != w[:-1]
+    return sh, perm, differs
+  sh, perm, new = jax.lax.cond(collision, exact, lambda: (sh, perm, ~same_hash))
   new = jnp.concatenate([jnp.ones((1,), bool), new])
   return flat, bary, sh, perm, new
 
@@ -154,8 +187,7 @@ def build(features, capacity: int | None = None) -> Lattice:
   offsets = jnp.take(remap, seg, mode='clip')
   slot = jnp.where(new, ids, cap)
   table_h = jnp.full((cap,), jnp.iinfo(jnp.int32).max, jnp.int32).at[slot].set(sh, mode='drop')
-  table_k = jnp.zeros((cap, d), jnp.int32).at[slot].set(
-      jnp.take(flat, perm, axis=0, mode='clip'), mode='drop')
+  table_k = jnp.take(flat, first, axis=0, mode='clip')  # unused rows: never matched (`find`)
   table_w = _pack(table_k)
   valid = jnp.arange(cap) < num_points
 
