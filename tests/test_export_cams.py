@@ -19,6 +19,7 @@ from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import sampler
 from gwsss_jax.models import classifier
 from gwsss_jax.models import convert
+from random_weights import he_normal
 
 NORM = convert.normalization_spec('imagenet_rgb')
 
@@ -184,18 +185,10 @@ def _tiny_config():
 
 
 def _random_variables(model, k, seed=0):
-  """He-initialised numpy weights of the classifier's shapes: O(1) CAMs (the flax initialisers
-  shrink a width-0.0625 VGG's activations to ~1e-7), and no compilation of an init function."""
+  """He-normal weights of the classifier's shapes (`random_weights.he_normal`)."""
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                           np.zeros((1, k, 32, 32, 3), np.float32), np.ones((1, k, k), np.float32))
-  rng = np.random.default_rng(seed)
-
-  def init(s):
-    if len(s.shape) == 1:
-      return np.zeros(s.shape, np.float32)
-    return (rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1]))).astype(np.float32)
-
-  return jax.tree.map(init, shapes)
+  return he_normal(shapes, np.random.default_rng(seed))
 
 
 def test_group_inference_matches_a_plain_loop(tmp_path, capsys):

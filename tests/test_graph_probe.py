@@ -22,6 +22,7 @@ from gwsss_jax.train import artifact
 from gwsss_jax.train import checkpoint
 from gwsss_jax.train import optim
 from gwsss_jax.train import trainer
+from random_weights import he_normal
 
 NORM = convert.normalization_spec('imagenet_rgb')
 
@@ -47,7 +48,7 @@ def test_affine_fit_against_lstsq():
 
 
 def _workdir(tmp_path, monkeypatch, variant, steps, saved=None, name='run'):
-  """A run directory with config.json and a saved classifier of random He-scaled weights (or
+  """A run directory with config.json and a saved classifier of random He-normal weights (or
   `saved(init_params, random_params)`, where `init_params` come from flax's init with the run's
   seed), and the dataset reader replaced by 6 random images with labels."""
   config = config_lib.base_config()
@@ -63,8 +64,7 @@ def _workdir(tmp_path, monkeypatch, variant, steps, saved=None, name='run'):
   inputs = np.zeros((1, 3, 32, 32, 3), np.float32), np.ones((1, 3, 3), np.float32)
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), *inputs)
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: (rng.normal(size=s.shape) * np.sqrt(
-      2.0 / np.prod(s.shape[:-1] or (1,)))).astype(np.float32), shapes['params'])
+  params = he_normal(shapes['params'], rng)
   if saved is not None:
     init = model.init(jax.random.key(config.seed), *inputs, train=False)['params']
     params = saved(init, params)

@@ -7,7 +7,6 @@ here from the written PNGs; the stages run a few steps of a tiny DeepLab-LargeFO
 import os
 import shutil
 
-from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,7 @@ from gwsss_jax.train import artifact
 from gwsss_jax.train import parallel
 from gwsss_jax.train import steps
 from gwsss_jax.train import trainer
+from random_weights import he_normal
 
 
 class _PooledLinear(nn.Module):
@@ -126,16 +126,6 @@ def test_msc_loss_is_the_sum_of_four_terms():
   np.testing.assert_allclose(float(scalars['loss_050']), terms[2], rtol=1e-5)
 
 
-def _he_init(shapes, rng):
-  """He-normal kernels, zero biases, identity BatchNorm (numpy: nothing to compile)."""
-  def leaf(path, s):
-    if path[-1] == 'kernel':
-      return (rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1]))).astype(np.float32)
-    return np.full(s.shape, 1.0 if path[-1] in ('scale', 'var') else 0.0, np.float32)
-  flat = traverse_util.flatten_dict(shapes)
-  return traverse_util.unflatten_dict({k: leaf(k, v) for k, v in flat.items()})
-
-
 def test_training_steps_reduce_the_loss_on_a_fixed_batch():
   # The train_seg step (loss_fn, DeepLab optimiser, data parallel over 4 CPU devices) on one
   # batch repeated: the loss must go down.
@@ -147,7 +137,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch():
   module = deeplab.DeepLabV2(num_classes=3, width=0.0625, stage_sizes=(1, 1, 1, 1))
   rng = np.random.default_rng(4)
   shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  variables = _he_init(shapes, rng)
+  variables = he_normal(shapes, rng)
   tx, _ = common.optimizer(config, variables['params'])
   dp = parallel.DataParallel('shard_map', parallel.make_mesh(), 4, 'seg.batch_size')
   step = dp.compile(trainer.make_train_step(steps.segmentation_loss_fn(module, msc=False), tx))
