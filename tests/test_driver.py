@@ -82,7 +82,7 @@ def test_validate_accepts_every_shipped_config():
     ('cams.scales', ()), ('seg.model', 'unet'), ('seg.scale_range', (1.5, 0.5)),
     ('train.batch_size', 0), ('pseudo.conflict_threshold', 2.0), ('model.drop_mask', 'eq11'),
     ('cams.oaa_members', 'partners'), ('cams.oaa_first_epoch', 15), ('cams.oaa_first_epoch', -1),
-    ('pseudo.cam_norm', 'l2'),
+    ('pseudo.cam_norm', 'l2'), ('model.edge_mask', 'classes'),
 ])
 def test_validate_names_the_key(key, value):
   config = config_lib.base_config()
@@ -110,6 +110,17 @@ def test_release_variant_needs_groups_of_three():
     config_lib.validate(config)
   config.model.num_nodes = 3
   config_lib.validate(config)
+
+
+@pytest.mark.parametrize('key, value', [('self_edge', False), ('edge_mask', 'all')])
+def test_graph_ablation_switches_are_refused_for_the_release_variant(key, value):
+  config = config_lib.base_config()
+  config.model.variant = 'release'
+  config.model.num_nodes = 3
+  config_lib.validate(config)
+  config.model[key] = value
+  with pytest.raises(UserError, match=f'model.{key}=.*paper variant only'):
+    config_lib.validate(config)
 
 
 def test_stage_list_is_in_pipeline_order():

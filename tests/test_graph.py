@@ -69,7 +69,7 @@ def np_dropout(h, r, delta_r, delta_d, drop_mask='binary'):
   return h * s[..., None]
 
 
-def np_graph(h, adj, p, steps, delta_r=0.8, delta_d=0.7, r=None):
+def np_graph(h, adj, p, steps, delta_r=0.8, delta_d=0.7, r=None, self_edge=True):
   """T rounds of the paper's graph with loops over nodes and pairs. h [B, K, H, W, C]."""
   b, k, hh, ww, c = h.shape
   h = h.astype(np.float64)
@@ -78,7 +78,7 @@ def np_graph(h, adj, p, steps, delta_r=0.8, delta_d=0.7, r=None):
     for bi in range(b):
       flat = h[bi].reshape(k, hh * ww, c)
       for i in range(k):
-        msg = np_self_edge(flat[i], p['self_edge'])
+        msg = np_self_edge(flat[i], p['self_edge']) if self_edge else np.zeros_like(flat[i])
         for j in range(k):
           if j != i and adj[bi, i, j]:
             e = flat[i] @ p['edge_p']['kernel'] @ p['edge_q']['kernel'].T @ flat[j].T
@@ -250,6 +250,24 @@ def test_graph_matches_numpy_inference_and_drop_branch():
   mod_off, _ = make_graph(h, adj, steps=2, graph_dropout=False)
   out = run(mod_off, v, h, adj, True)
   np.testing.assert_allclose(out, np_graph(h, adj, p, 2, r=False), rtol=1e-4, atol=1e-4)
+
+
+def test_graph_without_self_edge_or_label_mask_matches_numpy():
+  """`self_edge=False` drops Eq. (6)'s message from Eq. (8); `edge_mask='all'` passes messages
+  between every pair of the group, whatever their labels (the two ablation switches)."""
+  h = np.abs(rand(2, 3, 3, 4, 4))
+  adj = np.array([[[1, 1, 0], [1, 1, 1], [0, 1, 1]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]]], bool)
+  every = np.ones_like(adj)
+  mod, v = make_graph(h, adj, steps=2, self_edge=False)
+  assert 'self_edge' not in v['params']['step']
+  p = np_params(v)['step']
+  np.testing.assert_allclose(run(mod, v, h, adj, False),
+                             np_graph(h, adj, p, 2, self_edge=False), rtol=1e-4, atol=1e-4)
+  mod_all, v_all = make_graph(h, adj, steps=2, edge_mask='all')
+  p_all = np_params(v_all)['step']
+  out = run(mod_all, v_all, h, adj, False)
+  np.testing.assert_allclose(out, np_graph(h, every, p_all, 2), rtol=1e-4, atol=1e-4)
+  assert np.abs(out - np_graph(h, adj, p_all, 2)).max() > 1e-3  # the mask did matter here
 
 
 def test_single_node_uses_the_self_edge_only():

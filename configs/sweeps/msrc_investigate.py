@@ -20,6 +20,9 @@ def get_sweep():
       ('K3_T3_new_mult1', {'train.new_lr_mult': 1.0,     # new layers at the backbone's lr
                            'train.new_bias_lr_mult': 2.0}),
       ('K3_T3_2epochs', {'train.num_epochs': 2}),
+      # two parts of the paper variant's graph that the authors' network lacks, one at a time
+      ('K3_T3_no_self_edge', {'model.self_edge': False}),
+      ('K3_T3_all_pairs', {'model.edge_mask': 'all'}),
       ('K1_T0_2epochs', {'model.num_nodes': 1, 'model.graph_steps': 0, 'train.batch_size': 6,
                          'train.repeats_per_epoch': 3, 'train.num_epochs': 2}),
   ]

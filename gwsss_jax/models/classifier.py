@@ -55,6 +55,9 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # group size its variables are initialised for.
 ARCH_KEYS = ('variant', 'backbone', 'width', 'output_stride', 'freeze_bn', 'node_dim', 'num_nodes',
              'dtype') + tuple(f.name for f in dataclasses.fields(GraphConfig))
+# Keys added to ARCH_KEYS after records were first written, with the value that describes what
+# the code of a record without them built.
+ARCH_KEYS_ADDED = {'self_edge': True, 'edge_mask': 'labels'}
 
 
 class GroupClassifier(nn.Module):

@@ -131,6 +131,7 @@ def drop_threshold_mask(o, delta_d):
 
 
 DROP_MASKS = ('binary', 'eq10')
+EDGE_MASKS = ('labels', 'all')  # `model.edge_mask`
 
 
 def graph_dropout_map(o, r, delta_r, delta_d, drop_mask: str = 'binary'):
@@ -233,6 +234,9 @@ class GraphConfig:
   importance_prob: float = 0.8  # delta_r of Eq. (10): P(importance map), else the drop mask
   drop_threshold: float = 0.7   # delta_d of Eq. (10)
   drop_mask: str = 'binary'     # the drop branch of Eq. (10): 'binary' or 'eq10'
+  # Two parts of the paper variant's graph that the release's lacks, to switch off one at a time:
+  self_edge: bool = True        # the self-edge message of Eq. (6) in Eq. (8)
+  edge_mask: str = 'labels'     # Eq. (8)'s neighbours: images sharing a class, or 'all' pairs
 
   @classmethod
   def from_config(cls, model_config) -> 'GraphConfig':
@@ -259,7 +263,14 @@ class GraphStep(nn.Module):
                                   kernel_init=NEW_LAYER_INIT, name=name)
     senders = other_nodes(k)  # the diagonal pairs would be masked out: not computed
     e = edge_embeddings(dense('edge_p')(flat), dense('edge_q')(flat), senders)
-    self_message = SelfEdge(reduced, dtype=self.dtype, name='self_edge')(flat)
+    if g.self_edge:
+      self_message = SelfEdge(reduced, dtype=self.dtype, name='self_edge')(flat)
+    else:
+      self_message = jnp.zeros_like(flat)
+    if g.edge_mask == 'all':
+      adjacency = jnp.ones_like(adjacency)
+    elif g.edge_mask not in EDGE_MASKS:
+      raise ValueError(f'edge_mask={g.edge_mask!r}: choose from {EDGE_MASKS}')
     message = aggregate_messages(neighbour_messages(e, flat, senders), self_message, adjacency,
                                  senders)
     message = message.reshape(h.shape)

@@ -81,12 +81,13 @@ def read(directory: str, kind: Optional[str] = None) -> dict:
 
 def _current_model_keys(model: dict, path: str) -> dict:
   """A classifier record's `model` under today's key names: records written before a rename
-  of `config.RENAMED` (model.num_steps, model.drop_rate) still load; a key it lacks altogether
-  is an error naming the record."""
+  of `config.RENAMED` (model.num_steps, model.drop_rate) still load, and those written before a
+  key of `classifier.ARCH_KEYS_ADDED` existed get its value; another key it lacks is an error
+  naming the record."""
   from gwsss_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from gwsss_jax.models import classifier  # pylint: disable=g-import-not-at-top
   renamed = config_lib.current_names({f'model.{k}': v for k, v in model.items()})
-  model = {k[len('model.'):]: v for k, v in renamed.items()}
+  model = {**classifier.ARCH_KEYS_ADDED, **{k[len('model.'):]: v for k, v in renamed.items()}}
   missing = [k for k in classifier.ARCH_KEYS if k not in model]
   if missing:
     raise UserError(f'{path}: the record lacks model.{", model.".join(missing)} (written by an '
