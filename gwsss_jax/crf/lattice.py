@@ -31,7 +31,9 @@ _PROBE = 3
 
 
 class Lattice(NamedTuple):
-  """A lattice built over N points (all arrays of one image; vmap for a batch).
+  """A lattice built over N points (all arrays of one image; `lax.map` `build` over a batch: under
+  vmap the collision fallback's `lax.cond` becomes a select, which runs the slow exact sort for
+  every image).
 
   offsets: int32 [N, d + 1] lattice point of each simplex vertex of each point.
   weights: float32 [N, d + 1] barycentric weights.
