@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
   # messages only between images that share a class ('labels') or between every pair ('all').
   m.self_edge = True
   m.edge_mask = 'labels'
+  m.message_fusion = 'sum'     # Eq. (8)'s sum, or 'gated_conv' (the release's fusion)
   m.loss_lambda = 0.4          # lambda of Eq. (12)
   m.dtype = 'float32'          # activations: float32 or bfloat16
   m.pretrained = ''            # converted weights directory, or a name: docs/weights.md
@@ -349,11 +350,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(m.num_nodes >= 1, 'model.num_nodes', m.num_nodes, 'must be >= 1')
   _check(m.graph_steps >= 0, 'model.graph_steps', m.graph_steps, 'must be >= 0')
   _check(m.reduction >= 1, 'model.reduction', m.reduction, 'must be >= 1')
-  from gwsss_jax.models.graph import DROP_MASKS, EDGE_MASKS  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.models.graph import DROP_MASKS, EDGE_MASKS, MESSAGE_FUSIONS  # pylint: disable=g-import-not-at-top
   _check(m.drop_mask in DROP_MASKS, 'model.drop_mask', m.drop_mask,
          f'choose from {", ".join(map(repr, DROP_MASKS))}')
   _check(m.edge_mask in EDGE_MASKS, 'model.edge_mask', m.edge_mask,
          f'choose from {", ".join(map(repr, EDGE_MASKS))}')
+  _check(m.message_fusion in MESSAGE_FUSIONS, 'model.message_fusion', m.message_fusion,
+         f'choose from {", ".join(map(repr, MESSAGE_FUSIONS))}')
   _check(0.0 <= m.importance_prob <= 1.0, 'model.importance_prob', m.importance_prob,
          'must lie in [0, 1]')
   _check(0.0 <= m.drop_threshold <= 1.0, 'model.drop_threshold', m.drop_threshold,
@@ -372,6 +375,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'applies to the paper variant only (the release variant has no self-edge)')
     _check(m.edge_mask == 'labels', 'model.edge_mask', m.edge_mask,
            'applies to the paper variant only (the release variant links every pair)')
+    _check(m.message_fusion == 'sum', 'model.message_fusion', m.message_fusion,
+           'applies to the paper variant only (the release variant always fuses its own way)')
   t = config.train
   _check(t.batch_size >= 1, 'train.batch_size', t.batch_size, 'must be >= 1')
   _check(t.num_epochs >= 1, 'train.num_epochs', t.num_epochs, 'must be >= 1')

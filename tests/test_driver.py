@@ -112,7 +112,8 @@ def test_release_variant_needs_groups_of_three():
   config_lib.validate(config)
 
 
-@pytest.mark.parametrize('key, value', [('self_edge', False), ('edge_mask', 'all')])
+@pytest.mark.parametrize('key, value', [('self_edge', False), ('edge_mask', 'all'),
+                                        ('message_fusion', 'gated_conv')])
 def test_graph_ablation_switches_are_refused_for_the_release_variant(key, value):
   config = config_lib.base_config()
   config.model.variant = 'release'

@@ -57,7 +57,7 @@ ARCH_KEYS = ('variant', 'backbone', 'width', 'output_stride', 'freeze_bn', 'node
              'dtype') + tuple(f.name for f in dataclasses.fields(GraphConfig))
 # Keys added to ARCH_KEYS after records were first written, with the value that describes what
 # the code of a record without them built.
-ARCH_KEYS_ADDED = {'self_edge': True, 'edge_mask': 'labels'}
+ARCH_KEYS_ADDED = {'self_edge': True, 'edge_mask': 'labels', 'message_fusion': 'sum'}
 
 
 class GroupClassifier(nn.Module):

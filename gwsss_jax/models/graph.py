@@ -28,6 +28,11 @@ Choices the paper leaves open, and what is done here:
   the scale of a node's state then swings with the branch drawn at each of the T steps, and
   a network trained with it cannot even fit one fixed batch of the built-in dataset, while the
   binary mask can.
+
+Three switches take out, one at a time, parts of this graph that the authors' release builds
+otherwise (docs/model.md): `self_edge=False` (no Eq. (6) message), `edge_mask='all'` (messages
+between every pair), `message_fusion='gated_conv'` (the release's gated, concatenated and
+convolved messages, `GatedFusion`, instead of Eq. (8)'s sum).
 """
 
 import dataclasses
@@ -111,12 +116,18 @@ def aggregate_messages(messages, self_message, adjacency, senders=None):
   Returns:
     [B, K, N, C].
   """
+  mask = sender_mask(adjacency, senders, messages.dtype)
+  return jnp.einsum('bij,bijnc->binc', mask, messages) + self_message
+
+
+def sender_mask(adjacency, senders=None, dtype=jnp.float32):
+  """[B, K, S]: 1 where senders[i, s] is a neighbour j != i of node i (`adjacency[b, i, j]`),
+  else 0 (the diagonal enters through the self-edge)."""
   k = adjacency.shape[-1]
   senders = _senders_or_all(senders, k)
   receivers = np.arange(k)[:, None]
-  not_self = senders != receivers  # j == i enters through the self-edge
-  mask = adjacency[:, receivers, senders].astype(messages.dtype) * not_self.astype(messages.dtype)
-  return jnp.einsum('bij,bijnc->binc', mask, messages) + self_message
+  not_self = senders != receivers
+  return adjacency[:, receivers, senders].astype(dtype) * not_self.astype(dtype)
 
 
 def channel_mean(h):
@@ -132,6 +143,7 @@ def drop_threshold_mask(o, delta_d):
 
 DROP_MASKS = ('binary', 'eq10')
 EDGE_MASKS = ('labels', 'all')  # `model.edge_mask`
+MESSAGE_FUSIONS = ('sum', 'gated_conv')  # `model.message_fusion`
 
 
 def graph_dropout_map(o, r, delta_r, delta_d, drop_mask: str = 'binary'):
@@ -223,6 +235,31 @@ class SelfEdge(nn.Module):
     return jnp.einsum('bknm,bkmc->bknc', attention.astype(h.dtype), v) + h
 
 
+class GatedFusion(nn.Module):
+  """`message_fusion='gated_conv'`: the authors' release's way of combining a node's incoming
+  messages (release_graph.py), in place of Eq. (8)'s sum. Each message m_ji is gated,
+  g_ji = m_ji * sigmoid(w^T m_ji) (w: a 1x1 conv C -> 1, no bias), messages from non-neighbours
+  are zeroed (the label mask), and the K - 1 gated messages, in ascending sender order, are
+  concatenated over channels and fused by a 3x3 conv (K - 1) C -> C. The sum is symmetric in
+  the senders; this is not (as in the release).
+  Input [B, K, S, N, C] messages, [B, K, S] mask; output [B, K, N, C]."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, messages, mask, hw):
+    b, k, s, n, c = messages.shape
+    if s == 0:  # a single node: no incoming message
+      return jnp.zeros((b, k, n, self.features), messages.dtype)
+    gate = nn.sigmoid(nn.Dense(1, use_bias=False, dtype=self.dtype, kernel_init=NEW_LAYER_INIT,
+                               name='gate')(messages))
+    gated = messages * gate * mask[..., None, None]
+    stacked = jnp.moveaxis(gated, 2, -2).reshape(b * k, hw[0], hw[1], s * c)
+    fused = nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype,
+                    kernel_init=NEW_LAYER_INIT, name='conv')(stacked)
+    return fused.reshape(b, k, n, self.features)
+
+
 @dataclasses.dataclass(frozen=True)
 class GraphConfig:
   """The graph's hyper-parameters: the `config.model` keys of the same names (`from_config`),
@@ -237,6 +274,7 @@ class GraphConfig:
   # Two parts of the paper variant's graph that the release's lacks, to switch off one at a time:
   self_edge: bool = True        # the self-edge message of Eq. (6) in Eq. (8)
   edge_mask: str = 'labels'     # Eq. (8)'s neighbours: images sharing a class, or 'all' pairs
+  message_fusion: str = 'sum'   # Eq. (8)'s sum, or 'gated_conv': the release's gate and fusion
 
   @classmethod
   def from_config(cls, model_config) -> 'GraphConfig':
@@ -271,8 +309,14 @@ class GraphStep(nn.Module):
       adjacency = jnp.ones_like(adjacency)
     elif g.edge_mask not in EDGE_MASKS:
       raise ValueError(f'edge_mask={g.edge_mask!r}: choose from {EDGE_MASKS}')
-    message = aggregate_messages(neighbour_messages(e, flat, senders), self_message, adjacency,
-                                 senders)
+    messages = neighbour_messages(e, flat, senders)
+    if g.message_fusion == 'sum':
+      message = aggregate_messages(messages, self_message, adjacency, senders)
+    elif g.message_fusion == 'gated_conv':
+      message = self_message + GatedFusion(c, dtype=self.dtype, name='fusion')(
+          messages, sender_mask(adjacency, senders, messages.dtype), (height, width))
+    else:
+      raise ValueError(f'message_fusion={g.message_fusion!r}: choose from {MESSAGE_FUSIONS}')
     message = message.reshape(h.shape)
     h = ConvGRUCell(c, g.gru_kernel, dtype=self.dtype, name='gru')(message, h)
     if g.graph_dropout:
