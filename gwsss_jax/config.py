@@ -109,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
   m.graph_steps = 3            # T: message-passing rounds of the graph (not SGD steps)
   m.reduction = 4              # d: low-rank ratio of Eq. (5)
   m.node_dim = 512             # C of the paper variant (embedding after the extra convs)
+  # The paper variant's three extra convs start He-normal with zero biases ('he'), or as the
+  # release's do ('release': N(0, 0.01) weights, PyTorch's default biases), for ablations.
+  m.extra_conv_init = 'he'
   m.gru_kernel = 3             # ConvGRU kernel (release: 1)
   m.graph_dropout = True
   # delta_r of Eq. (10): graph dropout takes the importance map sigmoid(o) with this probability
@@ -357,6 +360,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f'choose from {", ".join(map(repr, EDGE_MASKS))}')
   _check(m.message_fusion in MESSAGE_FUSIONS, 'model.message_fusion', m.message_fusion,
          f'choose from {", ".join(map(repr, MESSAGE_FUSIONS))}')
+  from gwsss_jax.models.classifier import EXTRA_CONV_INITS  # pylint: disable=g-import-not-at-top
+  _check(m.extra_conv_init in EXTRA_CONV_INITS, 'model.extra_conv_init', m.extra_conv_init,
+         f'choose from {", ".join(map(repr, EXTRA_CONV_INITS))}')
   _check(0.0 <= m.importance_prob <= 1.0, 'model.importance_prob', m.importance_prob,
          'must lie in [0, 1]')
   _check(0.0 <= m.drop_threshold <= 1.0, 'model.drop_threshold', m.drop_threshold,
@@ -377,6 +383,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'applies to the paper variant only (the release variant links every pair)')
     _check(m.message_fusion == 'sum', 'model.message_fusion', m.message_fusion,
            'applies to the paper variant only (the release variant always fuses its own way)')
+    _check(m.extra_conv_init == 'he', 'model.extra_conv_init', m.extra_conv_init,
+           "applies to the paper variant only (the release variant always starts as the "
+           "release's)")
   t = config.train
   _check(t.batch_size >= 1, 'train.batch_size', t.batch_size, 'must be >= 1')
   _check(t.num_epochs >= 1, 'train.num_epochs', t.num_epochs, 'must be >= 1')

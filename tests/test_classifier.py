@@ -258,3 +258,26 @@ def test_dropout_rng_only_in_training():
   _, model_off, _ = setup(graph_dropout=False)
   # No RNG needed when graph dropout is off.
   jax.eval_shape(lambda: model_off.apply(v, images, adjacency, True))
+
+
+@pytest.mark.parametrize('init', ['he', 'release'])
+def test_extra_conv_init(init):
+  """`model.extra_conv_init`: the paper variant's three extra convs start He-normal with zero
+  biases, or as the release's: N(0, 0.01) weights, biases U(+-1/sqrt(fan_in))."""
+  cfg = model_config(extra_conv_init=init)
+  model = clf.build_classifier(cfg, L)
+  images = jnp.zeros((1, 3, 32, 32, 3), jnp.float32)
+  params = jax.jit(lambda key: model.init({'params': key}, images, jnp.ones((1, 3, 3), bool),
+                                          False))(jax.random.PRNGKey(0))['params']
+  for i in (1, 2, 3):
+    kernel = np.asarray(params[f'extra_conv{i}']['kernel'])
+    bias = np.asarray(params[f'extra_conv{i}']['bias'])
+    fan_in = np.prod(kernel.shape[:-1])
+    if init == 'he':
+      assert kernel.std() == pytest.approx(np.sqrt(2.0 / fan_in), rel=0.1)
+      assert not bias.any()
+    else:
+      assert kernel.std() == pytest.approx(0.01, rel=0.1)
+      bound = 1 / np.sqrt(fan_in)
+      assert np.abs(bias).max() <= bound and bias.std() == pytest.approx(bound / np.sqrt(3),
+                                                                           rel=0.35)

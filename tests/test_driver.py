@@ -82,7 +82,8 @@ def test_validate_accepts_every_shipped_config():
     ('cams.scales', ()), ('seg.model', 'unet'), ('seg.scale_range', (1.5, 0.5)),
     ('train.batch_size', 0), ('pseudo.conflict_threshold', 2.0), ('model.drop_mask', 'eq11'),
     ('cams.oaa_members', 'partners'), ('cams.oaa_first_epoch', 15), ('cams.oaa_first_epoch', -1),
-    ('pseudo.cam_norm', 'l2'), ('model.edge_mask', 'classes'),
+    ('pseudo.cam_norm', 'l2'), ('model.edge_mask', 'classes'), ('model.message_fusion', 'concat'),
+    ('model.extra_conv_init', 'zeros'),
 ])
 def test_validate_names_the_key(key, value):
   config = config_lib.base_config()
@@ -113,7 +114,8 @@ def test_release_variant_needs_groups_of_three():
 
 
 @pytest.mark.parametrize('key, value', [('self_edge', False), ('edge_mask', 'all'),
-                                        ('message_fusion', 'gated_conv')])
+                                        ('message_fusion', 'gated_conv'),
+                                        ('extra_conv_init', 'release')])
 def test_graph_ablation_switches_are_refused_for_the_release_variant(key, value):
   config = config_lib.base_config()
   config.model.variant = 'release'

@@ -299,7 +299,7 @@ def test_classifier_record_of_an_older_version_loads_under_the_new_names(tmp_pat
   old['drop_rate'] = 0.8  # the release's --drop_rate: importance map with probability 0.2
   del old['importance_prob']
   # added later: the graph such records were trained with
-  del old['self_edge'], old['edge_mask'], old['message_fusion']
+  del old['self_edge'], old['edge_mask'], old['message_fusion'], old['extra_conv_init']
   directory = tmp_path / 'cls'
   directory.mkdir()
   artifact.save(str(directory), dict(record, model=old))
@@ -307,7 +307,7 @@ def test_classifier_record_of_an_older_version_loads_under_the_new_names(tmp_pat
   assert got['graph_steps'] == config.model.graph_steps and 'num_steps' not in got
   assert got['importance_prob'] == pytest.approx(0.2) and 'drop_rate' not in got
   assert got['self_edge'] is True and got['edge_mask'] == 'labels'
-  assert got['message_fusion'] == 'sum'
+  assert got['message_fusion'] == 'sum' and got['extra_conv_init'] == 'he'
   assert set(got) == set(record['model'])
   del old['reduction']
   artifact.save(str(directory), dict(record, model=old))

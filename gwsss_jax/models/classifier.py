@@ -14,7 +14,8 @@
 
 Variants (`model.variant`):
 - 'paper': backbone -> three 3x3 convs + ReLU (round(512 * width), round(512 * width),
-  `model.node_dim` channels; C = node_dim, not scaled by the width) -> h^0. The intermediate
+  `model.node_dim` channels; C = node_dim, not scaled by the width) -> h^0. They start He-normal
+  (`model.extra_conv_init='he'`) or as the release's (`'release'`, an ablation). The intermediate
   readout is a 1x1 class conv phi_m on h^0 followed by GAP; T rounds of `graph.GroupGraph` give
   h^T, and the graph readout is Eq. (9): GAP(phi_r(h^T)).
 - 'release': backbone -> three 3x3 convs(round(512 * width)) + ReLU -> 1x1 conv to L class maps
@@ -53,11 +54,14 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # The keys of `config.model` that describe the network, recorded with a trained classifier
 # (`gwsss_jax.train.artifact`) so that later stages rebuild it from the record; `num_nodes` is the
 # group size its variables are initialised for.
+# (`extra_conv_init` changes no shape; it is recorded with the rest as how the network began.)
 ARCH_KEYS = ('variant', 'backbone', 'width', 'output_stride', 'freeze_bn', 'node_dim', 'num_nodes',
-             'dtype') + tuple(f.name for f in dataclasses.fields(GraphConfig))
+             'dtype', 'extra_conv_init') + tuple(f.name for f in dataclasses.fields(GraphConfig))
 # Keys added to ARCH_KEYS after records were first written, with the value that describes what
 # the code of a record without them built.
-ARCH_KEYS_ADDED = {'self_edge': True, 'edge_mask': 'labels', 'message_fusion': 'sum'}
+ARCH_KEYS_ADDED = {'self_edge': True, 'edge_mask': 'labels', 'message_fusion': 'sum',
+                   'extra_conv_init': 'he'}
+EXTRA_CONV_INITS = ('he', 'release')  # `model.extra_conv_init`
 
 
 class GroupClassifier(nn.Module):
@@ -70,6 +74,7 @@ class GroupClassifier(nn.Module):
   output_stride: int = 8
   freeze_bn: bool = True
   node_dim: int = 512
+  extra_conv_init: str = 'he'
   graph: GraphConfig = GraphConfig()
   dtype: Any = jnp.float32
 
@@ -93,7 +98,14 @@ class GroupClassifier(nn.Module):
     hidden = scaled(512, self.width)
     if self.variant == 'paper':
       for i, features in enumerate((hidden, hidden, self.node_dim)):
-        x = nn.relu(self._conv(features, 3, f'extra_conv{i + 1}', kernel_init=TRUNK_INIT)(x))
+        if self.extra_conv_init == 'he':
+          inits = dict(kernel_init=TRUNK_INIT)
+        elif self.extra_conv_init == 'release':
+          inits = dict(bias_init=torch_default_bias(x.shape[-1] * 9))
+        else:
+          raise ValueError(f'extra_conv_init={self.extra_conv_init!r}: choose from '
+                           f'{EXTRA_CONV_INITS}')
+        x = nn.relu(self._conv(features, 3, f'extra_conv{i + 1}', **inits)(x))
       h0 = x.reshape((b, k) + x.shape[1:])
       h_final = GroupGraph(self.graph, dtype=self.dtype, name='graph')(h0, adjacency, train)
       cam_mid = self._conv(self.num_classes, 1, 'classifier_mid', jnp.float32)(h0)
@@ -126,6 +138,7 @@ def build_classifier(model_config, num_classes: int) -> GroupClassifier:
   return GroupClassifier(
       num_classes=num_classes, variant=m.variant, backbone_arch=m.backbone, width=m.width,
       output_stride=m.output_stride, freeze_bn=m.freeze_bn, node_dim=m.node_dim,
+      extra_conv_init=m.extra_conv_init,
       graph=GraphConfig.from_config(m), dtype=DTYPES[m.dtype])
 
 
