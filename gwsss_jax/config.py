@@ -120,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.importance_prob = 0.8
   m.drop_threshold = 0.7       # delta_d of Eq. (10)
   m.drop_mask = 'binary'       # paper variant's drop branch: 'binary' (ADL, release) or 'eq10'
+  m.drop_output = 'eq11'       # paper variant: Eq. (11)'s h * s, or 'average' (h * s + h) / 2
   # Paper variant, to ablate what the release's graph lacks: the self-edge message (Eq. 6), and
   # messages only between images that share a class ('labels') or between every pair ('all').
   m.self_edge = True
@@ -353,13 +354,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(m.num_nodes >= 1, 'model.num_nodes', m.num_nodes, 'must be >= 1')
   _check(m.graph_steps >= 0, 'model.graph_steps', m.graph_steps, 'must be >= 0')
   _check(m.reduction >= 1, 'model.reduction', m.reduction, 'must be >= 1')
-  from gwsss_jax.models.graph import DROP_MASKS, EDGE_MASKS, MESSAGE_FUSIONS  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.models.graph import DROP_MASKS, DROP_OUTPUTS, EDGE_MASKS, MESSAGE_FUSIONS  # pylint: disable=g-import-not-at-top
   _check(m.drop_mask in DROP_MASKS, 'model.drop_mask', m.drop_mask,
          f'choose from {", ".join(map(repr, DROP_MASKS))}')
   _check(m.edge_mask in EDGE_MASKS, 'model.edge_mask', m.edge_mask,
          f'choose from {", ".join(map(repr, EDGE_MASKS))}')
   _check(m.message_fusion in MESSAGE_FUSIONS, 'model.message_fusion', m.message_fusion,
          f'choose from {", ".join(map(repr, MESSAGE_FUSIONS))}')
+  _check(m.drop_output in DROP_OUTPUTS, 'model.drop_output', m.drop_output,
+         f'choose from {", ".join(map(repr, DROP_OUTPUTS))}')
   from gwsss_jax.models.classifier import EXTRA_CONV_INITS  # pylint: disable=g-import-not-at-top
   _check(m.extra_conv_init in EXTRA_CONV_INITS, 'model.extra_conv_init', m.extra_conv_init,
          f'choose from {", ".join(map(repr, EXTRA_CONV_INITS))}')
@@ -383,6 +386,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'applies to the paper variant only (the release variant links every pair)')
     _check(m.message_fusion == 'sum', 'model.message_fusion', m.message_fusion,
            'applies to the paper variant only (the release variant always fuses its own way)')
+    _check(m.drop_output == 'eq11', 'model.drop_output', m.drop_output,
+           'applies to the paper variant only (the release variant always averages)')
     _check(m.extra_conv_init == 'he', 'model.extra_conv_init', m.extra_conv_init,
            "applies to the paper variant only (the release variant always starts as the "
            "release's)")

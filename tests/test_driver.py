@@ -83,7 +83,7 @@ def test_validate_accepts_every_shipped_config():
     ('train.batch_size', 0), ('pseudo.conflict_threshold', 2.0), ('model.drop_mask', 'eq11'),
     ('cams.oaa_members', 'partners'), ('cams.oaa_first_epoch', 15), ('cams.oaa_first_epoch', -1),
     ('pseudo.cam_norm', 'l2'), ('model.edge_mask', 'classes'), ('model.message_fusion', 'concat'),
-    ('model.extra_conv_init', 'zeros'),
+    ('model.extra_conv_init', 'zeros'), ('model.drop_output', 'product'),
 ])
 def test_validate_names_the_key(key, value):
   config = config_lib.base_config()
@@ -115,7 +115,8 @@ def test_release_variant_needs_groups_of_three():
 
 @pytest.mark.parametrize('key, value', [('self_edge', False), ('edge_mask', 'all'),
                                         ('message_fusion', 'gated_conv'),
-                                        ('extra_conv_init', 'release')])
+                                        ('extra_conv_init', 'release'),
+                                        ('drop_output', 'average')])
 def test_graph_ablation_switches_are_refused_for_the_release_variant(key, value):
   config = config_lib.base_config()
   config.model.variant = 'release'

@@ -299,7 +299,8 @@ def test_classifier_record_of_an_older_version_loads_under_the_new_names(tmp_pat
   old['drop_rate'] = 0.8  # the release's --drop_rate: importance map with probability 0.2
   del old['importance_prob']
   # added later: the graph such records were trained with
-  del old['self_edge'], old['edge_mask'], old['message_fusion'], old['extra_conv_init']
+  for key in ('self_edge', 'edge_mask', 'message_fusion', 'extra_conv_init', 'drop_output'):
+    del old[key]
   directory = tmp_path / 'cls'
   directory.mkdir()
   artifact.save(str(directory), dict(record, model=old))
@@ -308,6 +309,7 @@ def test_classifier_record_of_an_older_version_loads_under_the_new_names(tmp_pat
   assert got['importance_prob'] == pytest.approx(0.2) and 'drop_rate' not in got
   assert got['self_edge'] is True and got['edge_mask'] == 'labels'
   assert got['message_fusion'] == 'sum' and got['extra_conv_init'] == 'he'
+  assert got['drop_output'] == 'eq11'
   assert set(got) == set(record['model'])
   del old['reduction']
   artifact.save(str(directory), dict(record, model=old))

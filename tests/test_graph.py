@@ -57,8 +57,9 @@ def np_self_edge(x, p):
   return np_softmax(lin('phi_f') @ lin('phi_g').T) @ lin('phi_h') + x
 
 
-def np_dropout(h, r, delta_r, delta_d, drop_mask='binary'):
-  """Eqs. (10)-(11) for one node h [H, W, C]; r None = inference (importance map)."""
+def np_dropout(h, r, delta_r, delta_d, drop_mask='binary', output='eq11'):
+  """Eqs. (10)-(11) for one node h [H, W, C]; r None = inference (importance map).
+  output='average': (h * s + h) / 2."""
   o = h.mean(-1)
   if r is None or r < delta_r:
     s = np_sigmoid(o)
@@ -66,10 +67,11 @@ def np_dropout(h, r, delta_r, delta_d, drop_mask='binary'):
     s = (o < o.max() * delta_d).astype(o.dtype)
     if drop_mask == 'eq10':
       s = o * s
-  return h * s[..., None]
+  return h * s[..., None] if output == 'eq11' else (h * s[..., None] + h) / 2
 
 
-def np_graph(h, adj, p, steps, delta_r=0.8, delta_d=0.7, r=None, self_edge=True, fusion='sum'):
+def np_graph(h, adj, p, steps, delta_r=0.8, delta_d=0.7, r=None, self_edge=True, fusion='sum',
+             drop_output='eq11'):
   """T rounds of the paper's graph with loops over nodes and pairs. h [B, K, H, W, C].
 
   fusion='gated_conv': each neighbour's message times sigmoid(its 1x1 gate), non-neighbours'
@@ -101,7 +103,7 @@ def np_graph(h, adj, p, steps, delta_r=0.8, delta_d=0.7, r=None, self_edge=True,
         new[bi, i] = np_gru(msg.reshape(1, hh, ww, c), h[bi, i][None], p['gru'])[0]
         if r is not False:
           draw = None if r is None else r[t][bi, i]
-          new[bi, i] = np_dropout(new[bi, i], draw, delta_r, delta_d)
+          new[bi, i] = np_dropout(new[bi, i], draw, delta_r, delta_d, output=drop_output)
     h = new
   return h
 
@@ -210,16 +212,18 @@ def test_eq2_convgru(kernel):
 
 
 @pytest.mark.parametrize('drop_mask', G.DROP_MASKS)
-def test_eq10_11_graph_dropout_both_branches(drop_mask):
+@pytest.mark.parametrize('output', G.DROP_OUTPUTS)
+def test_eq10_11_graph_dropout_both_branches(drop_mask, output):
   h = rand(2, 3, 5, 4, 6)
   r = np.array([[0.1, 0.79, 0.8], [0.95, 0.0, 0.5]], np.float32)
-  out = np.asarray(G.graph_dropout(jnp.asarray(h), jnp.asarray(r), 0.8, 0.7, drop_mask))
-  eval_out = np.asarray(G.graph_dropout(jnp.asarray(h), None, 0.8, 0.7, drop_mask))
+  out = np.asarray(G.graph_dropout(jnp.asarray(h), jnp.asarray(r), 0.8, 0.7, drop_mask, output))
+  eval_out = np.asarray(G.graph_dropout(jnp.asarray(h), None, 0.8, 0.7, drop_mask, output))
   for b in range(2):
     for k in range(3):
-      np.testing.assert_allclose(out[b, k], np_dropout(h[b, k], r[b, k], 0.8, 0.7, drop_mask),
-                                 rtol=RTOL, atol=ATOL)
-      np.testing.assert_allclose(eval_out[b, k], np_dropout(h[b, k], None, 0.8, 0.7),
+      np.testing.assert_allclose(
+          out[b, k], np_dropout(h[b, k], r[b, k], 0.8, 0.7, drop_mask, output),
+          rtol=RTOL, atol=ATOL)
+      np.testing.assert_allclose(eval_out[b, k], np_dropout(h[b, k], None, 0.8, 0.7, output=output),
                                  rtol=RTOL, atol=ATOL)
 
 
@@ -304,6 +308,24 @@ def test_graph_with_gated_fusion_matches_numpy():
   assert 'fusion' not in v1['params']['step']
   np.testing.assert_allclose(run(mod1, v1, one, adj[:, :1, :1], False),
                              np_graph(one, adj[:, :1, :1], np_params(v1)['step'], 2),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_graph_with_averaged_dropout_output_matches_numpy():
+  """`drop_output='average'`: every round ends with (h * s + h) / 2, the release's form, in both
+  branches (the drop mask for every node with importance_prob 0)."""
+  h = np.abs(rand(2, 3, 3, 4, 4))
+  adj = np.array([[[1, 1, 0], [1, 1, 1], [0, 1, 1]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]]], bool)
+  mod, v = make_graph(h, adj, steps=2, drop_output='average')
+  p = np_params(v)['step']
+  out = run(mod, v, h, adj, False)
+  np.testing.assert_allclose(out, np_graph(h, adj, p, 2, drop_output='average'), rtol=1e-4,
+                             atol=1e-4)
+  assert np.abs(out - np_graph(h, adj, p, 2)).max() > 1e-3  # differs from Eq. (11)'s h * s
+  mod0, _ = make_graph(h, adj, steps=2, importance_prob=0.0, drop_output='average')
+  always = [np.ones((2, 3))] * 2
+  np.testing.assert_allclose(run(mod0, v, h, adj, True, seed=1),
+                             np_graph(h, adj, p, 2, 0.0, r=always, drop_output='average'),
                              rtol=1e-4, atol=1e-4)
 
 

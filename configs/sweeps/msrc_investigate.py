@@ -25,6 +25,7 @@ def get_sweep():
       ('K3_T3_all_pairs', {'model.edge_mask': 'all'}),
       ('K3_T3_gated_fusion', {'model.message_fusion': 'gated_conv'}),
       ('K3_T3_release_init', {'model.extra_conv_init': 'release'}),
+      ('K3_T3_drop_average', {'model.drop_output': 'average'}),
       ('K1_T0_2epochs', {'model.num_nodes': 1, 'model.graph_steps': 0, 'train.batch_size': 6,
                          'train.repeats_per_epoch': 3, 'train.num_epochs': 2}),
   ]

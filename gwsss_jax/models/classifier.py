@@ -60,7 +60,7 @@ ARCH_KEYS = ('variant', 'backbone', 'width', 'output_stride', 'freeze_bn', 'node
 # Keys added to ARCH_KEYS after records were first written, with the value that describes what
 # the code of a record without them built.
 ARCH_KEYS_ADDED = {'self_edge': True, 'edge_mask': 'labels', 'message_fusion': 'sum',
-                   'extra_conv_init': 'he'}
+                   'extra_conv_init': 'he', 'drop_output': 'eq11'}
 EXTRA_CONV_INITS = ('he', 'release')  # `model.extra_conv_init`
 
 

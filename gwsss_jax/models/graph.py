@@ -29,10 +29,11 @@ Choices the paper leaves open, and what is done here:
   a network trained with it cannot even fit one fixed batch of the built-in dataset, while the
   binary mask can.
 
-Three switches take out, one at a time, parts of this graph that the authors' release builds
+Four switches take out, one at a time, parts of this graph that the authors' release builds
 otherwise (docs/model.md): `self_edge=False` (no Eq. (6) message), `edge_mask='all'` (messages
 between every pair), `message_fusion='gated_conv'` (the release's gated, concatenated and
-convolved messages, `GatedFusion`, instead of Eq. (8)'s sum).
+convolved messages, `GatedFusion`, instead of Eq. (8)'s sum), `drop_output='average'` (the
+release's (h * s + h) / 2 instead of Eq. (11)'s h * s).
 """
 
 import dataclasses
@@ -144,6 +145,7 @@ def drop_threshold_mask(o, delta_d):
 DROP_MASKS = ('binary', 'eq10')
 EDGE_MASKS = ('labels', 'all')  # `model.edge_mask`
 MESSAGE_FUSIONS = ('sum', 'gated_conv')  # `model.message_fusion`
+DROP_OUTPUTS = ('eq11', 'average')  # `model.drop_output`
 
 
 def graph_dropout_map(o, r, delta_r, delta_d, drop_mask: str = 'binary'):
@@ -167,8 +169,9 @@ def graph_dropout_map(o, r, delta_r, delta_d, drop_mask: str = 'binary'):
   return jnp.where((r < delta_r)[..., None, None], importance, dropped)
 
 
-def graph_dropout(h, r, delta_r, delta_d, drop_mask: str = 'binary'):
-  """Eqs. (10)-(11): h_hat = h (x) s, s broadcast over channels.
+def graph_dropout(h, r, delta_r, delta_d, drop_mask: str = 'binary', output: str = 'eq11'):
+  """Eqs. (10)-(11): h_hat = h (x) s, s broadcast over channels (`output='eq11'`), or the
+  release's (h (x) s + h) / 2 (`output='average'`, an ablation: half of h always passes).
 
   `r=None` is inference: s = sigmoid(o), the importance map. In training that branch is taken
   with probability delta_r (0.8) and the drop mask is the regulariser (like dropout, it is off at
@@ -176,9 +179,12 @@ def graph_dropout(h, r, delta_r, delta_d, drop_mask: str = 'binary'):
   most of the time: with the identity instead, h^T would reach phi_r without the factor
   sigmoid(o) in (0, 1) it almost always carried in training, a shift of scale and shape.
   """
+  if output not in DROP_OUTPUTS:
+    raise ValueError(f'drop_output={output!r}: choose from {DROP_OUTPUTS}')
   o = channel_mean(h)
   s = jax.nn.sigmoid(o) if r is None else graph_dropout_map(o, r, delta_r, delta_d, drop_mask)
-  return h * s[..., None].astype(h.dtype)
+  dropped = h * s[..., None].astype(h.dtype)
+  return dropped if output == 'eq11' else (dropped + h) / 2
 
 
 class ConvGRUCell(nn.Module):
@@ -271,6 +277,7 @@ class GraphConfig:
   importance_prob: float = 0.8  # delta_r of Eq. (10): P(importance map), else the drop mask
   drop_threshold: float = 0.7   # delta_d of Eq. (10)
   drop_mask: str = 'binary'     # the drop branch of Eq. (10): 'binary' or 'eq10'
+  drop_output: str = 'eq11'     # Eq. (11)'s h * s, or 'average': the release's (h * s + h) / 2
   # Two parts of the paper variant's graph that the release's lacks, to switch off one at a time:
   self_edge: bool = True        # the self-edge message of Eq. (6) in Eq. (8)
   edge_mask: str = 'labels'     # Eq. (8)'s neighbours: images sharing a class, or 'all' pairs
@@ -321,7 +328,7 @@ class GraphStep(nn.Module):
     h = ConvGRUCell(c, g.gru_kernel, dtype=self.dtype, name='gru')(message, h)
     if g.graph_dropout:
       r = jax.random.uniform(self.make_rng('dropout'), (b, k)) if train else None
-      h = graph_dropout(h, r, g.importance_prob, g.drop_threshold, g.drop_mask)
+      h = graph_dropout(h, r, g.importance_prob, g.drop_threshold, g.drop_mask, g.drop_output)
     return h
 
 
