@@ -121,8 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
   m.drop_threshold = 0.7       # delta_d of Eq. (10)
   m.drop_mask = 'binary'       # paper variant's drop branch: 'binary' (ADL, release) or 'eq10'
   m.drop_output = 'eq11'       # paper variant: Eq. (11)'s h * s, or 'average' (h * s + h) / 2
-  # Paper variant, to ablate what the release's graph lacks: the self-edge message (Eq. 6), and
-  # messages only between images that share a class ('labels') or between every pair ('all').
+  # Paper variant, ablations toward the release's graph (with drop_output and extra_conv_init):
+  # the self-edge message (Eq. 6), and messages only between images that share a class
+  # ('labels') or between every pair ('all').
   m.self_edge = True
   m.edge_mask = 'labels'
   m.message_fusion = 'sum'     # Eq. (8)'s sum, or 'gated_conv' (the release's fusion)

@@ -278,7 +278,8 @@ class GraphConfig:
   drop_threshold: float = 0.7   # delta_d of Eq. (10)
   drop_mask: str = 'binary'     # the drop branch of Eq. (10): 'binary' or 'eq10'
   drop_output: str = 'eq11'     # Eq. (11)'s h * s, or 'average': the release's (h * s + h) / 2
-  # Two parts of the paper variant's graph that the release's lacks, to switch off one at a time:
+  # Parts of the paper variant's graph that the release's builds otherwise, to replace one at a
+  # time (drop_output above is another):
   self_edge: bool = True        # the self-edge message of Eq. (6) in Eq. (8)
   edge_mask: str = 'labels'     # Eq. (8)'s neighbours: images sharing a class, or 'all' pairs
   message_fusion: str = 'sum'   # Eq. (8)'s sum, or 'gated_conv': the release's gate and fusion
