@@ -248,6 +248,9 @@ def test_eq10_mask_zeroes_exactly_positions_at_or_above_threshold():
 
 # ---- the whole graph --------------------------------------------------------------------------
 
+# Two groups of three: node 0 and node 2 of the first unlinked, node 0 of the second isolated.
+ADJ = np.array([[[1, 1, 0], [1, 1, 1], [0, 1, 1]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]]], bool)
+
 def make_graph(h, adj, steps=2, **kw):
   mod = G.GroupGraph(G.GraphConfig(graph_steps=steps, reduction=2, **kw))
   return mod, random_variables(mod, h, adj, False)
@@ -255,7 +258,7 @@ def make_graph(h, adj, steps=2, **kw):
 
 def test_graph_matches_numpy_inference_and_drop_branch():
   h = np.abs(rand(2, 3, 3, 4, 4))
-  adj = np.array([[[1, 1, 0], [1, 1, 1], [0, 1, 1]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]]], bool)
+  adj = ADJ
   mod, v = make_graph(h, adj, steps=2, importance_prob=0.8, drop_threshold=0.7)
   p = np_params(v)['step']
   out = run(mod, v, h, adj, False)
@@ -275,7 +278,7 @@ def test_graph_without_self_edge_or_label_mask_matches_numpy():
   """`self_edge=False` drops Eq. (6)'s message from Eq. (8); `edge_mask='all'` passes messages
   between every pair of the group, whatever their labels (the two ablation switches)."""
   h = np.abs(rand(2, 3, 3, 4, 4))
-  adj = np.array([[[1, 1, 0], [1, 1, 1], [0, 1, 1]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]]], bool)
+  adj = ADJ
   every = np.ones_like(adj)
   mod, v = make_graph(h, adj, steps=2, self_edge=False)
   assert 'self_edge' not in v['params']['step']
@@ -293,7 +296,7 @@ def test_graph_with_gated_fusion_matches_numpy():
   """`message_fusion='gated_conv'`: the release's gate, concatenation and 3x3 fusion instead of
   Eq. (8)'s sum, non-neighbours' messages zeroed, the self-edge added."""
   h = np.abs(rand(2, 3, 3, 4, 4))
-  adj = np.array([[[1, 1, 0], [1, 1, 1], [0, 1, 1]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]]], bool)
+  adj = ADJ
   mod, v = make_graph(h, adj, steps=2, message_fusion='gated_conv')
   p = np_params(v)['step']
   assert p['fusion']['conv']['kernel'].shape == (3, 3, 2 * 4, 4)
@@ -315,7 +318,7 @@ def test_graph_with_averaged_dropout_output_matches_numpy():
   """`drop_output='average'`: every round ends with (h * s + h) / 2, the release's form, in both
   branches (the drop mask for every node with importance_prob 0)."""
   h = np.abs(rand(2, 3, 3, 4, 4))
-  adj = np.array([[[1, 1, 0], [1, 1, 1], [0, 1, 1]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]]], bool)
+  adj = ADJ
   mod, v = make_graph(h, adj, steps=2, drop_output='average')
   p = np_params(v)['step']
   out = run(mod, v, h, adj, False)

@@ -241,6 +241,26 @@ class SelfEdge(nn.Module):
     return jnp.einsum('bknm,bkmc->bknc', attention.astype(h.dtype), v) + h
 
 
+def gated_fusion(messages, gate, fuse, mask=None):
+  """The authors' release's combination of a node's incoming messages, shared by `GatedFusion`
+  and the release variant's graph (which name and initialise their own layers): each message
+  times sigmoid(gate(message)), optionally times `mask`, the S messages concatenated over
+  channels in sender order and convolved by `fuse`.
+
+  Args:
+    messages: [B, K, S, H, W, C] (receiver, sender slot); gate: a layer C -> 1 on the last axis;
+    fuse: a convolution S C -> C' on [B K, H, W, S C]; mask: None or [B, K, S].
+  Returns:
+    [B, K, H, W, C'].
+  """
+  b, k, s, height, width, c = messages.shape
+  gated = messages * nn.sigmoid(gate(messages))
+  if mask is not None:
+    gated = gated * mask[..., None, None, None]
+  fused = fuse(jnp.moveaxis(gated, 2, -2).reshape(b * k, height, width, s * c))
+  return fused.reshape(b, k, height, width, fused.shape[-1])
+
+
 class GatedFusion(nn.Module):
   """`message_fusion='gated_conv'`: the authors' release's way of combining a node's incoming
   messages (release_graph.py), in place of Eq. (8)'s sum. Each message m_ji is gated,
@@ -257,12 +277,10 @@ class GatedFusion(nn.Module):
     b, k, s, n, c = messages.shape
     if s == 0:  # a single node: no incoming message
       return jnp.zeros((b, k, n, self.features), messages.dtype)
-    gate = nn.sigmoid(nn.Dense(1, use_bias=False, dtype=self.dtype, kernel_init=NEW_LAYER_INIT,
-                               name='gate')(messages))
-    gated = messages * gate * mask[..., None, None]
-    stacked = jnp.moveaxis(gated, 2, -2).reshape(b * k, hw[0], hw[1], s * c)
-    fused = nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype,
-                    kernel_init=NEW_LAYER_INIT, name='conv')(stacked)
+    gate = nn.Dense(1, use_bias=False, dtype=self.dtype, kernel_init=NEW_LAYER_INIT, name='gate')
+    fuse = nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype,
+                   kernel_init=NEW_LAYER_INIT, name='conv')
+    fused = gated_fusion(messages.reshape(b, k, s, hw[0], hw[1], c), gate, fuse, mask)
     return fused.reshape(b, k, n, self.features)
 
 

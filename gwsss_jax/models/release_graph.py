@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from gwsss_jax.common.errors import UserError
 from gwsss_jax.models.graph import NEW_LAYER_INIT, ConvGRUCell, channel_mean, drop_threshold_mask
 from gwsss_jax.models.graph import GraphConfig, torch_default_bias
-from gwsss_jax.models.graph import edge_embeddings, neighbour_messages, other_nodes
+from gwsss_jax.models.graph import edge_embeddings, gated_fusion, neighbour_messages, other_nodes
 
 
 def release_graph_dropout(x, r, importance_prob, drop_threshold):
@@ -82,12 +82,9 @@ class ReleaseGraphStep(nn.Module):
     attended = neighbour_messages(edge_embeddings(a, p, others),
                                   x.reshape(b, k, height * width, c), others)
     attended = attended.reshape(b, k, k - 1, height, width, c)
-    incoming = attended * nn.sigmoid(conv(1, 1, 'extra_gate', use_bias=False)(attended))
-    incoming = jnp.moveaxis(incoming, 2, -2).reshape(b, k, height, width, (k - 1) * c)
-    fused = conv(c, 3, 'extra_conv_fusion', fan_in=(k - 1) * c)(
-        incoming.reshape(b * k, height, width, -1))
-    x = ConvGRUCell(c, 1, torch_bias=True, dtype=self.dtype, name='extra_ConvGRU')(
-        fused.reshape(x.shape), x)
+    fused = gated_fusion(attended, conv(1, 1, 'extra_gate', use_bias=False),
+                         conv(c, 3, 'extra_conv_fusion', fan_in=(k - 1) * c))
+    x = ConvGRUCell(c, 1, torch_bias=True, dtype=self.dtype, name='extra_ConvGRU')(fused, x)
     if self.graph.graph_dropout:
       r = jax.random.uniform(self.make_rng('dropout'), (b, k)) if train else None
       x = release_graph_dropout(x, r, self.graph.importance_prob, self.graph.drop_threshold)
