@@ -25,7 +25,13 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from gwsss_jax.common import blas
+
+blas.limit_threads()  # as gwsss_jax.main does, before NumPy loads (gwsss_jax/common/blas.py)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import smoke
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Configuration file.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Alternating rounds.')

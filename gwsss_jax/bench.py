@@ -49,6 +49,11 @@ import tempfile
 import time
 from typing import Callable, Optional
 
+from gwsss_jax.common import blas
+
+blas.limit_threads()  # as gwsss_jax.main does: input_pipeline times the loader as training runs it
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 from absl import app
 from absl import flags
 import jax
@@ -60,6 +65,7 @@ from gwsss_jax import config as config_lib
 from gwsss_jax.common import cli
 from gwsss_jax.common import xla_flags
 from gwsss_jax.common.errors import UserError
+# pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 GROUPS = ('train_cls', 'graph_share', 'input_pipeline', 'cam_export', 'train_seg', 'crf')
 

@@ -7,10 +7,16 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from gwsss_jax.common import blas
+
+blas.limit_threads()  # before anything imports NumPy (gwsss_jax/common/blas.py says why)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from gwsss_jax import config as config_lib
 from gwsss_jax.common import cli
 from gwsss_jax.common import console
 from gwsss_jax.common import xla_flags
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)

@@ -180,3 +180,33 @@ def test_a_mask_of_another_size_is_named(setup, tmp_path):
   broken = _first_example_with(val, mask_path=small)
   with pytest.raises(UserError, match=f'{small}: mask 7x5 differs from its image'):
     list(ip.eval_iterator(broken, config, batch_size=2, process_index=0, process_count=1))
+
+
+_BLAS_PROBE = '''
+import os
+from gwsss_jax.common import blas
+seen = []
+limit = blas.limit_threads
+blas.limit_threads = lambda: seen.append(limit()) or seen[-1]
+import {module}
+print(seen, [os.environ.get(name) for name in blas.VARIABLES])
+'''
+
+
+@pytest.mark.parametrize('module', ['gwsss_jax.main', 'gwsss_jax.bench', 'benchmarks.loaders'])
+@pytest.mark.parametrize('user_value', [None, '3'])
+def test_entry_points_give_blas_one_thread_before_numpy_loads(module, user_value):
+  """The loader's threads call BLAS (its resize is a matrix product), and OpenBLAS or MKL read
+  their thread count once, when NumPy loads: every entry point that runs the loader sets it
+  to 1 before NumPy is imported (the call returns True only then), and keeps a user's value."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from gwsss_jax.common import blas  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k not in blas.VARIABLES}
+  if user_value is not None:
+    env['OPENBLAS_NUM_THREADS'] = user_value
+  proc = subprocess.run([sys.executable, '-c', _BLAS_PROBE.format(module=module)], cwd=root,
+                        env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == f"[True] ['{user_value or 1}', '1']"
