@@ -74,9 +74,14 @@ done > "$RESULTS/logs_tail.txt"
 cat "$RESULTS/msrc_full.md"
 # How far each run's graph moved its class maps (docs/msrc.md, "Its graph barely changes the
 # maps"): on the CPU schedules the release network's graph readout stayed an affine copy.
+# The probes run at once, each in its own process, as the runs did; their lines keep run order.
+mkdir -p "$WORK/probes"
 for d in "$WORK"/runs/*/seed*; do
   [ -f "$d/config.json" ] || continue
-  echo "$(basename "$(dirname "$d")")/$(basename "$d"): $("$PY" -m gwsss_jax.evaluation.graph_probe \
-    --workdir="$d" 2>&1 | tail -n 1)"
-done | tee "$RESULTS/graph_probe.txt"
+  name=$(basename "$(dirname "$d")")/$(basename "$d")
+  ( echo "$name: $("$PY" -m gwsss_jax.evaluation.graph_probe --workdir="$d" 2>&1 | tail -n 1)" \
+      > "$WORK/probes/${name//\//_}.txt" ) &
+done
+wait
+cat "$WORK"/probes/*.txt 2>/dev/null | tee "$RESULTS/graph_probe.txt"
 ! grep -q ' rc=[1-9]' "$RESULTS/timing.txt"
