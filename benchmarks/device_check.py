@@ -46,9 +46,10 @@ TORCH_SCRIPT = os.path.join(ROOT, 'benchmarks', 'torch_vgg_step.py')
 
 # (part, time limit in seconds on a device, process start-up included). Sum 450 s, the default
 # `--budget_s`: the whole check stays inside 8 minutes, and a part never gets more than what is
-# left of the budget. `release` has the most: torch.compile's first call compiles.
-PARTS = (('paper_bf16', 110), ('release', 140), ('deeplab', 80), ('paper_fp32', 60),
-         ('cam_export', 35), ('crf', 25))
+# left of the budget. `release` has the most: torch.compile's first call compiles. `crf` has
+# room for a fresh process's CUDA start-up and its first compile next to its 3 rounds.
+PARTS = (('paper_bf16', 110), ('release', 140), ('deeplab', 80), ('paper_fp32', 45),
+         ('cam_export', 35), ('crf', 40))
 # --quick's parts take seconds of CPU time each; the limit is loose so that a busy machine does
 # not fail the smoke test.
 QUICK_LIMIT_S = 150
@@ -338,9 +339,10 @@ def release_part(quick: bool, deadline: float) -> None:
   try:
     step, step_args, _ = p.harness.build_classifier_step(config)
     t0 = time.perf_counter()
-    compiled = step.lower(*step_args).compile()
+    lowered = step.lower(*step_args)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    flops = p.bench.cost_flops(compiled)
+    flops = p.bench.cost_flops(lowered)
   except Exception as e:  # pylint: disable=broad-except
     p.failed('release_step_jax', text, e)
     return

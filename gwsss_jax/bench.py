@@ -173,10 +173,17 @@ def device_peak_flops(device, dtype: str) -> tuple[Optional[float], str]:
   return None, f'unknown device kind {kind!r}'
 
 
-def cost_flops(compiled) -> Optional[float]:
-  """FLOPs of one call of a compiled function, from XLA's cost analysis (None if absent)."""
+def cost_flops(lowered) -> Optional[float]:
+  """FLOPs of one call of a function, from XLA's cost analysis of its lowered (not compiled)
+  form (None if absent).
+
+  The compiled module would do on a CPU, but on GPUs XLA turns convolutions into cuDNN custom
+  calls, which the compiled module's analysis counts as no FLOPs at all: the paper variant's
+  step then shows a few percent of its work. The lowered module still holds the convolutions (for a
+  `shard_map`ped step, each device's part), and on a CPU both give the same count.
+  """
   try:
-    analysis = compiled.cost_analysis()
+    analysis = lowered.cost_analysis()
   except Exception:  # pylint: disable=broad-except
     return None
   if isinstance(analysis, (list, tuple)):
@@ -199,7 +206,8 @@ def compile_and_time(fn, args: tuple, *, steps: int, warmup: int,
   buffers cannot be reused). Returns {'compile_s', 'step_s' (median), 'step_all', 'flops'}.
   """
   t0 = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  lowered = fn.lower(*args)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   times = []
   for i in range(warmup + steps):
@@ -211,7 +219,7 @@ def compile_and_time(fn, args: tuple, *, steps: int, warmup: int,
     if carry is not None:
       args = carry(args, result)
   return {'compile_s': compile_s, 'step_s': statistics.median(times), 'step_all': times,
-          'flops': cost_flops(compiled), 'memory': compiled_memory(compiled)}
+          'flops': cost_flops(lowered), 'memory': compiled_memory(compiled)}
 
 
 def compiled_memory(compiled) -> Optional[dict]:
@@ -264,7 +272,7 @@ def flops_figures(device, prefix: str, flops, step_s: float, dtype: str,
                   context: dict) -> Optional[float]:
   """Emits `<prefix>.flops_per_step`, `.achieved_flops_per_s` and `.mfu`; returns the MFU.
 
-  MFU here is XLA's FLOP count of the compiled step (per device) over the step time, as a
+  MFU here is XLA's FLOP count of the lowered step (per device; `cost_flops`) over the step time, as a
   fraction of the device's dense peak for `dtype` (`device_peak_flops`). XLA counts the
   convolutions and matmuls the step really runs, so the figure is comparable across
   frameworks only for the same network and batch.

@@ -146,3 +146,22 @@ def test_eigen_convolution_gradients_match_torch():
   np.testing.assert_allclose(gx, x.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(gw1, w1.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(gw2, w2.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_cost_flops_counts_the_lowered_convolutions():
+  """MFU's numerator: the lowered step's FLOPs, which on GPUs still hold the convolutions that
+  the compiled module hands to cuDNN. Checked against the textbook count of a VALID
+  convolution and of its two gradients (2 multiply-adds per weight and output position)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gwsss_jax import bench  # pylint: disable=g-import-not-at-top
+  n, h, w, cin, cout, k = 2, 12, 10, 8, 16, 3
+  conv = lambda x, kern: jax.lax.conv_general_dilated(
+      x, kern, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  x, kern = jnp.ones((n, h, w, cin)), jnp.ones((k, k, cin, cout))
+  one = 2 * n * (h - k + 1) * (w - k + 1) * cin * cout * k * k
+  assert bench.cost_flops(jax.jit(conv).lower(x, kern)) == one
+  # Forward, input gradient and weight gradient: three convolutions of the same size (the
+  # sum's and the cotangent's few FLOPs aside).
+  grads = jax.jit(jax.value_and_grad(lambda a, b: conv(a, b).sum(), argnums=(0, 1)))
+  assert bench.cost_flops(grads.lower(x, kern)) == pytest.approx(3 * one, rel=0.01)
