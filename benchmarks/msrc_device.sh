@@ -13,8 +13,8 @@
 # VGG16 in float16, 56 MiB). Environment: SEEDS (default 0,1,2; --quick: 0), ONLY (the sweep's
 # variants, default single_image_K1,group_K4_T3,release_K3_T3), RUN_S (each
 # run's time limit, default 480 s), GWSSS_MSRC_PACK (default .device_msrc), GWSSS_SET (more
-# `key=value,...` overrides for every run), OUT (where the table, the per-seed CSV, the logs and
-# graph_probe.txt go; default runs/msrc_device).
+# `key=value,...` overrides for every run), OUT (where the table, the per-seed CSV, the logs,
+# graph_probe.txt and gpu_util.csv go; default runs/msrc_device).
 set -u
 cd "$(dirname "$0")/.."
 . benchmarks/device_env.sh || exit 2
@@ -56,15 +56,31 @@ n=$(wc -l < "$WORK/commands.txt")
 # All runs share the device: each takes its part of the memory instead of JAX's default 75%.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v n="$n" 'BEGIN { printf "%.3f", 0.9 / n }')
 echo "# $n runs at once (seeds $SEEDS), each within ${RUN_S}s; logs in $WORK/logs"
+# How busy the GPU is while the runs share it: runs starved by their hosts leave it idle.
+SMI_PID=
+if command -v nvidia-smi > /dev/null 2>&1; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 \
+    > "$RESULTS/gpu_util.csv" 2>&1 &
+  SMI_PID=$!
+fi
+pids=()
 i=0
 while read -r cmd; do
   ( start=$(date +%s)
     timeout "$RUN_S" bash -c "$cmd" > "$WORK/logs/run$i.log" 2>&1
     rc=$?
     echo "run$i rc=$rc $(( $(date +%s) - start ))s $cmd" >> "$WORK/timing.txt" ) &
+  pids+=($!)
   i=$((i + 1))
 done < "$WORK/commands.txt"
-wait
+wait "${pids[@]}"
+if [ -n "$SMI_PID" ]; then
+  kill "$SMI_PID" 2> /dev/null
+  wait "$SMI_PID" 2> /dev/null
+  awk -F', *' 'NR > 1 && $2 ~ /%/ { sub(/ *%.*/, "", $2); s += $2; n++ }
+    END { if (n) printf "# GPU busy %.0f%% of the time on average (%d samples, %s)\n",
+                        s / n, n, "gpu_util.csv" }' "$RESULTS/gpu_util.csv"
+fi
 sort "$WORK/timing.txt" | tee "$RESULTS/timing.txt"
 "$PY" "${SWEEP[@]}" --table_only > /dev/null || exit 2
 cp "$WORK/runs/msrc_full.md" "$WORK/runs/msrc_full_seeds.csv" "$RESULTS/"

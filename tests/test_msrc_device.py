@@ -47,8 +47,16 @@ def test_pack_and_unpack_keep_the_images_labels_and_weights(tmp_path):
 
 @pytest.mark.slow
 def test_the_device_script_runs_in_its_smoke_mode(tmp_path):
+  # A stand-in nvidia-smi, 40% busy: the script samples the GPU while the runs share it.
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'nvidia-smi').write_text(
+      '#!/usr/bin/env bash\necho "timestamp, utilization.gpu [%], memory.used [MiB]"\n'
+      'while true; do echo "2026/11/27 00:00:00.000, 40 %, 100 MiB"; sleep 0.2; done\n')
+  (bin_dir / 'nvidia-smi').chmod(0o755)
   env = dict(os.environ, OUT=str(tmp_path / 'out'), PYTHON=sys.executable,
-             PYTHONPATH=os.pathsep.join([BLOCKER, ROOT]))
+             PYTHONPATH=os.pathsep.join([BLOCKER, ROOT]),
+             PATH=os.pathsep.join([str(bin_dir), os.environ.get('PATH', '')]))
   env.pop('XLA_FLAGS', None)  # one CPU device, as the script's batches of 1 group need
   proc = subprocess.run(['bash', '-c', 'bash benchmarks/msrc_device.sh --quick'], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=900, check=False)
@@ -68,3 +76,5 @@ def test_the_device_script_runs_in_its_smoke_mode(tmp_path):
   assert len(probes) == 3, probes
   assert all('graph_probe: ' in p and 'R^2 median' in p for p in probes), probes
   assert any(p.startswith('single_image_K1/seed0: ') and '(paper, T = 0)' in p for p in probes)
+  assert '# GPU busy 40% of the time on average' in proc.stdout, proc.stdout[-3000:]
+  assert (tmp_path / 'out' / 'gpu_util.csv').read_text().count('40 %') >= 2
