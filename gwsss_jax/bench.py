@@ -179,8 +179,8 @@ def cost_flops(lowered) -> Optional[float]:
 
   The compiled module would do on a CPU, but on GPUs XLA turns convolutions into cuDNN custom
   calls, which the compiled module's analysis counts as no FLOPs at all: the paper variant's
-  step then shows a few percent of its work. The lowered module still holds the convolutions (for a
-  `shard_map`ped step, each device's part), and on a CPU both give the same count.
+  step then shows a few percent of its work. The lowered module still holds the convolutions
+  (for a `shard_map`ped step, each device's part), and on a CPU both give the same count.
   """
   try:
     analysis = lowered.cost_analysis()
@@ -272,8 +272,8 @@ def flops_figures(device, prefix: str, flops, step_s: float, dtype: str,
                   context: dict) -> Optional[float]:
   """Emits `<prefix>.flops_per_step`, `.achieved_flops_per_s` and `.mfu`; returns the MFU.
 
-  MFU here is XLA's FLOP count of the lowered step (per device; `cost_flops`) over the step time, as a
-  fraction of the device's dense peak for `dtype` (`device_peak_flops`). XLA counts the
+  MFU here is XLA's FLOP count of the lowered step (per device; `cost_flops`) over the step
+  time, as a fraction of the device's dense peak for `dtype` (`device_peak_flops`). XLA counts the
   convolutions and matmuls the step really runs, so the figure is comparable across
   frameworks only for the same network and batch.
   """

@@ -2,8 +2,8 @@
 
 The NumPy loader (`data/np_loader.py`) decodes and resizes images in its own pool of threads,
 and its resize is a matrix product, which NumPy's OpenBLAS (or MKL) spreads over every core
-from each of those threads. The threads then fight for the cores: a single process on two
-cores loads images at half the rate it reaches with one BLAS thread, and runs that share a
+from each of those threads. The threads then fight for the cores: even a single process
+loads images markedly slower than with one BLAS thread (docs/data.md), and runs that share a
 machine (a sweep's processes, `benchmarks/msrc_device.sh`'s nine runs on one GPU box) multiply
 the excess, while the accelerator waits for its batches. Nothing else this package does on the
 host multiplies matrices large enough to gain from BLAS threads (JAX's CPU backend keeps its
