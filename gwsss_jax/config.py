@@ -297,6 +297,12 @@ def _check(cond: bool, key: str, value, why: str):
     raise UserError(f'config.{key}={value!r}: {why}')
 
 
+def _check_choice(key: str, value, choices, why: str = '') -> None:
+  """`value` must be one of `choices`; the error lists them (after `why`, if given)."""
+  _check(value in choices, key, value,
+         f'{why + "; " if why else ""}choose from {", ".join(map(repr, choices))}')
+
+
 def leaf_keys(config, prefix: str = ''):
   """The dotted names of every value of `config` ('model.num_nodes', ...)."""
   for name, value in config.items():
@@ -319,17 +325,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   stages = [s.strip() for s in config.stages.split(',') if s.strip()]
   for s in stages:
     _check(s in STAGES, 'stages', config.stages,
-           f'unknown stage {s!r}; choose from {", ".join(STAGES)}')
+           f'unknown stage {s!r}; choose from {", ".join(map(repr, STAGES))}')
   _check(bool(stages), 'stages', config.stages, 'no stage given')
-  _check(config.data.name in DATASETS, 'data.name', config.data.name,
-         f'choose from {", ".join(DATASETS)}')
+  _check_choice('data.name', config.data.name, DATASETS)
   _check(config.data.num_classes >= 1, 'data.num_classes', config.data.num_classes, 'must be >= 1')
   d = config.data
-  _check(d.resize_mode in RESIZE_MODES, 'data.resize_mode', d.resize_mode,
-         f'choose from {", ".join(map(repr, RESIZE_MODES))}')
+  _check_choice('data.resize_mode', d.resize_mode, RESIZE_MODES)
   _check(d.resize >= 16, 'data.resize', d.resize, 'must be >= 16')
-  _check(d.loader in LOADERS, 'data.loader', d.loader,
-         f'choose from {", ".join(map(repr, LOADERS))}')
+  _check_choice('data.loader', d.loader, LOADERS)
   _check(d.num_threads >= 0, 'data.num_threads', d.num_threads, 'must be >= 0 (0: one per core)')
   _check(d.prefetch >= 0, 'data.prefetch', d.prefetch, 'must be >= 0')
   _check(d.crop_size == 0 or d.crop_size >= 16, 'data.crop_size', d.crop_size,
@@ -340,33 +343,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f'larger than the square data.resize={d.resize}')
   if config.data.name == 'msrc':
     from gwsss_jax.data import msrc  # pylint: disable=g-import-not-at-top
-    _check(config.data.msrc_labels in msrc.LABEL_SPACES, 'data.msrc_labels',
-           config.data.msrc_labels, f'choose from {", ".join(map(repr, msrc.LABEL_SPACES))}')
+    _check_choice('data.msrc_labels', config.data.msrc_labels, tuple(msrc.LABEL_SPACES))
     size = len(msrc.LABEL_SPACES[config.data.msrc_labels])
     _check(config.data.num_classes == size, 'data.num_classes', config.data.num_classes,
            f'MSRC label space {config.data.msrc_labels!r} has {size} classes')
   normalizations = ('auto',) + tuple(NORMALIZATIONS)
-  _check(config.data.normalization in normalizations, 'data.normalization',
-         config.data.normalization, f'choose from {", ".join(map(repr, normalizations))}')
+  _check_choice('data.normalization', config.data.normalization, normalizations)
   m = config.model
-  _check(m.variant in VARIANTS, 'model.variant', m.variant, f'choose from {", ".join(VARIANTS)}')
-  _check(m.backbone in BACKBONES, 'model.backbone', m.backbone,
-         f'unknown backbone; choose from {", ".join(BACKBONES)}')
+  _check_choice('model.variant', m.variant, VARIANTS)
+  _check_choice('model.backbone', m.backbone, BACKBONES, 'unknown backbone')
   _check(m.num_nodes >= 1, 'model.num_nodes', m.num_nodes, 'must be >= 1')
   _check(m.graph_steps >= 0, 'model.graph_steps', m.graph_steps, 'must be >= 0')
   _check(m.reduction >= 1, 'model.reduction', m.reduction, 'must be >= 1')
   from gwsss_jax.models.graph import DROP_MASKS, DROP_OUTPUTS, EDGE_MASKS, MESSAGE_FUSIONS  # pylint: disable=g-import-not-at-top
-  _check(m.drop_mask in DROP_MASKS, 'model.drop_mask', m.drop_mask,
-         f'choose from {", ".join(map(repr, DROP_MASKS))}')
-  _check(m.edge_mask in EDGE_MASKS, 'model.edge_mask', m.edge_mask,
-         f'choose from {", ".join(map(repr, EDGE_MASKS))}')
-  _check(m.message_fusion in MESSAGE_FUSIONS, 'model.message_fusion', m.message_fusion,
-         f'choose from {", ".join(map(repr, MESSAGE_FUSIONS))}')
-  _check(m.drop_output in DROP_OUTPUTS, 'model.drop_output', m.drop_output,
-         f'choose from {", ".join(map(repr, DROP_OUTPUTS))}')
+  _check_choice('model.drop_mask', m.drop_mask, DROP_MASKS)
+  _check_choice('model.edge_mask', m.edge_mask, EDGE_MASKS)
+  _check_choice('model.message_fusion', m.message_fusion, MESSAGE_FUSIONS)
+  _check_choice('model.drop_output', m.drop_output, DROP_OUTPUTS)
   from gwsss_jax.models.classifier import EXTRA_CONV_INITS  # pylint: disable=g-import-not-at-top
-  _check(m.extra_conv_init in EXTRA_CONV_INITS, 'model.extra_conv_init', m.extra_conv_init,
-         f'choose from {", ".join(map(repr, EXTRA_CONV_INITS))}')
+  _check_choice('model.extra_conv_init', m.extra_conv_init, EXTRA_CONV_INITS)
   _check(0.0 <= m.importance_prob <= 1.0, 'model.importance_prob', m.importance_prob,
          'must lie in [0, 1]')
   _check(0.0 <= m.drop_threshold <= 1.0, 'model.drop_threshold', m.drop_threshold,
@@ -375,8 +370,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(m.output_stride in (8, 16), 'model.output_stride', m.output_stride, 'must be 8 or 16')
   _check(m.gru_kernel >= 1 and m.gru_kernel % 2 == 1, 'model.gru_kernel', m.gru_kernel,
          'must be a positive odd number')
-  _check(m.dtype in ('float32', 'bfloat16'), 'model.dtype', m.dtype,
-         "choose from 'float32', 'bfloat16'")
+  _check_choice('model.dtype', m.dtype, ('float32', 'bfloat16'))
   _check(m.loss_lambda >= 0, 'model.loss_lambda', m.loss_lambda, 'must be >= 0')
   if m.variant == 'release':
     _check(m.num_nodes == 3, 'model.num_nodes', m.num_nodes,
@@ -400,21 +394,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.base_lr > 0, 'train.base_lr', t.base_lr, 'must be > 0')
   _check_lr_mults(t, 'train')
   _check(t.max_to_keep >= 1, 'train.max_to_keep', t.max_to_keep, 'must be >= 1')
-  _check(t.eval_resolution in ('train', 'full'), 'train.eval_resolution', t.eval_resolution,
-         "choose from 'train', 'full'")
-  _check(t.group_rule in ('greedy', 'release'), 'train.group_rule', t.group_rule,
-         "choose from 'greedy', 'release'")
-  _check(t.anchor_order in ANCHOR_ORDERS, 'train.anchor_order', t.anchor_order,
-         f'choose from {", ".join(map(repr, ANCHOR_ORDERS))}')
-  _check(config.parallel.impl in ('shard_map', 'pmap'), 'parallel.impl', config.parallel.impl,
-         "choose from 'shard_map', 'pmap'")
+  _check_choice('train.eval_resolution', t.eval_resolution, ('train', 'full'))
+  _check_choice('train.group_rule', t.group_rule, ('greedy', 'release'))
+  _check_choice('train.anchor_order', t.anchor_order, ANCHOR_ORDERS)
+  _check_choice('parallel.impl', config.parallel.impl, ('shard_map', 'pmap'))
   k = config.cams
-  _check(k.method in ('oaa', 'group_inference'), 'cams.method', k.method,
-         "choose from 'oaa', 'group_inference'")
-  _check(k.source in ('ensemble', 'graph', 'intermediate'), 'cams.source', k.source,
-         "choose from 'ensemble', 'graph', 'intermediate'")
-  _check(k.oaa_members in OAA_MEMBERS, 'cams.oaa_members', k.oaa_members,
-         f'choose from {", ".join(map(repr, OAA_MEMBERS))}')
+  _check_choice('cams.method', k.method, ('oaa', 'group_inference'))
+  _check_choice('cams.source', k.source, ('ensemble', 'graph', 'intermediate'))
+  _check_choice('cams.oaa_members', k.oaa_members, OAA_MEMBERS)
   _check(k.oaa_first_epoch >= 0 and (k.method != 'oaa' or k.oaa_first_epoch < t.num_epochs),
          'cams.oaa_first_epoch', k.oaa_first_epoch,
          f'must lie in [0, train.num_epochs={t.num_epochs}): no epoch would accumulate OAA maps')
@@ -426,21 +413,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   q = config.pseudo
   _check(0.0 <= q.conflict_threshold <= 1.0, 'pseudo.conflict_threshold', q.conflict_threshold,
          'must lie in [0, 1]')
-  _check(q.cam_norm in CAM_NORMS, 'pseudo.cam_norm', q.cam_norm,
-         f'choose from {", ".join(map(repr, CAM_NORMS))}')
+  _check_choice('pseudo.cam_norm', q.cam_norm, CAM_NORMS)
   _check(0.0 <= q.min_fg_fraction <= 1.0, 'pseudo.min_fg_fraction', q.min_fg_fraction,
          'must lie in [0, 1]')
   _check_crf_params(k.crf_params, 'cams.crf_params')
   _check(0.0 < k.crf_params.gt_prob < 1.0, 'cams.crf_params.gt_prob', k.crf_params.gt_prob,
          'must lie in (0, 1)')
-  _check(config.crf.impl in CRF_IMPLS, 'crf.impl', config.crf.impl,
-         f'choose from {", ".join(map(repr, CRF_IMPLS))}')
+  _check_choice('crf.impl', config.crf.impl, CRF_IMPLS)
   _check(config.crf.batch_size >= 1, 'crf.batch_size', config.crf.batch_size, 'must be >= 1')
   g = config.seg
   _check_crf_params(g.crf_params, 'seg.crf_params')
   for key, value in (('model.pretrained', m.pretrained), ('seg.pretrained', g.pretrained)):
     hub.check_name(value, key)  # an unknown name fails here; a download happens at first use
-  _check(g.model in SEG_MODELS, 'seg.model', g.model, f'choose from {", ".join(SEG_MODELS)}')
+  _check_choice('seg.model', g.model, SEG_MODELS)
   _check(g.batch_size >= 1, 'seg.batch_size', g.batch_size, 'must be >= 1')
   _check(g.num_steps >= 1, 'seg.num_steps', g.num_steps, 'must be >= 1')
   _check(g.base_lr > 0, 'seg.base_lr', g.base_lr, 'must be > 0')

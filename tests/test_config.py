@@ -128,3 +128,25 @@ def test_segmentation_keeps_its_own_checkpoints(monkeypatch, tmp_path):
   with pytest.raises(Stop):
     train_seg.run(config, str(tmp_path))
   assert seen['max_to_keep'] == 7
+
+
+_CHOICE_KEYS = (
+    'data.name', 'data.resize_mode', 'data.loader', 'data.normalization', 'model.variant',
+    'model.backbone', 'model.drop_mask', 'model.edge_mask', 'model.message_fusion',
+    'model.drop_output', 'model.extra_conv_init', 'model.dtype', 'train.eval_resolution',
+    'train.group_rule', 'train.anchor_order', 'parallel.impl', 'cams.method', 'cams.source',
+    'cams.oaa_members', 'pseudo.cam_norm', 'crf.impl', 'seg.model')
+
+
+@pytest.mark.parametrize('key', _CHOICE_KEYS)
+def test_a_value_outside_its_choices_names_the_key_and_lists_them(key):
+  config = config_lib.base_config()
+  section, name = key.split('.')
+  valid = config[section][name]
+  config[section][name] = 'bogus'
+  with pytest.raises(UserError) as raised:
+    config_lib.validate(config)
+  message = str(raised.value)
+  assert message.startswith(f"config.{key}='bogus': "), message
+  listed = message.split('choose from ', 1)[1].split(', ')
+  assert repr(valid) in listed and "'bogus'" not in listed, message
