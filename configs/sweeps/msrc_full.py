@@ -17,8 +17,9 @@ measured on the CPU schedule).
 
 `release_K3_T3` is the authors' network (`model.variant='release'`, groups of 3, the release's
 graph dropout; `model.extra_conv_init='he'` only undoes the schedule's setting for the paper
-variant, which the release variant refuses: its own layers start as the release's anyway): on the CPU schedule it was level with the single-image baseline where the paper
-variant was behind (docs/msrc.md, "The authors' network"). One group of 3 a step: it sees each
+variant, which the release variant refuses: its own layers start as the release's anyway): on
+the CPU schedule it was level with the single-image baseline where the paper variant was behind
+(docs/msrc.md, "The authors' network"). One group of 3 a step: it sees each
 image about 3 times an epoch where the baseline sees it 4 times; both take one OAA update per
 image and epoch.
 
