@@ -34,6 +34,7 @@ RUN_HERE = {
     'python -m gwsss_jax.bench --config=configs/demo.py --only=crf --steps=3': ('repo', True, SMOKE),
     'python -m benchmarks.loaders --config=configs/demo.py --rounds=5 --batches=20':
         ('repo', True, SMOKE),
+    'python -m benchmarks.crf_kernels --rounds=5': ('repo', True, SMOKE),
 }
 # Commands that another test runs exactly as written (and checks its output) -> that test.
 RUN_ELSEWHERE = {
@@ -178,5 +179,16 @@ def _check_figures(module, cmd, records):
     assert summary['name'] == 'loaders.numpy_over_tf' and summary['rounds'] == 1, records
     assert summary['value'] > 0 and summary['tf_groups_per_s'] > 0, records
     assert len(records) == 3, records
+  elif module == 'benchmarks.crf_kernels':
+    parts = sorted((r['kernels'], r['side'], r['part']) for r in records if 'part' in r)
+    want = [(k, 'jax', 'total') for k in ('both', 'bilateral', 'gaussian')]
+    want += [(k, 'reference', p) for k in ('both', 'bilateral', 'gaussian')
+             for p in ('setup', 'total')]
+    want += [(k, 'jax', p) for k in ('bilateral', 'gaussian') for p in ('lattice', 'filter')]
+    assert parts == sorted(want), parts
+    assert all(r['cpu_ms'] > 0 and r['rounds'] == 1 for r in records if 'part' in r), records
+    ratios = {r['kernels']: r['jax_over_reference_cpu'] for r in records if 'part' not in r}
+    assert set(ratios) == {'both', 'bilateral', 'gaussian'}, records
+    assert all(v > 0 for v in ratios.values()), ratios  # the dev install has pydensecrf2
   else:
     raise AssertionError(f'no figure check for {cmd}')
