@@ -325,6 +325,32 @@ def test_repeats_per_epoch_matches_a_group_models_images(setup):
     config_lib.validate(bad)
 
 
+def test_shuffle_members_keeps_each_images_appearances_not_its_partners(setup):
+  """train.shuffle_members: per round, the same multiset of images as the sampler's groups,
+  but spread over the groups at random; the adjacency is recomputed from the labels."""
+  config, train, _ = setup
+  shuffled = config.copy_and_resolve_references()
+  shuffled.train.shuffle_members = True
+  shuffled.train.repeats_per_epoch = 2
+  plain = shuffled.copy_and_resolve_references()
+  plain.train.shuffle_members = False
+  g, _, order = ip.epoch_groups(train, plain, num_nodes=3, epoch=1)
+  gs, adj, order_s = ip.epoch_groups(train, shuffled, num_nodes=3, epoch=1)
+  n = len(train)
+  assert gs.shape == g.shape and np.array_equal(order, order_s)
+  for j in range(2):  # each round keeps its images, and each image its count
+    np.testing.assert_array_equal(np.bincount(gs[j * n:(j + 1) * n].ravel(), minlength=n),
+                                  np.bincount(g[j * n:(j + 1) * n].ravel(), minlength=n))
+  assert not np.array_equal(gs, g)
+  labels = train.label_matrix().astype(bool)
+  for row, a in zip(gs, adj):
+    for x in range(3):
+      for y in range(3):
+        assert a[x, y] == float(x == y or bool(np.any(labels[row[x]] & labels[row[y]])))
+  again, _, _ = ip.epoch_groups(train, shuffled, num_nodes=3, epoch=1)
+  np.testing.assert_array_equal(again, gs)  # a function of (seed, epoch)
+
+
 def test_batches_name_the_round_of_each_group(setup):
   """'round': with K = 1 and 3 rounds, each round's groups show every image once (the rounds
   are shuffled together over the epoch); without repeats every group is of round 0."""

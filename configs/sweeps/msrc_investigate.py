@@ -15,6 +15,9 @@ def get_sweep():
   """(name, overrides, reuse) triples (see gwsss_jax.sweep)."""
   deltas = [
       ('K3_T0', {'model.graph_steps': 0}),               # groups, no message passing
+      # the same, its groups' members shuffled among the groups: each image as often as in the
+      # sampler's groups, but batches no longer gathered by shared class
+      ('K3_T0_shuffled', {'model.graph_steps': 0, 'train.shuffle_members': True}),
       ('K3_T3_no_graph_dropout', {'model.graph_dropout': False}),
       ('K3_T3_lambda1', {'model.loss_lambda': 1.0}),     # intermediate readout's share up
       ('K3_T3_new_mult1', {'train.new_lr_mult': 1.0,     # new layers at the backbone's lr

@@ -75,13 +75,19 @@ def _per_process(global_batch: int, process_count: int, key: str) -> int:
 def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
   """(groups [R*N, K], adjacency [R*N, K, K], order [R*N]): the groups of an epoch and their
   order; R = `train.repeats_per_epoch` rounds of groups, each round drawn afresh
-  (`train.anchor_order`: a permutation per epoch, or the list order as the release's loader)."""
+  (`train.anchor_order`: a permutation per epoch, or the list order as the release's loader).
+  With `train.shuffle_members` each round's members are then shuffled among its groups."""
   r = config.train.repeats_per_epoch
   rounds = [sampler.make_groups(dataset.label_matrix(), num_nodes, seed=config.seed,
                                 epoch=epoch * r + j, rule=config.train.group_rule)
             for j in range(r)]
   groups = np.concatenate([g for g, _ in rounds])
   adjacency = np.concatenate([a for _, a in rounds])
+  if config.train.get('shuffle_members', False):
+    # Within each round, so that `round` (cams.oaa_rounds) keeps its meaning.
+    rng = np.random.default_rng([config.seed, epoch, 2])
+    groups = np.concatenate([rng.permutation(g.reshape(-1)).reshape(g.shape) for g, _ in rounds])
+    adjacency = sampler.adjacency_of(dataset.label_matrix(), groups)
   if config.train.anchor_order == 'list':
     order = np.arange(len(groups))
   else:
