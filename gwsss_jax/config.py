@@ -162,7 +162,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_every_epochs = 1      # held-out mAP/F1
   t.eval_resolution = 'train'  # held-out images: 'train' (data.resize, centre square) or 'full'
   t.profile_steps = 0          # > 0 traces that many steps with jax.profiler
-  t.group_rule = 'greedy'      # 'greedy' (paper) or 'release'
+  t.group_rule = 'greedy'      # 'greedy' (paper), 'release' or 'balanced' (docs/data.md)
   t.anchor_order = 'shuffle'   # groups of an epoch: 'shuffle' (a permutation), 'list' (release)
   # An ablation of the grouping, not of the graph: the epoch's groups drawn by group_rule, then
   # their members shuffled among all groups (each image keeps its number of appearances, the
@@ -399,7 +399,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_lr_mults(t, 'train')
   _check(t.max_to_keep >= 1, 'train.max_to_keep', t.max_to_keep, 'must be >= 1')
   _check_choice('train.eval_resolution', t.eval_resolution, ('train', 'full'))
-  _check_choice('train.group_rule', t.group_rule, ('greedy', 'release'))
+  _check_choice('train.group_rule', t.group_rule, ('greedy', 'release', 'balanced'))
   _check_choice('train.anchor_order', t.anchor_order, ANCHOR_ORDERS)
   _check_choice('parallel.impl', config.parallel.impl, ('shard_map', 'pmap'))
   k = config.cams

@@ -24,7 +24,7 @@ def brute_force_adjacency(labels, groups):
   return out
 
 
-@pytest.mark.parametrize('rule', ['greedy', 'release'])
+@pytest.mark.parametrize('rule', ['greedy', 'release', 'balanced'])
 def test_coverage_no_repeats_adjacency(rule):
   rng = np.random.default_rng(0)
   for trial in range(6):
@@ -34,20 +34,21 @@ def test_coverage_no_repeats_adjacency(rule):
     assert groups.shape == (n, k) and groups.dtype == np.int32
     assert adjacency.shape == (n, k, k) and adjacency.dtype == np.float32
     np.testing.assert_array_equal(groups[:, 0], np.arange(n))  # every image anchors once
-    if rule == 'greedy':  # the release's partners may repeat
+    if rule != 'release':  # the release's partners may repeat
       assert all(len(set(row)) == k for row in groups.tolist())
     assert groups.min() >= 0 and groups.max() < n
     np.testing.assert_array_equal(adjacency, brute_force_adjacency(labels, groups))
 
 
-def test_greedy_partners_have_maximal_overlap():
+@pytest.mark.parametrize('rule', ['greedy', 'balanced'])
+def test_greedy_partners_have_maximal_overlap(rule):
   rng = np.random.default_rng(1)
   for trial in range(20):
     n = int(rng.integers(6, 50))
     num_classes = int(rng.integers(1, 8))
     k = int(rng.integers(2, 6))
     labels = random_labels(rng, n, num_classes, rng.uniform(0.05, 0.6))
-    groups, _ = sampler.make_groups(labels, k, seed=trial, epoch=3)
+    groups, _ = sampler.make_groups(labels, k, seed=trial, epoch=3, rule=rule)
     overlap = labels.astype(int) @ labels.T.astype(int)
     for i in range(n):
       best = np.sort(np.delete(overlap[i], i))[::-1][:k - 1]
@@ -85,6 +86,38 @@ def test_deterministic_and_seed_dependent_tie_break():
   # Uniform tie-break: every image is a partner about 3 times (chi-square-like bound).
   uses = np.bincount(runs['greedy'][:, 1:].reshape(-1), minlength=200)
   assert uses.max() < 15 and (uses == 0).mean() < 0.2
+
+
+def test_balanced_rule_spreads_the_partners_evenly(monkeypatch):
+  """The greedy rule's overlaps (test above), but the least used candidates first: with one
+  class per image and at least K images per class every image appears K - 1 to K + 1 times an
+  epoch (the greedy rule's uniform draws spread them over 4 or more counts); with images of two
+  classes, which are candidates of more anchors, the spread is far smaller than the greedy's."""
+  rng = np.random.default_rng(3)
+  one_class = np.eye(5, dtype=bool)[rng.integers(0, 5, 100)]
+  assert np.bincount(one_class.argmax(1)).min() >= 4
+  for epoch in range(3):
+    groups, _ = sampler.make_groups(one_class, 4, seed=1, epoch=epoch, rule='balanced')
+    uses = np.bincount(groups.ravel(), minlength=100)
+    assert uses.min() >= 3 and uses.max() <= 5, np.bincount(uses)
+  greedy, _ = sampler.make_groups(one_class, 4, seed=1, epoch=0, rule='greedy')
+  assert np.ptp(np.bincount(greedy.ravel(), minlength=100)) >= 4
+  mixed = one_class.copy()
+  mixed[:20, 0] = True  # 20 images of two classes (or of class 0 alone)
+  spread = {}
+  for rule in ('greedy', 'balanced'):
+    uses = sum(np.bincount(sampler.make_groups(mixed, 3, seed=2, epoch=e, rule=rule)[0].ravel(),
+                           minlength=100) for e in range(4))
+    spread[rule] = uses.std()
+  assert spread['balanced'] < 0.5 * spread['greedy'], spread
+  a, _ = sampler.make_groups(mixed, 3, seed=2, epoch=1, rule='balanced')
+  b, _ = sampler.make_groups(mixed, 3, seed=2, epoch=1, rule='balanced')
+  c, _ = sampler.make_groups(mixed, 3, seed=3, epoch=1, rule='balanced')
+  np.testing.assert_array_equal(a, b)
+  assert (a[:, 1:] != c[:, 1:]).any()
+  monkeypatch.setattr(sampler, '_BALANCED_BUDGET', 10)
+  with pytest.raises(UserError, match="train.group_rule='balanced'"):
+    sampler.make_groups(mixed, 3, seed=2, epoch=9, rule='balanced')
 
 
 def test_release_rule_prefers_identical_label_vectors():

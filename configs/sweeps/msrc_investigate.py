@@ -18,6 +18,9 @@ def get_sweep():
       # the same, its groups' members shuffled among the groups: each image as often as in the
       # sampler's groups, but batches no longer gathered by shared class
       ('K3_T0_shuffled', {'model.graph_steps': 0, 'train.shuffle_members': True}),
+      # the sampler's candidates, the least used first: every image about K times an epoch
+      ('K3_T0_balanced', {'model.graph_steps': 0, 'train.group_rule': 'balanced'}),
+      ('K3_T3_balanced', {'train.group_rule': 'balanced'}),
       ('K3_T3_no_graph_dropout', {'model.graph_dropout': False}),
       ('K3_T3_lambda1', {'model.loss_lambda': 1.0}),     # intermediate readout's share up
       ('K3_T3_new_mult1', {'train.new_lr_mult': 1.0,     # new layers at the backbone's lr
