@@ -165,8 +165,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.group_rule = 'greedy'      # 'greedy' (paper), 'release' or 'balanced' (docs/data.md)
   t.anchor_order = 'shuffle'   # groups of an epoch: 'shuffle' (a permutation), 'list' (release)
   # An ablation of the grouping, not of the graph: the epoch's groups drawn by group_rule, then
-  # their members shuffled among all groups (each image keeps its number of appearances, the
-  # groups no longer gather images that share a class; adjacency recomputed from the labels).
+  # the members of each round's groups shuffled among them (each image keeps its number of
+  # appearances, the groups no longer gather images that share a class; adjacency recomputed
+  # from the labels).
   t.shuffle_members = False
 
   c.parallel = p = ml_collections.ConfigDict()

@@ -1,4 +1,5 @@
-"""Groups of K images for the group-wise classifier: the paper's greedy rule and the release's.
+"""Groups of K images for the group-wise classifier: the paper's greedy rule, the release's, and
+a balanced variant of the greedy rule (`_balanced_partners`).
 
 Paper, "Training details" (greedy mini-batch sampling): every image is once the anchor of a group
 per epoch; its K-1 partners are the images sharing as many classes with it as possible, ties broken
@@ -367,24 +368,20 @@ def _greedy_cache(labels, need):
 def _balanced_partners(labels, need, rng):
   """[N, need] partners as the greedy rule chooses them, but spread evenly over the images.
 
-  The greedy rule draws an anchor's partners at its level uniformly, so an image that is a
-  candidate of many anchors (one with several classes, a member of a small class) appears far
-  more often in an epoch than others: on MSRC-v2's 268 training images with K = 3, 5 to 28 times
-  in four epochs against 12 on average. Here the anchors come in a random order, the partners
-  above the level are taken as by the greedy rule, and those at the level are the candidates
-  that have appeared least so far in the epoch (as anchor or partner; ties at random). The
-  overlap with the anchor is what the greedy rule gives; only the choice among equals changes.
-  A loop over the anchors: meant for datasets up to VOC's size (its candidate lists are held in
-  memory, at most `_BALANCED_BUDGET` entries).
-  """
-  (uniq, inverse, counts, order, start, _), (level, pr, pv, ov) = _greedy_cache(labels, need)
-  n, m = labels.shape[0], len(uniq)
-  at_level = ov == level[pr]
-  total = int(np.sum(counts[pv[at_level]]))
-  if total > _BALANCED_BUDGET:
-    raise UserError(f"config.train.group_rule='balanced': {total} candidate entries for "
-                    f'{n} images exceed its budget ({_BALANCED_BUDGET}); use the greedy rule')
-  bounds = np.searchsorted(pr, np.arange(m + 1))
+  The greedy rule draws an anchor's partners at its level uniformly, so an image that is a candidate
+  of many anchors (one with several classes) comes up far more often in an epoch than others, and
+  the uniform draws spread the rest: on MSRC-v2's 268 training images with K = 3, 5 to 28 times in
+  four epochs against 12 on average. Here the anchors come in a random order, the partners above the
+  level are taken as by the greedy rule, and those at the level are the candidates that have
+  appeared least so far in the epoch (as anchor or partner; ties at random). The overlap with the
+  anchor is what the greedy rule gives; only the choice among equals changes. A loop over the
+  anchors: meant for datasets up to VOC's size (its candidate lists are held in memory, at most
+  `_BALANCED_BUDGET` entries). """ (uniq, inverse, counts, order, start, _), (level, pr, pv, ov) =
+  _greedy_cache(labels, need) n, m = labels.shape[0], len(uniq) at_level = ov == level[pr] total =
+  int(np.sum(counts[pv[at_level]])) if total > _BALANCED_BUDGET: raise
+  UserError(f"config.train.group_rule='balanced': {total} candidate entries for " f'{n} images
+  exceed its budget ({_BALANCED_BUDGET}); use the greedy rule') bounds = np.searchsorted(pr,
+  np.arange(m + 1))
 
   def images(vectors):
     if not len(vectors):
