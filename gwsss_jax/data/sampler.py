@@ -376,12 +376,16 @@ def _balanced_partners(labels, need, rng):
   appeared least so far in the epoch (as anchor or partner; ties at random). The overlap with the
   anchor is what the greedy rule gives; only the choice among equals changes. A loop over the
   anchors: meant for datasets up to VOC's size (its candidate lists are held in memory, at most
-  `_BALANCED_BUDGET` entries). """ (uniq, inverse, counts, order, start, _), (level, pr, pv, ov) =
-  _greedy_cache(labels, need) n, m = labels.shape[0], len(uniq) at_level = ov == level[pr] total =
-  int(np.sum(counts[pv[at_level]])) if total > _BALANCED_BUDGET: raise
-  UserError(f"config.train.group_rule='balanced': {total} candidate entries for " f'{n} images
-  exceed its budget ({_BALANCED_BUDGET}); use the greedy rule') bounds = np.searchsorted(pr,
-  np.arange(m + 1))
+  `_BALANCED_BUDGET` entries).
+  """
+  (uniq, inverse, counts, order, start, _), (level, pr, pv, ov) = _greedy_cache(labels, need)
+  n, m = labels.shape[0], len(uniq)
+  at_level = ov == level[pr]
+  total = int(np.sum(counts[pv[at_level]]))
+  if total > _BALANCED_BUDGET:
+    raise UserError(f"config.train.group_rule='balanced': {total} candidate entries for "
+                    f'{n} images exceed its budget ({_BALANCED_BUDGET}); use the greedy rule')
+  bounds = np.searchsorted(pr, np.arange(m + 1))
 
   def images(vectors):
     if not len(vectors):
