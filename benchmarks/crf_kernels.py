@@ -8,8 +8,8 @@ On one synthetic 240x320 image with 21 labels (the inputs of `gwsss_jax.bench --
 - reference: pydensecrf2's `DenseCRF2D`, from its construction through `inference`
   (`setup` is the construction with the unary and the kernels, which builds each kernel's
   lattice and its normalisation);
-- jax: `dense.mean_field_one`, jit-compiled before timing, with the lattice tables sized as
-  `make_labeller` grows them (1.25 x the points found, in steps of 4096); `lattice` is the
+- jax: `dense.mean_field_one`, jit-compiled before timing, with the lattice tables sized by
+  `dense.grown_capacity` (1.25 x the points found, in steps of 4096); `lattice` is the
   bilateral or Gaussian lattice's `build` alone, `filter` one filtering of the K channels
   (splat, blur, slice) on it;
 
@@ -40,11 +40,6 @@ from gwsss_jax.crf import lattice as lattice_lib
 KERNELS = {'both': {}, 'bilateral': {'pos_w': 0.0}, 'gaussian': {'bi_w': 0.0}}
 
 
-def _capacity(points: int, bound: int) -> int:
-  step = dense._CAPACITY_STEP  # pylint: disable=protected-access
-  return min(bound, max(step, -(-int(1.25 * points) // step) * step))
-
-
 def _cpu_ms(fn) -> float:
   start = time.process_time()
   jax.block_until_ready(fn())
@@ -61,13 +56,15 @@ def main(argv=None):
   rgb, probs = crf_bench._inputs(1, h, w, k)  # pylint: disable=protected-access
   config_params = crf_lib.params_from_config(config_lib.base_config().seg.crf_params)
   unary = np.asarray(dense.unary_from_probs(probs[0]))
+  u = jnp.asarray(unary)
   img = jnp.asarray(rgb[0])
   hw = jnp.array([h, w], jnp.int32)
   n = h * w
   pos_f, bi_f, _ = jax.jit(dense._features, static_argnums=2)(  # pylint: disable=protected-access
       img, hw, config_params)
   count = jax.jit(lattice_lib.count_points)
-  caps = (_capacity(int(count(pos_f)), 3 * n), _capacity(int(count(bi_f)), 6 * n))
+  caps = (dense.grown_capacity(int(count(pos_f)), 3 * n),
+          dense.grown_capacity(int(count(bi_f)), 6 * n))
 
   try:
     import pydensecrf.densecrf as dcrf  # pylint: disable=g-import-not-at-top
@@ -77,10 +74,9 @@ def main(argv=None):
   timers = {}
   for name, change in KERNELS.items():
     params = config_params._replace(**change)
-    fn = jax.jit(lambda u, r, s, p=params: dense.mean_field_one(u, r, s, p, caps))
-    u = jnp.asarray(unary)
+    fn = jax.jit(lambda x, r, s, p=params: dense.mean_field_one(x, r, s, p, caps))
     jax.block_until_ready(fn(u, img, hw))
-    timers[name, 'jax', 'total'] = lambda fn=fn, u=u: fn(u, img, hw)
+    timers[name, 'jax', 'total'] = lambda fn=fn: fn(u, img, hw)
     if dcrf is not None:
       def setup(params=params):
         d = dcrf.DenseCRF2D(w, h, k)

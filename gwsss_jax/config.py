@@ -14,6 +14,7 @@ import ml_collections
 
 from gwsss_jax.cams.pseudo import CAM_NORMS
 from gwsss_jax.common.errors import UserError
+from gwsss_jax.data.sampler import RULES as GROUP_RULES
 from gwsss_jax.data.normalization import NORMALIZATIONS
 from gwsss_jax.models import hub
 
@@ -400,7 +401,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_lr_mults(t, 'train')
   _check(t.max_to_keep >= 1, 'train.max_to_keep', t.max_to_keep, 'must be >= 1')
   _check_choice('train.eval_resolution', t.eval_resolution, ('train', 'full'))
-  _check_choice('train.group_rule', t.group_rule, ('greedy', 'release', 'balanced'))
+  _check_choice('train.group_rule', t.group_rule, GROUP_RULES)
   _check_choice('train.anchor_order', t.anchor_order, ANCHOR_ORDERS)
   _check_choice('parallel.impl', config.parallel.impl, ('shard_map', 'pmap'))
   k = config.cams

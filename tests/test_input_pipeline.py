@@ -13,6 +13,7 @@ from gwsss_jax.data import normalization as norm_lib
 from gwsss_jax.data import palette
 from gwsss_jax.data import sampler
 from gwsss_jax.data import voc
+import test_sampler
 import test_voc
 
 
@@ -342,11 +343,8 @@ def test_shuffle_members_keeps_each_images_appearances_not_its_partners(setup):
     np.testing.assert_array_equal(np.bincount(gs[j * n:(j + 1) * n].ravel(), minlength=n),
                                   np.bincount(g[j * n:(j + 1) * n].ravel(), minlength=n))
   assert not np.array_equal(gs, g)
-  labels = train.label_matrix().astype(bool)
-  for row, a in zip(gs, adj):
-    for x in range(3):
-      for y in range(3):
-        assert a[x, y] == float(x == y or bool(np.any(labels[row[x]] & labels[row[y]])))
+  np.testing.assert_array_equal(
+      adj, test_sampler.brute_force_adjacency(train.label_matrix().astype(bool), gs))
   again, _, _ = ip.epoch_groups(train, shuffled, num_nodes=3, epoch=1)
   np.testing.assert_array_equal(again, gs)  # a function of (seed, epoch)
 

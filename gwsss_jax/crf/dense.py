@@ -105,6 +105,12 @@ CAPACITY_PER_PIXEL = 1.25
 _CAPACITY_STEP = 4096
 
 
+def grown_capacity(points: int, bound: int, current: int = 0) -> int:
+  """The table size for a lattice of `points` points: 25% more, rounded up to a multiple of
+  4096, not below `current` nor above `bound` (the safe N (d + 1))."""
+  return min(bound, max(current, -(-int(1.25 * points) // _CAPACITY_STEP) * _CAPACITY_STEP))
+
+
 def make_labeller(params: Params, devices=None):
   """(unary [B, H, W, L], rgb uint8 [B, H, W, 3], hw int32 [B, 2]) -> labels uint8 [B, H, W]
   (argmax of Q, a host array), jit-compiled, the batch split over `devices` (default: this
@@ -140,8 +146,7 @@ def make_labeller(params: Params, devices=None):
     labels, points = get(caps, sharded)(*args)
     needed = np.asarray(points).max(0)
     if np.any(needed > np.asarray(caps)):
-      caps = tuple(min(b, max(c, -(-int(1.25 * m) // _CAPACITY_STEP) * _CAPACITY_STEP))
-                   for b, c, m in zip(bounds, caps, needed))
+      caps = tuple(grown_capacity(m, b, c) for b, c, m in zip(bounds, caps, needed))
       capacities[unary.shape[1:3]] = caps
       labels, _ = get(caps, sharded)(*args)
     return np.asarray(labels)

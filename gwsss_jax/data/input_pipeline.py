@@ -78,16 +78,17 @@ def epoch_groups(dataset, config, *, num_nodes: int, epoch: int):
   (`train.anchor_order`: a permutation per epoch, or the list order as the release's loader).
   With `train.shuffle_members` each round's members are then shuffled among its groups."""
   r = config.train.repeats_per_epoch
-  rounds = [sampler.make_groups(dataset.label_matrix(), num_nodes, seed=config.seed,
-                                epoch=epoch * r + j, rule=config.train.group_rule)
+  labels = dataset.label_matrix()
+  rounds = [sampler.make_groups(labels, num_nodes, seed=config.seed, epoch=epoch * r + j,
+                                rule=config.train.group_rule)
             for j in range(r)]
   groups = np.concatenate([g for g, _ in rounds])
   adjacency = np.concatenate([a for _, a in rounds])
-  if config.train.get('shuffle_members', False):
+  if config.train.shuffle_members:
     # Within each round, so that `round` (cams.oaa_rounds) keeps its meaning.
     rng = np.random.default_rng([config.seed, epoch, 2])
     groups = np.concatenate([rng.permutation(g.reshape(-1)).reshape(g.shape) for g, _ in rounds])
-    adjacency = sampler.adjacency_of(dataset.label_matrix(), groups)
+    adjacency = sampler.adjacency_of(labels, groups)
   if config.train.anchor_order == 'list':
     order = np.arange(len(groups))
   else:
