@@ -67,11 +67,12 @@ def test_the_device_script_runs_in_its_smoke_mode(tmp_path):
   rows = [line for line in (tmp_path / 'out' / 'msrc_full.md').read_text().splitlines()
           if line.startswith(('| single_image_K1 ', '| group_K4_T3 ', '| release_K3_T3 '))]
   assert len(rows) == 3 and all(r.count('(n=1)') == 4 for r in rows), rows
-  # The CSV lists every variant of the sweep; the one ONLY leaves out by default has no figures.
+  # The CSV lists every variant of the sweep; those ONLY leaves out by default have no figures.
   seeds = (tmp_path / 'out' / 'msrc_full_seeds.csv').read_text().splitlines()[1:]
-  assert [s.split(',')[0] for s in seeds] == ['single_image_K1', 'group_K4_T3', 'release_K3_T3',
-                                              'group_K4_T3_small_graph'], seeds
-  assert [bool(s.split(',')[2]) for s in seeds] == [True, True, True, False], seeds
+  assert [s.split(',')[0] for s in seeds] == [
+      'single_image_K1', 'single_image_K1_b3', 'group_K4_T3', 'release_K3_T3',
+      'release_K3_T3_lr2x', 'group_K4_T3_small_graph'], seeds
+  assert [bool(s.split(',')[2]) for s in seeds] == [True, False, True, True, False, False], seeds
   probes = (tmp_path / 'out' / 'graph_probe.txt').read_text().splitlines()
   assert len(probes) == 3, probes
   assert all('graph_probe: ' in p and 'R^2 median' in p for p in probes), probes
