@@ -27,7 +27,7 @@ OAA_MEMBERS = ('anchor', 'all')
 RESIZE_MODES = ('shorter_side', 'square')
 ANCHOR_ORDERS = ('shuffle', 'list')
 SEG_MODELS = ('deeplab_v2_resnet101', 'deeplab_largefov_vgg16')
-CRF_IMPLS = ('reference', 'jax')
+CRF_IMPLS = ('auto', 'reference', 'jax')
 LOADERS = ('tf', 'numpy')
 
 # Keys renamed so that their names say what they mean: old key -> (new key, what else changed).
@@ -259,7 +259,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- dense CRF (cams.crf, seg.crf) ------------------------------------------------
   c.crf = r = ml_collections.ConfigDict()
-  r.impl = 'reference'         # 'reference' (pydensecrf2, CPU worker pool) or 'jax' (on device)
+  # 'reference' (pydensecrf2, CPU worker pool), 'jax' (on device) or 'auto': 'jax' on an
+  # accelerator; on a CPU the reference if pydensecrf2 imports (faster there), else 'jax'.
+  r.impl = 'auto'
   r.batch_size = 2             # impl='jax': images per call, split over the local devices
   return c
 

@@ -159,6 +159,21 @@ def test_missing_pydensecrf_says_how_to_install(monkeypatch):
     reference.require('cams.crf')
 
 
+def test_auto_takes_the_reference_on_a_cpu_where_it_imports_else_jax(monkeypatch):
+  assert jax.default_backend() == 'cpu'
+  assert crf.resolve_impl('auto') == 'reference'  # pydensecrf2 imports here (module skip above)
+  for backend, available, chosen in [('cpu', True, 'reference'), ('cpu', False, 'jax'),
+                                     ('gpu', True, 'jax'), ('tpu', False, 'jax')]:
+    assert crf.resolve_impl('auto', backend, available) == chosen, (backend, available)
+  for impl in ('reference', 'jax'):  # an explicit choice stands
+    assert crf.resolve_impl(impl, 'gpu', False) == impl
+  monkeypatch.setitem(sys.modules, 'pydensecrf.densecrf', None)
+  assert not reference.available()
+  assert crf.resolve_impl('auto') == 'jax'
+  with pytest.raises(UserError, match='requirements-crf'):  # the explicit choice still says how
+    reference.require('seg.crf')
+
+
 @pytest.mark.slow
 def test_documented_agreement_commands_on_the_builtin_dataset(tmp_path):
   """docs/crf.md's two built-in-dataset commands, exactly as written, in smoke mode (3 images)."""

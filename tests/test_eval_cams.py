@@ -1,6 +1,7 @@
 """CAM and pseudo-label evaluation against an independent per-image computation, and the
 picture grids."""
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -222,10 +223,15 @@ def test_stages_end_to_end_on_the_builtin_dataset(tmp_path, capsys):
   assert '| pseudo labels |' in capsys.readouterr().out
   assert len(os.listdir(os.path.join(workdir, 'vis'))) == 2
 
-  # The dense CRF: the reference in the worker pool, then JAX on 2 of the simulated devices.
+  # The dense CRF: the reference in the worker pool (crf.impl='auto' picks it on a CPU where
+  # pydensecrf2 imports), then JAX on 2 of the simulated devices.
   config.cams.crf = True
+  assert config.crf.impl == 'auto'
   shutil.rmtree(pseudo.label_dir(workdir))
+  capsys.readouterr()
   ref = pseudo_labels.run(config, workdir)
+  if importlib.util.find_spec('pydensecrf') is not None:
+    assert "dense CRF (reference; crf.impl='auto' on a CPU)" in capsys.readouterr().out
   assert ref['pseudo_labels/images'] == 10 and ref['pseudo_labels/miou_crf'] > 0.3
   assert ref['pseudo_labels/miou_no_crf'] == out_plain['pseudo_labels/miou_no_crf']
   names = [ex.name for ex in train.examples]

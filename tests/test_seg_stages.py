@@ -295,11 +295,21 @@ def test_crf_reports_both_and_the_implementations_agree(oracle_run):
   directory = os.path.join(workdir, 'seg_oracle_predictions')
   names = [ex.name for ex in datasets.load_split(config, 'val').examples]
   read = lambda: [palette.read_label_png(os.path.join(directory, n + '.png')) for n in names]
-  runs = {}
-  for impl in ('reference', 'jax'):
+  report = os.path.join(workdir, common.run_names(True).iou_table)
+  runs, reports = {}, {}
+  for impl in ('auto', 'reference', 'jax'):
     config.crf.impl = impl
     shutil.rmtree(directory)
     runs[impl] = eval_seg.run(config, workdir), read()
+    with open(report, encoding='utf-8') as f:
+      reports[impl] = f.read()
+  # 'auto' on a CPU where pydensecrf2 imports is the reference, to the pixel, and says so.
+  auto, auto_labels = runs.pop('auto')
+  assert all(np.array_equal(a, b) for a, b in zip(auto_labels, runs['reference'][1]))
+  np.testing.assert_equal(auto, runs['reference'][0])  # NaN for classes absent from val
+  assert "dense CRF (reference; crf.impl='auto' on a CPU)" in reports['auto']
+  assert 'dense CRF (reference);' in reports['reference']
+  assert 'dense CRF (jax);' in reports['jax']
   for out, _ in runs.values():
     assert out['eval_seg_oracle/miou_no_crf'] == pytest.approx(plain['eval_seg_oracle/miou'],
                                                                abs=1e-9)

@@ -1,5 +1,5 @@
 """Fully connected CRF post-processing (`cams.crf`, `seg.crf`), two implementations chosen by
-`crf.impl`:
+`crf.impl` ('auto', the default, picks one: `resolve_impl`):
 
 - 'reference': pydensecrf2 (Kraehenbuehl's C++ code), one image at a time on the host, run in the
   stages' CPU worker pools. An optional dependency: `pip install -r requirements-crf.txt`.
@@ -20,6 +20,35 @@ class Params(NamedTuple):
   bi_xy_std: float = 50.0   # bilateral kernel: spatial standard deviation (pixels)
   bi_rgb_std: float = 5.0   # bilateral kernel: colour standard deviation (0..255)
   bi_w: float = 10.0        # bilateral kernel: Potts weight
+
+
+def resolve_impl(impl: str, backend: str | None = None,
+                 reference_available: bool | None = None) -> str:
+  """'reference' or 'jax' for `crf.impl`; 'auto' takes 'jax' where JAX runs on an accelerator
+  (GPU, TPU: the CRF then runs beside the network, tens of times the reference's speed), and on a
+  CPU the reference where pydensecrf2 imports (its C++ is faster on a CPU than XLA's code for the
+  lattice: docs/crf.md, "Speed"), else 'jax'. `backend` and `reference_available` default to
+  `jax.default_backend()` and whether pydensecrf2 imports."""
+  if impl != 'auto':
+    return impl
+  if backend is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    backend = jax.default_backend()
+  if backend != 'cpu':
+    return 'jax'
+  if reference_available is None:
+    from gwsss_jax.crf import reference  # pylint: disable=g-import-not-at-top
+    reference_available = reference.available()
+  return 'reference' if reference_available else 'jax'
+
+
+def describe_impl(impl: str, resolved: str) -> str:
+  """How a stage names its CRF: 'reference' or 'jax', and why where 'auto' chose it."""
+  if impl != 'auto':
+    return resolved
+  if resolved == 'jax':
+    return "jax; crf.impl='auto': an accelerator, or a CPU without pydensecrf2"
+  return "reference; crf.impl='auto' on a CPU"
 
 
 def params_from_config(c) -> Params:

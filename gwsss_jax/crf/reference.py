@@ -1,8 +1,8 @@
 """The reference dense CRF: pydensecrf2's `DenseCRF2D` on one image, on the host.
 
 pydensecrf2 publishes no wheels: pip builds it from source with the system C++ compiler (about a
-minute). It is therefore an optional dependency, imported only when `crf.impl='reference'` and a
-CRF is asked for.
+minute). It is therefore an optional dependency, imported only when `crf.impl` is 'reference' (or
+'auto' on a CPU) and a CRF is asked for.
 """
 
 import numpy as np
@@ -12,6 +12,15 @@ from gwsss_jax.crf import Params
 
 INSTALL = ('pip install -r requirements-crf.txt (pydensecrf2==1.1, built from source: needs a C++ '
            'compiler)')
+
+
+def available() -> bool:
+  """Whether pydensecrf2 imports."""
+  try:
+    import pydensecrf.densecrf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
 
 
 def require(key: str) -> None:

@@ -10,7 +10,8 @@ hosts (process i takes every i-th image; the workdir must be shared) and over th
 
 Dense CRF (`cams.crf=True`): IRNet's cam_to_ir_label refinement of the argmax over (background,
 classes) with `cams.crf_params`, by pydensecrf2 in the worker pool (`crf.impl='reference'`) or
-in batches of `crf.batch_size` on the devices (`crf.impl='jax'`). Where the training images have
+in batches of `crf.batch_size` on the devices (`crf.impl='jax'`; 'auto' picks:
+`crf.resolve_impl`). Where the training images have
 ground truth, the stage reports the labels' mIoU without the CRF (`pseudo_labels/miou_no_crf`)
 and, with it on, with the CRF (`pseudo_labels/miou_crf`); both are recomputed for images
 labelled by an earlier, interrupted run.
@@ -186,7 +187,8 @@ def run(config, workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   use_crf = bool(config.cams.crf)
-  if use_crf and config.crf.impl == 'reference':
+  impl = crf_lib.resolve_impl(config.crf.impl) if use_crf else None
+  if impl == 'reference':
     crf_reference.require('cams.crf')
   dataset = datasets.load_split(config, config.data.train_split)
   sal_root = datasets.saliency_root(config)
@@ -211,7 +213,7 @@ def run(config, workdir: str) -> dict:
             pseudo.label_path(workdir, ex.name), ex.image_path,
             ex.mask_path if ex.mask_path and os.path.exists(ex.mask_path) else '', params)
            for ex in mine]
-  on_device = use_crf and config.crf.impl == 'jax'
+  on_device = impl == 'jax'
   # With the CRF on the devices, the pool only reads back earlier labels.
   new = [t for t in tasks if on_device and not os.path.exists(t[3])]
   pooled = [t for t in tasks if t not in new]
@@ -258,7 +260,8 @@ def run(config, workdir: str) -> dict:
     return {}
   images, coverage_sum, all_ignored, resized, written = totals
   print(f'[pseudo_labels] {int(written)} labels written, {int(images - written)} kept from an '
-        'earlier run', flush=True)
+        'earlier run' + (f'; dense CRF ({crf_lib.describe_impl(config.crf.impl, impl)})'
+                         if use_crf else ''), flush=True)
   out = {'pseudo_labels/images': int(images), 'pseudo_labels/all_ignored': int(all_ignored)}
   if sal_root:
     out['pseudo_labels/saliency_resized'] = int(resized)
