@@ -167,9 +167,12 @@ def test_auto_takes_the_reference_on_a_cpu_where_it_imports_else_jax(monkeypatch
     assert crf.resolve_impl('auto', backend, available) == chosen, (backend, available)
   for impl in ('reference', 'jax'):  # an explicit choice stands
     assert crf.resolve_impl(impl, 'gpu', False) == impl
+  assert crf.describe_impl('auto', 'jax', 'gpu') == "jax; crf.impl='auto' on gpu"
+  assert crf.describe_impl('jax', 'jax', 'cpu') == 'jax'
   monkeypatch.setitem(sys.modules, 'pydensecrf.densecrf', None)
   assert not reference.available()
   assert crf.resolve_impl('auto') == 'jax'
+  assert crf.describe_impl('auto', 'jax') == "jax; crf.impl='auto' on a CPU without pydensecrf2"
   with pytest.raises(UserError, match='requirements-crf'):  # the explicit choice still says how
     reference.require('seg.crf')
 

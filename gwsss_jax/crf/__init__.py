@@ -42,12 +42,17 @@ def resolve_impl(impl: str, backend: str | None = None,
   return 'reference' if reference_available else 'jax'
 
 
-def describe_impl(impl: str, resolved: str) -> str:
+def describe_impl(impl: str, resolved: str, backend: str | None = None) -> str:
   """How a stage names its CRF: 'reference' or 'jax', and why where 'auto' chose it."""
   if impl != 'auto':
     return resolved
+  if backend is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    backend = jax.default_backend()
+  if backend != 'cpu':
+    return f"jax; crf.impl='auto' on {backend}"
   if resolved == 'jax':
-    return "jax; crf.impl='auto': an accelerator, or a CPU without pydensecrf2"
+    return "jax; crf.impl='auto' on a CPU without pydensecrf2"
   return "reference; crf.impl='auto' on a CPU"
 
 
