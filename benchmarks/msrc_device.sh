@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# configs/msrc.py:full on one GPU (docs/msrc.md, "At the paper's sizes"): the group-wise model
+# configs/msrc.py:full on one GPU (docs/groupwise.md, "At the paper's sizes"): the group-wise model
 # (K = 4, T = 3) and the authors' network (K = 3) against the matched single-image baseline
 # (configs/sweeps/msrc_full.py), every seed of each in its own process at once, through the
 # CAMs, the pseudo labels and their evaluation. DeepLab is left out: its 3000 steps of 10 crops
@@ -88,7 +88,7 @@ for f in "$WORK"/logs/run*.log; do
   echo "== $f"; tail -n 15 "$f"
 done > "$RESULTS/logs_tail.txt"
 cat "$RESULTS/msrc_full.md"
-# How far each run's graph moved its class maps (docs/msrc.md, "Its graph barely changes the
+# How far each run's graph moved its class maps (docs/groupwise.md, "Its graph barely changes the
 # maps"): on the CPU schedules the release network's graph readout stayed an affine copy.
 # The probes run at once, each in its own process, as the runs did; their lines keep run order.
 mkdir -p "$WORK/probes"

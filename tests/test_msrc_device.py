@@ -1,6 +1,6 @@
 """benchmarks/msrc_device.py and benchmarks/msrc_device.sh: MSRC-v2 and the weights packed for a
 GPU machine and unpacked there, and the paper-scale comparison's script in its smoke mode, run
-as docs/msrc.md gives it, with TensorFlow, tfds and clu hidden as on that machine."""
+as docs/groupwise.md gives it, with TensorFlow, tfds and clu hidden as on that machine."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Why the group-wise model trails the single-image baseline on MSRC (docs/msrc.md): variants
+"""Why the group-wise model trails the single-image baseline on MSRC (docs/groupwise.md): variants
 of configs/sweeps/msrc_groupwise.py's group model that each change one candidate cause, on the
 one-epoch schedule where the gap was largest (configs/msrc.py itself now trains four epochs).
 

@@ -8,7 +8,7 @@ readout's map is fitted by an affine function of the intermediate readout's map 
 
 R^2 near 1 for nearly every map means that the message passing only rescales and shifts the
 map it started from: the graph readout then carries no information that the intermediate
-readout lacks (docs/msrc.md, "Its graph barely changes the maps"). For a model without message
+readout lacks (docs/groupwise.md, "Its graph barely changes the maps"). For a model without message
 passing (T = 0) the two readouts are two class convolutions on the same features.
 
 `--reset` asks whether training made it so: `graph` puts the graph's parameters back to the
