@@ -80,8 +80,10 @@ def _batch(step, nan_at=-1, blow_at=-1):
           'scale': np.full((BATCH,), scale, np.float32)}
 
 
-def train(workdir, impl='shard_map', num_devices=4, nan_at=-1, sleep=0.0, blow_at=-1):
-  """Trains to TOTAL steps from the latest checkpoint in `workdir`; returns the host state."""
+def train(workdir, impl='shard_map', num_devices=4, nan_at=-1, sleep=0.0, blow_at=-1,
+          on_step=None, before_save=None, wrap_step=None):
+  """Trains to TOTAL steps from the latest checkpoint in `workdir`; returns the host state.
+  `on_step`, `before_save`: `Fit`'s callbacks; `wrap_step(step_fn)`: the step `fit` calls."""
   params, tx, loss_fn = _setup()
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'ckpt'), max_to_keep=2)
   start, state = ckpt.restore_latest(trainer.abstract_state(params, {}, tx))
@@ -90,6 +92,8 @@ def train(workdir, impl='shard_map', num_devices=4, nan_at=-1, sleep=0.0, blow_a
     state = trainer.init_state(params, {}, tx, seed=3)
   dp = parallel.DataParallel(impl, parallel.make_mesh(jax.devices()[:num_devices]), BATCH)
   step_fn = dp.compile(trainer.make_train_step(loss_fn, tx))
+  if wrap_step is not None:
+    step_fn = wrap_step(step_fn)
 
   def batches():
     for s in range(start, TOTAL):
@@ -97,7 +101,7 @@ def train(workdir, impl='shard_map', num_devices=4, nan_at=-1, sleep=0.0, blow_a
       yield _batch(s, nan_at, blow_at)
 
   spec = trainer.Fit(name='toy', total_steps=TOTAL, steps_per_epoch=5, log_every=1,
-                     checkpoint_every=EVERY,
+                     checkpoint_every=EVERY, on_step=on_step, before_save=before_save,
                      check_step=dp.compile(trainer.make_check_step(loss_fn), donate=False))
   writer = _NullWriter()  # clu's writers import TensorFlow: seconds per subprocess
   try:
@@ -159,6 +163,39 @@ def test_kill_mid_save_and_resume_is_bitwise_identical(tmp_path):
   for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
     np.testing.assert_array_equal(x, y, err_msg=f'killed at {caught}')
   assert not [d for d in os.listdir(os.path.join(interrupted, 'ckpt')) if 'tmp' in d]
+
+
+def test_on_step_runs_one_step_late_in_order_and_catches_up_before_each_save(tmp_path):
+  """`on_step` of a step runs once the next step is dispatched (its host work overlaps the
+  device's next step), for every step in order, and before each checkpoint for all steps up to
+  it (the OAA store flushed by `before_save` must match the checkpoint)."""
+  events = []
+
+  def wrap_step(step_fn):
+    def step(state, batch):
+      events.append(('step', len([e for e in events if e[0] == 'step']) + 1))
+      return step_fn(state, batch)
+    return step
+
+  def on_step(step, host_batch, per_example):
+    del per_example
+    np.testing.assert_array_equal(host_batch['x'], _batch(step - 1)['x'])  # that step's batch
+    events.append(('on_step', step))
+
+  train(str(tmp_path), on_step=on_step, before_save=lambda: events.append(('save', None)),
+        wrap_step=wrap_step)
+  assert [s for kind, s in events if kind == 'on_step'] == list(range(1, TOTAL + 1))
+  saves = [s for s in range(1, TOTAL + 1) if s % EVERY == 0 or s % 5 == 0 or s == TOTAL]
+  expected, done = [], 0
+  for s in range(1, TOTAL + 1):
+    expected.append(('step', s))
+    if s - 1 > done:  # the previous step's callback, after this step's dispatch
+      expected.append(('on_step', s - 1))
+      done = s - 1
+    if s in saves:
+      expected += [('on_step', s), ('save', None)]
+      done = s
+  assert events == expected
 
 
 def test_restore_on_other_device_counts_and_impls(tmp_path):

@@ -129,8 +129,13 @@ class Fit:
     eval_every_epochs: evaluation interval (epochs), with `evaluate(state) -> scalars`.
     images_per_step: images of one global batch (for images/s).
     learning_rates: {group: schedule} logged as lr/<group>.
-    on_step(step, host_batch, per_example): after each step (e.g. OAA accumulation).
-    before_save(): right before every checkpoint (e.g. flush side stores).
+    on_step(step, host_batch, per_example): after each step (e.g. OAA accumulation), in step
+      order, but one step late: `fit` calls it for a step once the next step is dispatched, so
+      that reading the step's outputs on the host overlaps the device's next step instead of
+      waiting for each step to end. Before a checkpoint and at the end it is called for every
+      step done.
+    before_save(): right before every checkpoint (e.g. flush side stores), after `on_step` for
+      every step up to the checkpoint's.
     device_keys: the batch entries the step needs (None = all); the others stay on the host
       for `on_step`.
     lr_key: the config key a divergence message tells the user to lower.
@@ -189,7 +194,12 @@ def fit(dp: parallel.DataParallel, train_step: Callable, state, batches: Iterabl
     UserError: the loss became NaN/Inf (the checkpoint on disk is the last good one).
   """
   step = int(dp.unreplicate(state['step']))
-  loop = _Loop(dp, spec, checkpointer, writer, step)
+  pending = []  # (step, host_batch, per_example) of the step whose `on_step` is still due
+
+  def drain():
+    while pending:
+      spec.on_step(*pending.pop(0))
+  loop = _Loop(dp, spec, checkpointer, writer, step, drain)
   hooks = writers.periodic_hooks(logdir, num_train_steps=spec.total_steps,
                                  profile_steps=spec.profile_steps)
   try:
@@ -201,10 +211,12 @@ def fit(dp: parallel.DataParallel, train_step: Callable, state, batches: Iterabl
       loop.guard.add(step, scalars['loss'])
       loop.meter.add(scalars)
       if spec.on_step is not None:
-        spec.on_step(step, host_batch, per_example)
+        drain()  # the previous step's, while this one runs on the device
+        pending.append((step, host_batch, per_example))
       for hook in hooks:
         hook(step)
       loop.after_step(step, state, batch)
+    drain()
   finally:  # a save in flight holds a good state: let it finish, also on errors
     loop.bar.close()
     writer.flush()
@@ -217,8 +229,10 @@ def fit(dp: parallel.DataParallel, train_step: Callable, state, batches: Iterabl
 class _Loop:
   """What `fit` does between steps: logging, evaluation, the NaN guard and checkpoints."""
 
-  def __init__(self, dp, spec: Fit, checkpointer, writer, step: int):
+  def __init__(self, dp, spec: Fit, checkpointer, writer, step: int,
+               drain: Callable[[], None] = lambda: None):
     self.dp, self.spec, self.checkpointer, self.writer = dp, spec, checkpointer, writer
+    self.drain = drain  # runs the `on_step` calls still due
     self.guard = writers.NanGuard(checkpointer.directory, spec.lr_key,
                                   latest_step=checkpointer.latest_step)
     self.meter = writers.MeanMeter()
@@ -274,6 +288,7 @@ class _Loop:
     if self.spec.check_step is not None:
       scalars = self.dp.unreplicate(self.spec.check_step(state, batch)[0])
       self.guard.check_state(step, bool(scalars['finite']), float(scalars['loss']))
+    self.drain()  # the side stores then hold every step up to this checkpoint's
     if self.spec.before_save is not None:
       self.spec.before_save()
     self.checkpointer.save(step, to_checkpoint(self.dp, state), force=True)
