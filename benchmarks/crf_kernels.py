@@ -36,6 +36,7 @@ from gwsss_jax import crf as crf_lib
 from gwsss_jax.crf import bench as crf_bench
 from gwsss_jax.crf import dense
 from gwsss_jax.crf import lattice as lattice_lib
+from gwsss_jax.crf import reference
 
 KERNELS = {'both': {}, 'bilateral': {'pos_w': 0.0}, 'gaussian': {'bi_w': 0.0}}
 
@@ -66,27 +67,15 @@ def main(argv=None):
   caps = (dense.grown_capacity(int(count(pos_f)), 3 * n),
           dense.grown_capacity(int(count(bi_f)), 6 * n))
 
-  try:
-    import pydensecrf.densecrf as dcrf  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    dcrf = None
-
+  with_reference = reference.available()
   timers = {}
   for name, change in KERNELS.items():
     params = config_params._replace(**change)
     fn = jax.jit(lambda x, r, s, p=params: dense.mean_field_one(x, r, s, p, caps))
     jax.block_until_ready(fn(u, img, hw))
     timers[name, 'jax', 'total'] = lambda fn=fn: fn(u, img, hw)
-    if dcrf is not None:
-      def setup(params=params):
-        d = dcrf.DenseCRF2D(w, h, k)
-        d.setUnaryEnergy(np.ascontiguousarray(unary.transpose(2, 0, 1).reshape(k, -1)))
-        if params.pos_w:
-          d.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
-        if params.bi_w:
-          d.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std,
-                                 rgbim=np.ascontiguousarray(rgb[0]), compat=params.bi_w)
-        return d
+    if with_reference:
+      setup = lambda params=params: reference.build(unary.transpose(2, 0, 1), rgb[0], params)
       timers[name, 'reference', 'setup'] = setup
       timers[name, 'reference', 'total'] = (
           lambda setup=setup, it=params.iterations: np.asarray(setup().inference(it)))

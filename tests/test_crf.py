@@ -161,18 +161,18 @@ def test_missing_pydensecrf_says_how_to_install(monkeypatch):
 
 def test_auto_takes_the_reference_on_a_cpu_where_it_imports_else_jax(monkeypatch):
   assert jax.default_backend() == 'cpu'
-  assert crf.resolve_impl('auto') == 'reference'  # pydensecrf2 imports here (module skip above)
+  # pydensecrf2 imports here (module skip above)
+  assert crf.resolve_impl('auto')[0] == 'reference'
   for backend, available, chosen in [('cpu', True, 'reference'), ('cpu', False, 'jax'),
                                      ('gpu', True, 'jax'), ('tpu', False, 'jax')]:
-    assert crf.resolve_impl('auto', backend, available) == chosen, (backend, available)
+    assert crf.resolve_impl('auto', backend, available)[0] == chosen, (backend, available)
   for impl in ('reference', 'jax'):  # an explicit choice stands
-    assert crf.resolve_impl(impl, 'gpu', False) == impl
-  assert crf.describe_impl('auto', 'jax', 'gpu') == "jax; crf.impl='auto' on gpu"
-  assert crf.describe_impl('jax', 'jax', 'cpu') == 'jax'
+    assert crf.resolve_impl(impl, 'gpu', False)[0] == impl
+  assert crf.resolve_impl('auto', 'gpu', True)[1] == "jax; crf.impl='auto' on gpu"
+  assert crf.resolve_impl('jax', 'cpu', True)[1] == 'jax'
   monkeypatch.setitem(sys.modules, 'pydensecrf.densecrf', None)
   assert not reference.available()
-  assert crf.resolve_impl('auto') == 'jax'
-  assert crf.describe_impl('auto', 'jax') == "jax; crf.impl='auto' on a CPU without pydensecrf2"
+  assert crf.resolve_impl('auto') == ('jax', "jax; crf.impl='auto' on a CPU without pydensecrf2")
   with pytest.raises(UserError, match='requirements-crf'):  # the explicit choice still says how
     reference.require('seg.crf')
 

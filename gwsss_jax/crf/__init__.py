@@ -23,37 +23,26 @@ class Params(NamedTuple):
 
 
 def resolve_impl(impl: str, backend: str | None = None,
-                 reference_available: bool | None = None) -> str:
-  """'reference' or 'jax' for `crf.impl`; 'auto' takes 'jax' where JAX runs on an accelerator
-  (GPU, TPU: the CRF then runs beside the network, tens of times the reference's speed), and on a
-  CPU the reference where pydensecrf2 imports (its C++ is faster on a CPU than XLA's code for the
-  lattice: docs/crf.md, "Speed"), else 'jax'. `backend` and `reference_available` default to
+                 reference_available: bool | None = None) -> tuple[str, str]:
+  """(implementation, how a stage names it) for `crf.impl`: 'reference' or 'jax' as given;
+  'auto' takes 'jax' where JAX runs on an accelerator (GPU, TPU: the CRF then runs beside the
+  network, tens of times the reference's speed), and on a CPU the reference where pydensecrf2
+  imports (its C++ is faster on a CPU than XLA's code for the lattice: docs/crf.md, "Speed"),
+  else 'jax'; the name then says why. `backend` and `reference_available` default to
   `jax.default_backend()` and whether pydensecrf2 imports."""
   if impl != 'auto':
-    return impl
+    return impl, impl
   if backend is None:
     import jax  # pylint: disable=g-import-not-at-top
     backend = jax.default_backend()
   if backend != 'cpu':
-    return 'jax'
+    return 'jax', f"jax; crf.impl='auto' on {backend}"
   if reference_available is None:
     from gwsss_jax.crf import reference  # pylint: disable=g-import-not-at-top
     reference_available = reference.available()
-  return 'reference' if reference_available else 'jax'
-
-
-def describe_impl(impl: str, resolved: str, backend: str | None = None) -> str:
-  """How a stage names its CRF: 'reference' or 'jax', and why where 'auto' chose it."""
-  if impl != 'auto':
-    return resolved
-  if backend is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    backend = jax.default_backend()
-  if backend != 'cpu':
-    return f"jax; crf.impl='auto' on {backend}"
-  if resolved == 'jax':
-    return "jax; crf.impl='auto' on a CPU without pydensecrf2"
-  return "reference; crf.impl='auto' on a CPU"
+  if reference_available:
+    return 'reference', "reference; crf.impl='auto' on a CPU"
+  return 'jax', "jax; crf.impl='auto' on a CPU without pydensecrf2"
 
 
 def params_from_config(c) -> Params:

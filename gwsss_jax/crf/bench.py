@@ -23,6 +23,7 @@ import numpy as np
 
 from gwsss_jax import crf as crf_lib
 from gwsss_jax.crf import dense
+from gwsss_jax.crf import reference
 
 
 def _inputs(n, h, w, k, seed=0):
@@ -39,7 +40,6 @@ def _inputs(n, h, w, k, seed=0):
 
 def _reference_task(task):
   """The labels and the CPU seconds that this worker spent on them."""
-  from gwsss_jax.crf import reference  # pylint: disable=g-import-not-at-top
   probs, rgb, params = task
   start = time.process_time()
   labels = reference.from_probs(probs.transpose(2, 0, 1), rgb, params)
@@ -59,13 +59,11 @@ def run(emit, params: crf_lib.Params, devices, *, quick: bool, rounds: int, cont
   start = time.perf_counter()
   jax.block_until_ready(labeller(unary, rgb, hw))
   emit('crf.jax.compile_time', time.perf_counter() - start, 's', **ctx)
-  try:
-    import pydensecrf.densecrf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  pool = None
+  if reference.available():
     pool = multiprocessing.get_context('spawn').Pool(os.cpu_count() or 1)
     tasks = [(probs[i], rgb[i], params) for i in range(n)]
     pool.map(_reference_task, tasks[:1])  # workers started and the module imported
-  except ImportError:
-    pool = None
   ref_s, jax_s, ref_cpu, jax_cpu = [], [], [], []
   try:
     for _ in range(rounds):

@@ -14,27 +14,31 @@ INSTALL = ('pip install -r requirements-crf.txt (pydensecrf2==1.1, built from so
            'compiler)')
 
 
-def available() -> bool:
-  """Whether pydensecrf2 imports."""
+def _import_error():
+  """The ImportError of pydensecrf2, or None where it imports."""
   try:
     import pydensecrf.densecrf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
+  except ImportError as e:
+    return e
+  return None
+
+
+def available() -> bool:
+  """Whether pydensecrf2 imports."""
+  return _import_error() is None
 
 
 def require(key: str) -> None:
   """UserError naming `key` and saying how to install pydensecrf2 when it is missing."""
-  try:
-    import pydensecrf.densecrf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError as e:
+  e = _import_error()
+  if e is not None:
     raise UserError(f"config.{key}=True with crf.impl='reference' needs pydensecrf2, which is "
-                    f"not importable ({e}): {INSTALL}; or set crf.impl='jax'") from None
+                    f"not importable ({e}): {INSTALL}; or set crf.impl='jax'")
 
 
-def inference(unary, rgb, params: Params) -> np.ndarray:
-  """Q float32 [L, H, W] from unary energies [L, H, W] and the image rgb uint8 [H, W, 3]
-  (copied: pydensecrf2 takes writable C-contiguous arrays only)."""
+def build(unary, rgb, params: Params):
+  """pydensecrf2's `DenseCRF2D` with unary energies [L, H, W] and the kernels of `params` on the
+  image rgb uint8 [H, W, 3] (both copied: pydensecrf2 takes writable C-contiguous arrays only)."""
   import pydensecrf.densecrf as dcrf  # pylint: disable=g-import-not-at-top
 
   num_labels, h, w = unary.shape
@@ -45,7 +49,13 @@ def inference(unary, rgb, params: Params) -> np.ndarray:
   if params.bi_w:
     crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std,
                              rgbim=np.array(rgb, np.uint8, order='C'), compat=params.bi_w)
-  return np.asarray(crf.inference(params.iterations), np.float32).reshape(num_labels, h, w)
+  return crf
+
+
+def inference(unary, rgb, params: Params) -> np.ndarray:
+  """Q float32 [L, H, W] from unary energies [L, H, W] and the image rgb uint8 [H, W, 3]."""
+  crf = build(unary, rgb, params)
+  return np.asarray(crf.inference(params.iterations), np.float32).reshape(unary.shape)
 
 
 def from_labels(labels, rgb, num_labels: int, params: Params, gt_prob: float):

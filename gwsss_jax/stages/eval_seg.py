@@ -11,8 +11,8 @@ upload it).
 
 Dense CRF (`seg.crf=True`, DeepLab-v2's post-processing with `seg.crf_params`, unaries
 -log(softmax)): by pydensecrf2 in a CPU worker pool (`crf.impl='reference'`) or on the devices in
-the same batches as the network (`crf.impl='jax'`; 'auto' picks: `crf.resolve_impl`). The written predictions are then the CRF's;
-with ground truth, the predictions without it also go to `<predictions>/no_crf/` and the mIoU of
+the same batches as the network (`crf.impl='jax'`; 'auto' picks: `crf.resolve_impl`). The
+written predictions are then the CRF's; with ground truth, the predictions without it also go to `<predictions>/no_crf/` and the mIoU of
 both is reported (`eval_seg/miou` with, `eval_seg/miou_no_crf` without; `eval_seg_oracle/*`
 alike).
 
@@ -47,12 +47,6 @@ from gwsss_jax.train import artifact
 
 MANIFEST = 'manifest.json'
 VOC_TEST_LAYOUT = os.path.join('VOC2012', 'Segmentation', 'comp6_test_cls')
-
-
-def check_crf(config) -> None:
-  """With `seg.crf` and the reference implementation: pydensecrf2 must be importable."""
-  if config.seg.crf and crf_lib.resolve_impl(config.crf.impl) == 'reference':
-    crf_reference.require('seg.crf')
 
 
 def _crf_reference_task(task):
@@ -104,7 +98,10 @@ def _local_sharding(batch_size: int):
 def run(config, workdir: str) -> dict:
   g = config.seg
   names = common.run_names(g.oracle)
-  check_crf(config)
+  use_crf = bool(g.crf)
+  impl, crf_name = crf_lib.resolve_impl(config.crf.impl) if use_crf else (None, None)
+  if impl == 'reference':
+    crf_reference.require('seg.crf')
   module, variables, info = artifact.load(common.checkpoint_dir(config, workdir),
                                           artifact.SEGMENTER, config)
   step = info['step']
@@ -127,8 +124,6 @@ def run(config, workdir: str) -> dict:
                           dataset.class_names, dataset.split)
 
   num_classes = g.num_classes
-  use_crf = bool(g.crf)
-  impl = crf_lib.resolve_impl(config.crf.impl) if use_crf else None
   plain_dir = os.path.join(directory, 'no_crf')  # with the CRF: its input, for the comparison
   if use_crf and has_masks:
     os.makedirs(plain_dir, exist_ok=True)
@@ -155,7 +150,7 @@ def run(config, workdir: str) -> dict:
     data_sharding, replicated = _local_sharding(g.eval_batch_size)
     variables = jax.device_put(variables, replicated)
     crf_params = crf_lib.params_from_config(g.crf_params)
-    on_device = use_crf and impl == 'jax'
+    on_device = impl == 'jax'
     pool = None
     if on_device:
       labeller = crf_dense.make_labeller(crf_params)
@@ -226,7 +221,7 @@ def run(config, workdir: str) -> dict:
            f'{config.data.val_split}, checkpoint step {step}, scales {tuple(g.eval_scales)}, '
            f'flip {bool(g.eval_flip)}')
   if use_crf:
-    title += (f", dense CRF ({crf_lib.describe_impl(config.crf.impl, impl)}); without it: mIoU "
+    title += (f", dense CRF ({crf_name}); without it: mIoU "
               f"{out[miou + '_no_crf']:.4f}")
   report = f'### {title}\n\n{table}\n'
   print(report, flush=True)

@@ -187,7 +187,7 @@ def run(config, workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   use_crf = bool(config.cams.crf)
-  impl = crf_lib.resolve_impl(config.crf.impl) if use_crf else None
+  impl, crf_name = crf_lib.resolve_impl(config.crf.impl) if use_crf else (None, None)
   if impl == 'reference':
     crf_reference.require('cams.crf')
   dataset = datasets.load_split(config, config.data.train_split)
@@ -260,8 +260,7 @@ def run(config, workdir: str) -> dict:
     return {}
   images, coverage_sum, all_ignored, resized, written = totals
   print(f'[pseudo_labels] {int(written)} labels written, {int(images - written)} kept from an '
-        'earlier run' + (f'; dense CRF ({crf_lib.describe_impl(config.crf.impl, impl)})'
-                         if use_crf else ''), flush=True)
+        'earlier run' + (f'; dense CRF ({crf_name})' if use_crf else ''), flush=True)
   out = {'pseudo_labels/images': int(images), 'pseudo_labels/all_ignored': int(all_ignored)}
   if sal_root:
     out['pseudo_labels/saliency_resized'] = int(resized)
