@@ -19,16 +19,16 @@ Run (needs the MSRC-v2 data, docs/msrc.md says where to get it; `make demo` make
     --config.model.pretrained=.cache/weights/vgg16_imagenet_onnx \
     --config.seg.pretrained=.cache/weights/vgg16_imagenet_onnx
 
-Expected (docs/groupwise.md, "The measurement": 3 seeds on the shared 2-core CPU, where the classifier
-took 10-12 minutes alongside other jobs and the CAM stages about a minute): held-out mAP
+Expected (docs/groupwise.md, "The measurement": 3 seeds on the shared 2-core CPU, where the
+classifier took 10-12 minutes alongside other jobs and the CAM stages about a minute): held-out mAP
 0.75 +- 0.04, CAM mIoU 0.414 +- 0.002 (best background threshold 0.55-0.6), pseudo-label mIoU
 0.346 +- 0.007 on train (at cams.bg_threshold=0.2). The single-image baseline of
 configs/sweeps/msrc_groupwise.py, given the same images, is still ahead (0.77, 0.448, 0.363);
 with --config.model.variant=release --config.model.importance_prob=0.2 (the authors' network)
 the group model is level with it (0.80, 0.448, 0.366). DeepLab's val mIoU is in docs/groupwise.md.
 The `:full` schedule needs a GPU and has not run its 15 epochs yet. Eight of them
-(--config.train.num_epochs=8 --config.train.group_rule=balanced, 3 seeds on an H200, docs/groupwise.md,
-"At the paper's sizes"): held-out mAP 0.88, CAM mIoU 0.530 +- 0.010 (best threshold 0.15-0.2),
+(--config.train.num_epochs=8 --config.train.group_rule=balanced, 3 seeds on an H200,
+docs/groupwise.md, "At the paper's sizes"): held-out mAP 0.88, CAM mIoU 0.530 +- 0.010 (best threshold 0.15-0.2),
 pseudo-label mIoU 0.530 +- 0.010; the authors' network 0.88, 0.548, 0.547; the single-image
 baseline with its steps and views 0.87, 0.554, 0.554. `bash benchmarks/msrc_device.sh` runs
 these against the matched baselines (configs/sweeps/msrc_full.py) on a GPU machine without
@@ -62,7 +62,8 @@ def get_config(schedule: str = 'cpu'):
     # schedule's rate, for every variant of configs/sweeps/msrc_full.py.
     config.train.base_lr = 5e-4
     # He-initialised, the extra convolutions kept the paper variant at the label prior at these
-    # sizes (at 1e-3 and 5e-4, and on the GPU); started as the release's, it trains (docs/groupwise.md).
+    # sizes (at 1e-3 and 5e-4, and on the GPU); started as the release's, it trains
+    # (docs/groupwise.md).
     # The release variant refuses the key: its sweep entry sets 'he' back.
     config.model.extra_conv_init = 'release'
     config.seg.batch_size = 10

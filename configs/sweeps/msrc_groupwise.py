@@ -1,4 +1,5 @@
-"""Group-wise mining against the single-image baseline on MSRC (docs/groupwise.md, "The measurement").
+"""Group-wise mining against the single-image baseline on MSRC (docs/groupwise.md, "The
+measurement").
 
 Run (needs the MSRC-v2 data; 3 seeds of each variant, one workdir per variant and seed):
   python -m gwsss_jax.sweep --config=configs/msrc.py --sweep=configs/sweeps/msrc_groupwise.py \

@@ -1,6 +1,7 @@
-"""Why the group-wise model trails the single-image baseline on MSRC (docs/groupwise.md): variants
-of configs/sweeps/msrc_groupwise.py's group model that each change one candidate cause, on the
-one-epoch schedule where the gap was largest (configs/msrc.py itself now trains four epochs).
+"""Why the group-wise model trails the single-image baseline on MSRC (docs/groupwise.md):
+variants of configs/sweeps/msrc_groupwise.py's group model that each change one candidate cause,
+on the one-epoch schedule where the gap was largest (configs/msrc.py itself now trains four
+epochs).
 
 Run (needs the MSRC-v2 data):
   python -m gwsss_jax.sweep --config=configs/msrc.py --sweep=configs/sweeps/msrc_investigate.py \

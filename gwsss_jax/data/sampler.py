@@ -405,8 +405,12 @@ def _balanced_partners(labels, need, rng):
     fixed = fixed_of[r][fixed_of[r] != a][:need]
     cand = level_of[r][level_of[r] != a]
     rest = need - len(fixed)
-    # The fewest uses first; a uniform draw in [0, 1) breaks ties between equal counts.
-    pick = cand[np.argsort(used[cand] + rng.random(len(cand)), kind='stable')[:rest]]
+    # The fewest uses first; a uniform draw in [0, 1) breaks ties between equal counts. Only
+    # the `rest` smallest keys are sorted: a full sort of a large class's candidates per anchor
+    # was most of an epoch's time.
+    keys = used[cand] + rng.random(len(cand))
+    few = np.argpartition(keys, rest - 1)[:rest] if 0 < rest < len(keys) else np.arange(len(keys))
+    pick = cand[few[np.argsort(keys[few], kind='stable')]][:rest]
     chosen = np.concatenate([fixed, pick])
     partners[a, :len(chosen)] = chosen
     used[chosen] += 1
